@@ -1,0 +1,188 @@
+"""Pure-torch tile rasterizer with gsplat 1.5's compositing rules (runs on any device).
+
+Per pixel, front to back over Gaussians sorted by camera depth:
+``alpha = min(0.999, o * exp(-sigma))`` with ``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy`` at the
+pixel centre; skipped when ``sigma < 0`` or ``alpha < 1/255``; compositing stops *before* the
+Gaussian that would take the transmittance ``T`` to ``<= 1e-4``; ``C = sum alpha_i T_i c_i + T bg``,
+rendered alpha ``1 - T``.
+
+Work is dense per 16x16 tile: each tile gathers the depth-sorted Gaussians whose bounding boxes
+touch it, evaluates all (pixel, Gaussian) pairs at once and composites with a cumulative product;
+autograd supplies the backward pass. Tiles are processed in chunks sorted by how many Gaussians
+they hold, so padding stays small and peak memory bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ffsplat.rasterizer.projection import ALPHA_THRESHOLD, Projected
+
+MAX_ALPHA = 0.999
+MIN_TRANSMITTANCE = 1e-4
+
+
+def tile_intersections(
+    proj: Projected, width: int, height: int, tile_size: int
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Depth-sorted (tile, Gaussian) pairs.
+
+    Returns:
+        ``gauss_ids``: ``[M]`` flat Gaussian index ``image * N + n`` per pair, ordered by tile then
+        depth; ``tile_ids``: ``[M]`` flat tile index ``image * tiles_y * tiles_x + ty * tiles_x + tx``;
+        ``counts``: ``[I * tiles_y * tiles_x]`` pairs per tile; ``tiles_x``, ``tiles_y``.
+    """
+    num_images, n = proj.depths.shape
+    device = proj.depths.device
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    with torch.no_grad():
+        mean = proj.means2d.detach()
+        rad = proj.radii.to(mean.dtype)
+        tx0 = torch.floor((mean[..., 0] - rad[..., 0]) / tile_size).clamp(0, tiles_x).long()
+        tx1 = torch.ceil((mean[..., 0] + rad[..., 0]) / tile_size).clamp(0, tiles_x).long()
+        ty0 = torch.floor((mean[..., 1] - rad[..., 1]) / tile_size).clamp(0, tiles_y).long()
+        ty1 = torch.ceil((mean[..., 1] + rad[..., 1]) / tile_size).clamp(0, tiles_y).long()
+        span_x = tx1 - tx0
+        n_tiles = (span_x * (ty1 - ty0)) * proj.valid  # [I, N]
+
+        # Visit Gaussians in (image, depth) order so pairs come out depth-sorted per tile after a
+        # stable sort by tile id.
+        order = torch.argsort(proj.depths.detach(), dim=1, stable=True)  # [I, N]
+        flat_order = (order + torch.arange(num_images, device=device)[:, None] * n).reshape(-1)
+        per_gauss = n_tiles.reshape(-1)[flat_order]
+        gauss_ids = torch.repeat_interleave(flat_order, per_gauss)
+        starts = torch.cumsum(per_gauss, 0) - per_gauss
+        local = torch.arange(gauss_ids.numel(), device=device) - torch.repeat_interleave(starts, per_gauss)
+        sx = span_x.reshape(-1)[gauss_ids]
+        tile_x = tx0.reshape(-1)[gauss_ids] + local % sx.clamp_min(1)
+        tile_y = ty0.reshape(-1)[gauss_ids] + local // sx.clamp_min(1)
+        image = gauss_ids // n
+        tile_ids = image * (tiles_x * tiles_y) + tile_y * tiles_x + tile_x
+        tile_ids, perm = torch.sort(tile_ids, stable=True)
+        gauss_ids = gauss_ids[perm]
+        counts = torch.bincount(tile_ids, minlength=num_images * tiles_x * tiles_y)
+    return gauss_ids, tile_ids, counts, tiles_x, tiles_y
+
+
+def composite_tiles(
+    pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Front-to-back composite of padded, depth-sorted Gaussian lists for a chunk of tiles.
+
+    Args:
+        pixels: ``[T, P, 2]`` pixel centres of each tile.
+        means2d, conics: ``[T, K, 2]``, ``[T, K, 3]`` (padding entries have opacity 0).
+        opacities: ``[T, K]``.
+        colors: ``[T, K, D]``.
+    Returns:
+        ``colors``: ``[T, P, D]`` without background; ``transmittance``: ``[T, P]`` left after the
+        last contributing Gaussian.
+    """
+    dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]  # [T, P, K]
+    dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
+    a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(-sigma), MAX_ALPHA)
+    with torch.no_grad():
+        keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+        # gsplat stops before the Gaussian whose inclusion would leave T <= 1e-4. T only
+        # decreases, so "kept" is a prefix test on the running product.
+        running = torch.cumprod(torch.where(keep, 1.0 - alpha, torch.ones_like(alpha)), dim=-1)
+        keep &= running > MIN_TRANSMITTANCE
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    one_minus = 1.0 - alpha
+    trans_incl = torch.cumprod(one_minus, dim=-1)
+    trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
+    weights = alpha * trans_excl  # [T, P, K]
+    return torch.bmm(weights, colors), trans_incl[..., -1]
+
+
+def rasterize_tiles(
+    proj: Projected,
+    colors: Tensor,
+    width: int,
+    height: int,
+    *,
+    tile_size: int = 16,
+    backgrounds: Tensor | None = None,
+    max_chunk_elements: int = 1 << 24,
+) -> tuple[Tensor, Tensor]:
+    """Rasterize projected Gaussians.
+
+    Args:
+        proj: output of :func:`project_gaussians` for ``I`` images.
+        colors: ``[I, N, D]`` per-image colours/features (any D >= 1).
+        width, height: image size.
+        backgrounds: ``[I, D]`` or None (zeros).
+        max_chunk_elements: cap on ``tiles x pixels x Gaussians`` evaluated at once (memory bound).
+    Returns:
+        ``colors``: ``[I, H, W, D]`` and ``alphas``: ``[I, H, W]``.
+    """
+    num_images, n = proj.depths.shape
+    d = colors.shape[-1]
+    device, dtype = colors.device, colors.dtype
+    gauss_ids, tile_ids, counts, tiles_x, tiles_y = tile_intersections(proj, width, height, tile_size)
+    num_tiles = num_images * tiles_x * tiles_y
+    pix_per_tile = tile_size * tile_size
+
+    # Flat attribute tables with one padding row (opacity 0 -> never contributes) at index I*N.
+    pad = num_images * n
+    means_t = torch.cat([proj.means2d.reshape(-1, 2), proj.means2d.new_zeros(1, 2)])
+    conics_t = torch.cat([proj.conics.reshape(-1, 3), proj.conics.new_zeros(1, 3)])
+    opac_t = torch.cat([proj.opacities.reshape(-1), proj.opacities.new_zeros(1)])
+    colors_t = torch.cat([colors.reshape(-1, d), colors.new_zeros(1, d)])
+
+    # Pixel centres per tile (local), offset by each tile's origin below.
+    ly, lx = torch.meshgrid(
+        torch.arange(tile_size, device=device), torch.arange(tile_size, device=device), indexing="ij"
+    )
+    local_pix = torch.stack([lx.reshape(-1), ly.reshape(-1)], dim=-1).to(dtype) + 0.5  # [P, 2]
+
+    out_colors = colors.new_zeros(num_tiles, pix_per_tile, d)
+    out_trans = colors.new_ones(num_tiles, pix_per_tile)
+    tile_order = torch.argsort(counts, descending=True)
+    nonempty = int((counts > 0).sum())
+    tile_order = tile_order[:nonempty]
+    starts = torch.cumsum(counts, 0) - counts
+    counts_cpu = counts[tile_order].tolist()
+    pieces_c, pieces_t, pieces_idx = [], [], []
+    begin = 0
+    while begin < nonempty:
+        k = max(counts_cpu[begin], 1)
+        chunk = max(1, min(nonempty - begin, max_chunk_elements // (pix_per_tile * k)))
+        tiles = tile_order[begin : begin + chunk]
+        slot = torch.arange(k, device=device)
+        pos = starts[tiles][:, None] + slot[None, :]  # [t, k]
+        in_list = slot[None, :] < counts[tiles][:, None]
+        idx = torch.where(in_list, gauss_ids[pos.clamp_max(max(gauss_ids.numel() - 1, 0))], pad)
+        local_tile = tiles % (tiles_x * tiles_y)
+        origin = torch.stack([local_tile % tiles_x, local_tile // tiles_x], dim=-1).to(dtype) * tile_size
+        pixels = origin[:, None, :] + local_pix[None]  # [t, P, 2]
+        c, t = composite_tiles(pixels, means_t[idx], conics_t[idx], opac_t[idx], colors_t[idx])
+        pieces_c.append(c)
+        pieces_t.append(t)
+        pieces_idx.append(tiles)
+        begin += chunk
+    if pieces_idx:
+        tiles_done = torch.cat(pieces_idx)
+        out_colors = out_colors.index_copy(0, tiles_done, torch.cat(pieces_c))
+        out_trans = out_trans.index_copy(0, tiles_done, torch.cat(pieces_t))
+    else:
+        # Nothing visible: stay attached to the graph (zero gradients), as gsplat does, so a
+        # training step whose Gaussians are all culled still backpropagates.
+        attach = colors_t[:0].sum() + means_t[:0].sum() + conics_t[:0].sum() + opac_t[:0].sum()
+        out_colors = out_colors + attach
+        out_trans = out_trans + attach
+
+    if backgrounds is not None:
+        image_of_tile = torch.arange(num_tiles, device=device) // (tiles_x * tiles_y)
+        out_colors = out_colors + out_trans[..., None] * backgrounds[image_of_tile][:, None, :]
+
+    # [I*ty*tx, ts*ts, D] -> [I, ty*ts, tx*ts, D] -> crop to the image.
+    img = out_colors.reshape(num_images, tiles_y, tiles_x, tile_size, tile_size, d)
+    img = img.permute(0, 1, 3, 2, 4, 5).reshape(num_images, tiles_y * tile_size, tiles_x * tile_size, d)
+    alpha = (1.0 - out_trans).reshape(num_images, tiles_y, tiles_x, tile_size, tile_size)
+    alpha = alpha.permute(0, 1, 3, 2, 4).reshape(num_images, tiles_y * tile_size, tiles_x * tile_size)
+    return img[:, :height, :width], alpha[:, :height, :width]

@@ -1,0 +1,304 @@
+"""render(): the torch tile rasterizer against a per-pixel reference, gsplat's own pure-torch
+pieces, analytic cases and gradients; gsplat CUDA parity where a GPU exists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ffsplat import Cameras, Gaussians, RasterSettings, render
+from ffsplat.geometry import invert_rigid
+from ffsplat.rasterizer.projection import project_gaussians
+from ffsplat.rasterizer.tiles import rasterize_tiles
+from ffsplat.sh import sh_to_rgb
+from tests.reference_raster import reference_rasterize
+
+
+def look_at_cameras(batch: int, views: int, height: int, width: int, dtype=torch.float64, device="cpu") -> Cameras:
+    """Cameras on a small arc around the origin looking at it, batch shape [batch, views]."""
+    c2ws = []
+    for i in range(batch * views):
+        angle = 0.3 * (i - (batch * views - 1) / 2)
+        eye = torch.tensor([3.0 * math.sin(angle), 0.2 * i - 0.3, -3.0 * math.cos(angle)], dtype=dtype)
+        forward = -eye / eye.norm()
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=dtype), forward)
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        c2w = torch.eye(4, dtype=dtype)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
+        c2ws.append(c2w)
+    k = torch.tensor([[1.1 * width, 0, width / 2 + 0.3], [0, 1.1 * width, height / 2 - 0.2], [0, 0, 1]], dtype=dtype)
+    return Cameras(
+        k.expand(batch, views, 3, 3).clone().to(device),
+        torch.stack(c2ws).reshape(batch, views, 4, 4).to(device),
+        (height, width),
+    )
+
+
+def random_gaussians(batch: int, n: int, channels: int, sh_degree: int = 1, dtype=torch.float64, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=dtype)
+
+    features = {"feat": torch.randn(batch, n, channels, generator=gen, dtype=dtype)} if channels else {}
+    g = Gaussians(
+        means=(rand(batch, n, 3) - 0.5) * 1.6,
+        scales=0.04 + 0.12 * rand(batch, n, 3),
+        rotations=torch.nn.functional.normalize(torch.randn(batch, n, 4, generator=gen, dtype=dtype), dim=-1),
+        opacities=0.2 + 0.75 * rand(batch, n),
+        sh=torch.randn(batch, n, (sh_degree + 1) ** 2, 3, generator=gen, dtype=dtype) * 0.4,
+        features=features,
+    )
+    return g.to(device)
+
+
+def render_reference(g: Gaussians, cams: Cameras, names, background=None):
+    """render() with the tile rasterizer swapped for the per-pixel reference."""
+    b, v = cams.batch_shape
+    h, w = cams.image_size
+    n = g.num_gaussians
+    proj = project_gaussians(g.means, g.rotations, g.scales, g.opacities, cams.w2c, cams.intrinsics, w, h)
+    rgb = sh_to_rgb(g.sh[:, None], g.means[:, None] - cams.centers[:, :, None])
+    cols = [rgb] + [g.features[k][:, None].expand(b, v, n, -1) for k in names] + [proj.depths.reshape(b, v, n, 1)]
+    colors = torch.cat(cols, -1).reshape(b * v, n, -1)
+    bg = torch.zeros(b * v, colors.shape[-1], dtype=colors.dtype)
+    if background is not None:
+        bg[:, :3] = torch.as_tensor(background, dtype=colors.dtype)
+    img, alpha = reference_rasterize(proj, colors, w, h, bg)
+    return img.reshape(b, v, h, w, -1), alpha.reshape(b, v, h, w)
+
+
+@pytest.mark.parametrize("channels", [0, 5, 130])
+@pytest.mark.parametrize("tile", [4, 16])
+def test_tile_rasterizer_matches_per_pixel_reference(channels, tile):
+    g = random_gaussians(2, 40, channels, sh_degree=2)
+    cams = look_at_cameras(2, 3, 20, 28)
+    names = list(g.features)
+    out = render(g, cams, background=[0.1, 0.2, 0.3], settings=RasterSettings(torch_tile_size=tile))
+    ref_img, ref_alpha = render_reference(g, cams, names, background=[0.1, 0.2, 0.3])
+    assert out.rgb.shape == (2, 3, 3, 20, 28)
+    assert (out.alpha > 0.5).float().mean() > 0.1  # the scene is actually visible
+    torch.testing.assert_close(out.rgb, ref_img[..., :3].permute(0, 1, 4, 2, 3), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.alpha, ref_alpha, rtol=0, atol=1e-10)
+    ref_depth = ref_img[..., -1] / ref_alpha.clamp_min(1e-10)
+    torch.testing.assert_close(out.depth, ref_depth, rtol=0, atol=1e-9)
+    if channels:
+        torch.testing.assert_close(out.features["feat"], ref_img[..., 3:-1].permute(0, 1, 4, 2, 3), rtol=0, atol=1e-10)
+    else:
+        assert out.features == {}
+
+
+def test_gradients_match_reference():
+    g = random_gaussians(1, 25, 4, sh_degree=1)
+    cams = look_at_cameras(1, 2, 12, 14)
+    params = [g.means, g.scales, g.rotations, g.opacities, g.sh, g.features["feat"]]
+    for p in params:
+        p.requires_grad_(True)
+    weights = torch.randn(1, 2, 12, 14, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    out = render(g, cams)
+    ours = torch.cat([out.rgb, out.features["feat"], out.depth[:, :, None]], 2).permute(0, 1, 3, 4, 2)
+    grads = torch.autograd.grad((ours * weights).sum(), params)
+    ref_img, ref_alpha = render_reference(g, cams, ["feat"])
+    ref = torch.cat([ref_img[..., :-1], (ref_img[..., -1:] / ref_alpha[..., None].clamp_min(1e-10))], -1)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), params)
+    for name, a, b in zip(["means", "scales", "rotations", "opacities", "sh", "feat"], grads, ref_grads):
+        assert a.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_gradcheck_tiny_scene():
+    g = random_gaussians(1, 4, 2, sh_degree=1, seed=5)
+    cams = look_at_cameras(1, 1, 8, 8)
+
+    def fn(means, scales, quats, opac, sh, feat):
+        out = render(Gaussians(means, scales, quats, opac, sh, {"f": feat}), cams, background=[0.2, 0.1, 0.0])
+        return out.rgb, out.features["f"], out.depth, out.alpha
+
+    inputs = [t.clone().requires_grad_(True) for t in (g.means, g.scales, g.rotations, g.opacities, g.sh, g.features["feat"])]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def single_camera(height=32, width=32, focal=40.0, principal=None, dtype=torch.float64) -> Cameras:
+    cx, cy = principal or (width / 2, height / 2)
+    k = torch.tensor([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], dtype=dtype)
+    return Cameras(k[None], torch.eye(4, dtype=dtype)[None], (height, width))
+
+
+def isotropic(means, scale, opacity, rgb, dtype=torch.float64) -> Gaussians:
+    means = torch.as_tensor(means, dtype=dtype).reshape(-1, 3)
+    n = means.shape[0]
+    sh = torch.zeros(n, 1, 3, dtype=dtype)
+    sh[:, 0] = (torch.as_tensor(rgb, dtype=dtype).reshape(n, 3) - 0.5) / 0.28209479177387814
+    return Gaussians(
+        means=means,
+        scales=torch.full((n, 3), scale, dtype=dtype),
+        rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=dtype).expand(n, 4),
+        opacities=torch.as_tensor(opacity, dtype=dtype).reshape(n),
+        sh=sh,
+    )
+
+
+def test_isotropic_gaussian_lands_on_its_pixel():
+    # Principal point at the centre of pixel (u, v) = (20, 9), i.e. (20.5, 9.5): a Gaussian on the
+    # optical axis projects there with 2D variance exactly (f s / z)^2 + eps2d.
+    cams = single_camera(principal=(20.5, 9.5))
+    z = 2.0
+    g = isotropic([0.0, 0.0, z], 0.05, 0.8, [1.0, 0.5, 0.25])
+    out = render(g, cams)
+    assert out.alpha[0].argmax().item() == 9 * 32 + 20
+    assert out.alpha[0, 9, 20].item() == pytest.approx(0.8, abs=1e-12)
+    torch.testing.assert_close(out.rgb[0, :, 9, 20], torch.tensor([0.8, 0.4, 0.2], dtype=torch.float64))
+    # One pixel to the right: 2D variance (f s / z)^2 + eps2d.
+    var = (40 * 0.05 / z) ** 2 + 0.3
+    assert out.alpha[0, 9, 21].item() == pytest.approx(0.8 * math.exp(-0.5 / var), rel=1e-9)
+    assert out.depth[0, 9, 20].item() == pytest.approx(z, rel=1e-12)
+
+
+def test_front_gaussian_occludes_back_one():
+    cams = single_camera()
+    red, green = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    front_red = isotropic([[0, 0, 2.0], [0, 0, 3.0]], 0.3, [0.7, 0.6], [red, green])
+    front_green = isotropic([[0, 0, 3.0], [0, 0, 2.0]], 0.3, [0.7, 0.6], [red, green])
+    a = render(front_red, cams).rgb[0, :, 16, 16]
+    b = render(front_green, cams).rgb[0, :, 16, 16]
+    # Pixel (16, 16) is 0.5 px from the centre in x and y: compute alphas there.
+    def alpha_at(opacity, z):
+        var = (40 * 0.3 / z) ** 2 + 0.3
+        return opacity * math.exp(-0.5 * 0.5 / var)
+
+    ar, ag = alpha_at(0.7, 2.0), alpha_at(0.6, 3.0)
+    torch.testing.assert_close(a, torch.tensor([ar, (1 - ar) * ag, 0], dtype=torch.float64))
+    ag2, ar2 = alpha_at(0.6, 2.0), alpha_at(0.7, 3.0)
+    torch.testing.assert_close(b, torch.tensor([(1 - ag2) * ar2, ag2, 0], dtype=torch.float64))
+
+
+def test_compositing_stops_before_transmittance_falls_below_1e4():
+    cams = single_camera(principal=(16.5, 16.5))  # pixel (16, 16) sees the centres exactly
+    g = isotropic([[0, 0, 2.0], [0, 0, 2.5], [0, 0, 3.0]], 0.5, [1.0, 1.0, 1.0], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    out = render(g, cams)
+    # alpha capped at 0.999: after the first T = 1e-3; the second would leave 1e-6 <= 1e-4, so
+    # compositing stops there and neither the second nor the third contributes.
+    torch.testing.assert_close(out.rgb[0, :, 16, 16], torch.tensor([0.999, 0, 0], dtype=torch.float64), atol=1e-12, rtol=0)
+    assert out.alpha[0, 16, 16].item() == pytest.approx(0.999, abs=1e-12)
+
+
+@pytest.mark.parametrize("z", [-2.0, 0.005])
+def test_gaussian_behind_camera_or_before_near_plane_is_invisible(z):
+    cams = single_camera()
+    g = isotropic([0.0, 0.0, z], 0.5, 0.9, [1.0, 1.0, 1.0])
+    out = render(g, cams, background=[0.25, 0.5, 0.75])
+    assert out.alpha.abs().max().item() == 0.0
+    torch.testing.assert_close(out.rgb[0, :, 10, 10], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    g.means.requires_grad_(True)
+    render(g, cams).rgb.sum().backward()
+    assert torch.isfinite(g.means.grad).all()
+
+
+def test_batch_of_cameras_equals_cameras_one_by_one():
+    g = random_gaussians(2, 30, 3)
+    cams = look_at_cameras(2, 3, 16, 16)
+    out = render(g, cams)
+    for b in range(2):
+        for v in range(3):
+            single = render(g[b], cams[b, v : v + 1])
+            torch.testing.assert_close(out.rgb[b, v], single.rgb[0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(out.features["feat"][b, v], single.features["feat"][0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(out.depth[b, v], single.depth[0], rtol=0, atol=1e-12)
+
+
+def test_feature_selection_and_errors():
+    g = random_gaussians(1, 10, 3)
+    cams = look_at_cameras(1, 1, 8, 8)
+    assert render(g, cams, features=[]).features == {}
+    with pytest.raises(KeyError, match="lang"):
+        render(g, cams, features=["lang"])
+    with pytest.raises(ValueError, match="view axis"):
+        render(g, cams[0])
+    with pytest.raises(ValueError, match="unknown render backend"):
+        render(g, cams, settings=RasterSettings(backend="vulkan"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            render(g, cams, settings=RasterSettings(backend="gsplat"))
+
+
+def test_projection_matches_gsplat_pure_torch_reference():
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    g = random_gaussians(1, 50, 0)
+    cams = look_at_cameras(1, 3, 24, 30)
+    ours = project_gaussians(g.means, g.rotations, g.scales, g.opacities, cams.w2c, cams.intrinsics, 30, 24)
+    covars, _ = _quat_scale_to_covar_preci(g.rotations, g.scales, True, False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(g.means, covars, cams.w2c, cams.intrinsics, 30, 24)
+    valid = ours.valid.reshape(1, 3, 50)
+    assert valid.float().mean() > 0.5
+    torch.testing.assert_close(ours.means2d.reshape(1, 3, 50, 2)[valid], means2d[valid])
+    torch.testing.assert_close(ours.conics.reshape(1, 3, 50, 3)[valid], conics[valid])
+    torch.testing.assert_close(ours.depths.reshape(1, 3, 50), depths)
+    # Our radii are opacity-aware (as gsplat's CUDA kernel), hence never larger than 3.33 sigma.
+    assert (ours.radii.reshape(1, 3, 50, 2)[valid] <= radii[valid]).all()
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_sh_matches_gsplat(degree):
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    coeffs = torch.randn(100, (degree + 1) ** 2, 3, dtype=torch.float64)
+    dirs = torch.randn(100, 3, dtype=torch.float64)
+    expected = torch.clamp_min(_spherical_harmonics(degree, dirs, coeffs) + 0.5, 0)
+    torch.testing.assert_close(sh_to_rgb(coeffs, dirs), expected)
+
+
+def test_rasterize_tiles_chunking_does_not_change_result():
+    g = random_gaussians(1, 60, 6)
+    cams = look_at_cameras(1, 2, 20, 20)
+    proj = project_gaussians(g.means, g.rotations, g.scales, g.opacities, cams.w2c, cams.intrinsics, 20, 20)
+    colors = g.features["feat"].expand(2, 60, 6)
+    big, _ = rasterize_tiles(proj, colors, 20, 20, tile_size=4)
+    small, _ = rasterize_tiles(proj, colors, 20, 20, tile_size=4, max_chunk_elements=1)
+    torch.testing.assert_close(big, small, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels", [0, 3, 64, 130])
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_gsplat_cuda_matches_torch_backend(channels, mode):
+    g = random_gaussians(2, 500, channels, sh_degree=3, dtype=torch.float32, device="cuda")
+    cams = look_at_cameras(2, 3, 48, 64, dtype=torch.float32, device="cuda")
+    results = {}
+    for backend in ("gsplat", "torch"):
+        gg = g.to("cuda")
+        params = [gg.means, gg.scales, gg.rotations, gg.opacities, gg.sh] + list(gg.features.values())
+        for p in params:
+            p.requires_grad_(True)
+        out = render(gg, cams, background=[0.3, 0.2, 0.1], settings=RasterSettings(backend=backend, rasterize_mode=mode))
+        torch.manual_seed(0)
+        stack = [out.rgb, out.alpha[:, :, None], out.depth[:, :, None] / 4] + list(out.features.values())
+        loss = sum((t * torch.randn_like(t)).sum() for t in stack)
+        results[backend] = ([t.detach() for t in stack], torch.autograd.grad(loss, params))
+    (fa, ga), (fb, gb) = results["gsplat"], results["torch"]
+    for a, b in zip(fa, fb):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-4)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+
+
+def test_w2c_c2w_round_trip_used_by_render():
+    cams = look_at_cameras(1, 2, 8, 8)
+    torch.testing.assert_close(invert_rigid(cams.w2c), cams.extrinsics)
+
+
+def test_render_of_gaussians_loaded_from_ply_equals_in_memory(tmp_path):
+    from ffsplat.ply import read_ply, write_ply
+
+    g = random_gaussians(1, 60, 16, sh_degree=3, dtype=torch.float32)[0]
+    cams = look_at_cameras(1, 2, 24, 24, dtype=torch.float32)[0]
+    loaded, _ = read_ply(write_ply(tmp_path / "scene.ply", g))
+    a, b = render(g, cams), render(loaded, cams)
+    # Opacity and scale pass through logit/log in float32 (about 1e-7 relative); all else exact.
+    for x, y in [(a.rgb, b.rgb), (a.features["feat"], b.features["feat"]), (a.alpha, b.alpha)]:
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+    assert (a.alpha > 0.5).any()
