@@ -6,7 +6,9 @@ Two backends with the same semantics (gsplat 1.5, "classic" or "antialiased" 3DG
 * ``"torch"``: ffsplat's pure-torch tile rasterizer (:mod:`ffsplat.rasterizer`); runs on CPU and on
   any device, differentiable through autograd.
 
-``backend="auto"`` picks gsplat for CUDA tensors and torch otherwise. Colour is evaluated from SH
+``backend="auto"`` picks gsplat for CUDA float32 tensors and torch otherwise. Rendering always runs
+with autocast disabled; half-precision Gaussians are rendered in float32 (gsplat's kernels are
+float32-only and compositing in bf16 loses the transmittance test). Colour is evaluated from SH
 by :func:`ffsplat.sh.sh_to_rgb` for both backends, so the only difference is the rasterizer.
 Expected depth is ``sum(w_i z_i) / max(alpha, 1e-10)`` (gsplat's "ED"); the background is added to
 RGB as ``C + T * bg`` and is zero for features and depth.
@@ -113,9 +115,9 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, ks, wid
 BACKENDS: dict[str, Backend] = {"torch": _rasterize_torch, "gsplat": _rasterize_gsplat}
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     if name == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
+        return "gsplat" if device.type == "cuda" and dtype == torch.float32 else "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown render backend {name!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return name
@@ -152,13 +154,19 @@ def render(
     for name in names:
         if name not in gaussians.features:
             raise KeyError(f"render: feature field {name!r} not in Gaussians (have {list(gaussians.features)})")
-    backend = resolve_backend(s.backend, gaussians.device)
+    if gaussians.means.dtype in (torch.float16, torch.bfloat16):
+        gaussians = gaussians.to(torch.float32)
+    backend = resolve_backend(s.backend, gaussians.device, gaussians.means.dtype)
+    with torch.autocast(device_type=gaussians.device.type, enabled=False):
+        return _render(gaussians, cameras, names, background, s, backend)
 
+
+def _render(g: Gaussians, cameras: Cameras, names: list[str], background, s: RasterSettings, backend: str):
+    batch = g.batch_shape
     height, width = cameras.image_size
     v = cameras.batch_shape[-1]
-    n = gaussians.num_gaussians
+    n = g.num_gaussians
     flat_b = int(torch.Size(batch).numel())
-    g = gaussians
     means = g.means.reshape(flat_b, n, 3)
     c2w = cameras.extrinsics.reshape(flat_b, v, 4, 4)
     ks = cameras.intrinsics.reshape(flat_b, v, 3, 3).to(means.dtype)

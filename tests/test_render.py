@@ -302,3 +302,15 @@ def test_render_of_gaussians_loaded_from_ply_equals_in_memory(tmp_path):
     for x, y in [(a.rgb, b.rgb), (a.features["feat"], b.features["feat"]), (a.alpha, b.alpha)]:
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
     assert (a.alpha > 0.5).any()
+
+
+def test_half_precision_and_autocast_render_in_float32():
+    g = random_gaussians(1, 30, 4, dtype=torch.float32)
+    cams = look_at_cameras(1, 2, 16, 16, dtype=torch.float32)
+    g_bf16 = g.to(torch.bfloat16)
+    expected = render(g_bf16.to(torch.float32), cams)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = render(g_bf16, cams)
+    assert out.rgb.dtype == torch.float32
+    torch.testing.assert_close(out.rgb, expected.rgb, rtol=0, atol=0)
+    torch.testing.assert_close(out.features["feat"], expected.features["feat"], rtol=0, atol=0)
