@@ -280,3 +280,67 @@ class Gaussians:
             sh=torch.cat([g.sh for g in items], dim=-3),
             features={n: torch.cat([g.features[n] for g in items], dim=-2) for n in first.features},
         )
+
+
+@dataclass
+class Views:
+    """Posed images of ``B`` scenes with ``V`` views each (the context or the target set).
+
+    Attributes:
+        images: ``[B, V, 3, H, W]`` float RGB in ``[0, 1]``.
+        cameras: batch shape ``[B, V]`` at ``(H, W)``.
+        near, far: ``[B]`` depth range of each scene's clip (metres).
+        depths: ``[B, V, H, W]`` sensor z-depth in metres, 0 where unknown; or None.
+        labels: ``[B, V, H, W]`` int64 8-class evaluation labels (0 = ignore); or None.
+        instances: ``[B, V, H, W]`` int64 instance ids (0 = none); or None.
+        teacher: cached teacher features, name -> ``[B, V, C, h, w]`` float.
+        frame_ids: ``[B, V]`` int64 frame numbers in the source sequence.
+    """
+
+    images: Tensor
+    cameras: Cameras
+    near: Tensor
+    far: Tensor
+    depths: Tensor | None = None
+    labels: Tensor | None = None
+    instances: Tensor | None = None
+    teacher: dict[str, Tensor] = field(default_factory=dict)
+    frame_ids: Tensor | None = None
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[1]
+
+    def to(self, device) -> Views:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Views(
+            images=self.images.to(device),
+            cameras=self.cameras.to(device),
+            near=self.near.to(device),
+            far=self.far.to(device),
+            depths=move(self.depths),
+            labels=move(self.labels),
+            instances=move(self.instances),
+            teacher={k: v.to(device) for k, v in self.teacher.items()},
+            frame_ids=move(self.frame_ids),
+        )
+
+
+@dataclass
+class Example:
+    """One training/evaluation batch: context views in, target views to render and score.
+
+    Attributes:
+        context: the input views, ``[B, Vc, ...]``.
+        target: held-out views, ``[B, Vt, ...]``.
+        scenes: ``B`` scene names.
+    """
+
+    context: Views
+    target: Views
+    scenes: list[str]
+
+    def to(self, device) -> Example:
+        return Example(self.context.to(device), self.target.to(device), self.scenes)

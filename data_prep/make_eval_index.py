@@ -1,0 +1,58 @@
+"""Build a deterministic evaluation index (MVSplat-style JSON) from a split's shards.
+
+    # the LSM / Uni3R ScanNet protocol: 30-frame subsample, targets i % 8 in {1, 4}, context i +- 1
+    python data_prep/make_eval_index.py --shards shards/scannet --split val --protocol lsm --out index/scannet_lsm.json
+
+    # seeded random sampling (MVSplat style): 2 context views 10..30 keyframes apart, 4 targets between
+    python data_prep/make_eval_index.py --shards shards/synthetic --split val --protocol sampled \
+        --num-context 2 --num-target 4 --min-gap 10 --max-gap 30 --seed 0 --out index/synthetic.json
+
+Frame ids are taken from the keyframes stored in the shards, so every indexed frame can be loaded.
+The schema is documented in ``ffsplat/data/views.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ffsplat.data.shards import scene_frame_ids  # noqa: E402
+from ffsplat.data.views import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--protocol", choices=["lsm", "sampled"], required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--lsm-frames", type=int, default=30, help="lsm: frames in the per-scene subsample")
+    parser.add_argument("--num-context", type=int, default=2)
+    parser.add_argument("--num-target", type=int, default=4)
+    parser.add_argument("--min-gap", type=int, default=10)
+    parser.add_argument("--max-gap", type=int, default=30)
+    parser.add_argument("--entries-per-scene", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    scenes = scene_frame_ids(args.shards, args.split)
+    if args.protocol == "lsm":
+        index = build_lsm_index(scenes, num_frames=args.lsm_frames, skip_short=True)
+    else:
+        config = ViewSamplerConfig(
+            num_context=args.num_context, num_target=args.num_target, min_gap=args.min_gap, max_gap=args.max_gap
+        )
+        index = build_eval_index(scenes, config, seed=args.seed, entries_per_scene=args.entries_per_scene, skip_short=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_eval_index(args.out, index)
+    skipped = sorted(set(scenes) - set(index))
+    print(json.dumps({"out": str(args.out), "scenes": len(index), "entries": sum(map(len, index.values())),
+                      "skipped_too_short": skipped}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

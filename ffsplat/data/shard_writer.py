@@ -1,0 +1,306 @@
+"""RGB-D sequences -> webdataset shards of clips, in parallel over scenes, resumable.
+
+Per scene: valid frames (finite poses) -> keyframes (pose change) -> resized + centre-cropped
+frames at ``size`` with updated intrinsics; depth, labels and instances resampled by nearest
+neighbour into the colour camera -> clips of ``clip_length`` keyframes -> shards
+``<out>/<split>/<scene>-<k>.tar`` of at most ``max_shard_bytes``. Each shard is written to a
+temporary file and renamed, then a per-scene marker ``<out>/<split>/.done/<scene>.json`` records
+the scene's shards; re-running skips scenes with a marker, so an interrupted run resumes and never
+leaves a half-written shard behind. ``manifest.json`` lists every shard with its sample and frame
+counts, size and SHA-256, per split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import webdataset as wds
+
+from ffsplat.atomic import atomic_open
+from ffsplat.data.clip import Clip, encode_clip
+from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
+from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
+from ffsplat.data.scene import Frame, RGBDSequence
+
+TeacherFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""Computes cached teacher features: ``[L, H, W, 3]`` uint8 -> name -> ``[L, C, h, w]``."""
+
+
+@dataclass
+class ShardConfig:
+    """How sequences become shards.
+
+    Attributes:
+        size: output images are ``size x size`` (scale to cover, then centre crop).
+        clip_length: keyframes per clip (one webdataset sample).
+        clip_stride: keyframes between clip starts (default ``clip_length``: no overlap).
+        min_clip_length: a scene's last, shorter clip is kept if it has at least this many frames.
+        frame_skip: only every ``frame_skip``-th valid frame is a keyframe candidate.
+        keyframe_translation: a candidate becomes a keyframe when it moved this far (metres)...
+        keyframe_rotation_deg: ...or turned this much (degrees) since the last keyframe...
+        keyframe_max_gap: ...or this many source frames passed (so static cameras still sample).
+        near_percentile, far_percentile: depth percentiles of a clip that set near / far...
+        near_scale, far_scale: ...multiplied by these margins; near is at least ``min_near``.
+        min_near: lower bound for near (metres).
+        default_near, default_far: used when a clip has no valid depth.
+        max_shard_bytes: start a new shard once a shard reaches this size.
+        jpeg_quality: JPEG quality of the stored colour.
+    """
+
+    size: int = 256
+    clip_length: int = 24
+    clip_stride: int | None = None
+    min_clip_length: int = 8
+    frame_skip: int = 1
+    keyframe_translation: float = 0.05
+    keyframe_rotation_deg: float = 5.0
+    keyframe_max_gap: int = 30
+    near_percentile: float = 1.0
+    far_percentile: float = 99.0
+    near_scale: float = 0.8
+    far_scale: float = 1.2
+    min_near: float = 0.1
+    default_near: float = 0.5
+    default_far: float = 10.0
+    max_shard_bytes: int = 256 * 2**20
+    jpeg_quality: int = 95
+
+
+def select_keyframes(frame_ids: list[int], poses: np.ndarray, cfg: ShardConfig) -> list[int]:
+    """Greedy keyframes: keep a frame when it moved, turned or waited enough since the last one.
+
+    Args:
+        frame_ids: ``[F]`` valid frame ids in order. poses: ``[F, 4, 4]`` camera-to-world.
+    Returns:
+        the chosen frame ids (the first frame is always one).
+    """
+    keep: list[int] = []
+    last = None
+    for position in range(0, len(frame_ids), cfg.frame_skip):
+        pose = poses[position]
+        if last is None:
+            keep.append(frame_ids[position])
+            last = (frame_ids[position], pose)
+            continue
+        moved = np.linalg.norm(pose[:3, 3] - last[1][:3, 3])
+        cos = (np.trace(last[1][:3, :3].T @ pose[:3, :3]) - 1) / 2
+        turned = math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
+        waited = frame_ids[position] - last[0]
+        if moved >= cfg.keyframe_translation or turned >= cfg.keyframe_rotation_deg or waited >= cfg.keyframe_max_gap:
+            keep.append(frame_ids[position])
+            last = (frame_ids[position], pose)
+    return keep
+
+
+def prepare_frame(frame: Frame, size: int, label_map: LabelMap | None) -> dict[str, np.ndarray]:
+    """Resize/crop one frame to ``size x size`` in the colour camera.
+
+    Returns:
+        ``rgb`` ``[S, S, 3]`` uint8, ``depth`` ``[S, S]`` uint16 mm, ``intrinsics`` ``[3, 3]``, and
+        when labels exist ``label`` (8-class uint8), ``nyu40`` (uint8), ``inst`` (uint16).
+    """
+    out = (size, size)
+    rgb, k = resize_and_center_crop(frame.color, frame.color_intrinsics, out)
+    depth_mm = np.round(frame.depth * 1000.0).clip(0, 65535).astype(np.uint16)
+    result = {"rgb": rgb, "intrinsics": k, "depth": resample_nearest(depth_mm, frame.depth_intrinsics, k, out)}
+    if frame.labels is not None:
+        if label_map is None:
+            raise ValueError("scene has label-filt images: pass the ScanNet label map (scannetv2-labels.combined.tsv)")
+        # Label images cover the colour camera's field of view at their own resolution.
+        k_label = scaled_intrinsics(frame.color_intrinsics, frame.color.shape[:2], frame.labels.shape)
+        nyu40 = resample_nearest(label_map.nyu40(frame.labels), k_label, k, out)
+        result["nyu40"] = nyu40
+        result["label"] = NYU40_TO_EVAL[nyu40]
+        if frame.instances is not None:
+            result["inst"] = resample_nearest(frame.instances.astype(np.uint16), k_label, k, out)
+    return result
+
+
+def clip_depth_range(depths_mm: np.ndarray, cfg: ShardConfig) -> tuple[float, float]:
+    valid = depths_mm[depths_mm > 0].astype(np.float64) / 1000.0
+    if valid.size == 0:
+        return cfg.default_near, cfg.default_far
+    near = max(cfg.min_near, cfg.near_scale * float(np.percentile(valid, cfg.near_percentile)))
+    far = max(near * 1.5, cfg.far_scale * float(np.percentile(valid, cfg.far_percentile)))
+    return near, far
+
+
+def scene_clips(
+    sequence: RGBDSequence, cfg: ShardConfig, label_map: LabelMap | None, teacher_fn: TeacherFn | None = None
+) -> Iterator[Clip]:
+    """Yield the clips of one scene (frames are read clip by clip: memory stays bounded)."""
+    valid, _ = sequence.valid_frames()
+    if not valid:
+        return
+    poses = np.stack([sequence.read_pose(i) for i in valid])
+    keyframes = select_keyframes(valid, poses, cfg)
+    stride = cfg.clip_stride or cfg.clip_length
+    for start in range(0, len(keyframes), stride):
+        ids = keyframes[start : start + cfg.clip_length]
+        if len(ids) < cfg.min_clip_length:
+            break
+        frames = [prepare_frame(sequence.read_frame(i), cfg.size, label_map) for i in ids]
+        stack = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+        near, far = clip_depth_range(stack["depth"], cfg)
+        clip = Clip(
+            scene=sequence.name,
+            frame_ids=np.asarray(ids, dtype=np.int64),
+            images=stack["rgb"],
+            depths=stack["depth"],
+            intrinsics=stack["intrinsics"],
+            extrinsics=np.stack([sequence.read_pose(i) for i in ids]),
+            near=near,
+            far=far,
+            labels=stack.get("label"),
+            nyu40=stack.get("nyu40"),
+            instances=stack.get("inst"),
+        )
+        if teacher_fn is not None:
+            clip.teacher = {k: v.astype(np.float16) for k, v in teacher_fn(clip.images).items()}
+        yield clip
+        if start + cfg.clip_length >= len(keyframes):  # overlapping strides: no tail sub-clips
+            break
+
+
+class _ShardSink:
+    """Writes samples into ``<prefix>-<k>.tar`` shards of bounded size, each atomically."""
+
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int):
+        self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
+        self.done: list[dict] = []
+        self._open: tuple | None = None
+
+    def add(self, sample: dict, frames: int) -> None:
+        if self._open is None:
+            path = self.out_dir / f"{self.prefix}-{len(self.done):04d}.tar"
+            ctx = atomic_open(path)
+            stream = ctx.__enter__()
+            self._open = (path, ctx, stream, wds.TarWriter(stream), [0, 0])
+        path, ctx, stream, writer, counts = self._open
+        writer.write(sample)
+        counts[0] += 1
+        counts[1] += frames
+        if stream.tell() >= self.max_bytes:
+            self.close()
+
+    def close(self) -> None:
+        if self._open is None:
+            return
+        path, ctx, stream, writer, counts = self._open
+        self._open = None
+        writer.close()  # flushes the tar end blocks; the stream stays open for atomic_open
+        ctx.__exit__(None, None, None)
+        self.done.append({"path": path.name, "samples": counts[0], "frames": counts[1], "bytes": path.stat().st_size, "sha256": sha256(path)})
+
+    def abort(self, exc: BaseException) -> None:
+        if self._open is not None:
+            _, ctx, _, _, _ = self._open
+            self._open = None
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_scene(
+    sequence: RGBDSequence,
+    out_dir: Path,
+    split: str,
+    cfg: ShardConfig,
+    label_map: LabelMap | None,
+    teacher_fn: TeacherFn | None = None,
+) -> dict:
+    """Write one scene's shards and its done-marker; skip it if the marker exists. Returns the marker."""
+    split_dir = Path(out_dir) / split
+    marker = split_dir / ".done" / f"{sequence.name}.json"
+    if marker.exists():
+        return {**json.loads(marker.read_text()), "skipped": True}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    sink = _ShardSink(split_dir, sequence.name, cfg.max_shard_bytes)
+    try:
+        for n, clip in enumerate(scene_clips(sequence, cfg, label_map, teacher_fn)):
+            sink.add(encode_clip(clip, f"{sequence.name}_{n:04d}", cfg.jpeg_quality), len(clip))
+        sink.close()
+    except BaseException as exc:
+        sink.abort(exc)
+        raise
+    _, skipped = sequence.valid_frames()
+    record = {"scene": sequence.name, "split": split, "shards": sink.done, "skipped_invalid_pose": skipped}
+    with atomic_open(marker, "w") as f:
+        json.dump(record, f)
+    return {**record, "skipped": False}
+
+
+def _write_scene_job(args: tuple) -> dict:
+    root, out_dir, split, cfg, tsv, sequence_kwargs = args
+    label_map = LabelMap.from_tsv(tsv) if tsv else None
+    return write_scene(RGBDSequence(Path(root), **sequence_kwargs), Path(out_dir), split, cfg, label_map)
+
+
+def write_shards(
+    scenes: dict[str, list[Path]],
+    out_dir: Path,
+    cfg: ShardConfig,
+    label_tsv: Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    sequence_kwargs: dict | None = None,
+) -> dict:
+    """Write shards for ``{split: [scene folders]}`` with ``workers`` processes; returns the manifest.
+
+    Scenes that already have a done-marker are skipped (resume). The manifest is rebuilt from all
+    markers and written atomically to ``<out_dir>/manifest.json``. ``sequence_kwargs`` are passed
+    to :class:`RGBDSequence` (folder names, extensions, depth scale of generic sequences).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tsv = str(label_tsv) if label_tsv else None
+    jobs = [(str(root), str(out_dir), split, cfg, tsv, sequence_kwargs or {}) for split, roots in scenes.items() for root in roots]
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            iterator = pool.imap_unordered(_write_scene_job, jobs)
+            results = list(_progress(iterator, len(jobs), progress))
+    else:
+        results = list(_progress(map(_write_scene_job, jobs), len(jobs), progress))
+    manifest = build_manifest(out_dir, cfg)
+    manifest["run"] = {"scenes": len(results), "skipped_existing": sum(r["skipped"] for r in results)}
+    with atomic_open(out_dir / "manifest.json", "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def _progress(iterator, total: int, enabled: bool):
+    if not enabled:
+        yield from iterator
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(iterator, total=total, desc="scenes", unit="scene")
+
+
+def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
+    """Collect every split's done-markers into one manifest dict."""
+    splits: dict[str, dict] = {}
+    for marker in sorted(Path(out_dir).glob("*/.done/*.json")):
+        record = json.loads(marker.read_text())
+        entry = splits.setdefault(record["split"], {"shards": [], "samples": 0, "frames": 0, "scenes": 0, "skipped_invalid_pose": 0})
+        for shard in record["shards"]:
+            entry["shards"].append({**shard, "path": f"{record['split']}/{shard['path']}", "scene": record["scene"]})
+            entry["samples"] += shard["samples"]
+            entry["frames"] += shard["frames"]
+        entry["scenes"] += 1
+        entry["skipped_invalid_pose"] += record["skipped_invalid_pose"]
+    return {"format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits}

@@ -1,0 +1,277 @@
+"""Streaming clip shards into training/evaluation batches (webdataset).
+
+Training: shards are split by rank (``torch.distributed``) and by DataLoader worker, shuffled,
+decoded to :class:`~ffsplat.data.clip.Clip`, and each clip yields one
+:class:`~ffsplat.types.Example` with context and target views drawn by
+:func:`ffsplat.data.views.sample_views`. With ``resampled=False`` each epoch covers every sample
+exactly once across all ranks and workers (needs at least ranks x workers shards); with
+``resampled=True`` every rank draws shards with replacement and ``epoch_length`` samples make an
+epoch, which keeps DDP ranks in step however uneven the shards are.
+
+Evaluation: :class:`EvalIndexDataset` reads the shards of the scenes named in an evaluation index
+(shards are per scene, the manifest says which) and yields one example per index entry.
+
+A sample that fails to decode is skipped, counted and logged (never raised).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ffsplat.data.clip import Clip, decode_clip
+from ffsplat.data.views import ViewSamplerConfig, sample_views
+from ffsplat.types import Cameras, Example, Views
+
+log = logging.getLogger(__name__)
+
+
+def manifest_shards(root: str | Path, split: str) -> list[str]:
+    """Shard paths of ``split`` listed in ``<root>/manifest.json``."""
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard manifest at {path}; write shards with data_prep/make_shards.py first")
+    manifest = json.loads(path.read_text())
+    if split not in manifest["splits"]:
+        raise KeyError(f"{path}: no split {split!r} (have {sorted(manifest['splits'])})")
+    return [str(root / s["path"]) for s in manifest["splits"][split]["shards"]]
+
+
+def scene_frame_ids(root: str | Path, split: str) -> dict[str, list[int]]:
+    """Keyframe ids per scene stored in a split's shards (reads only each clip's ``meta.json``)."""
+    frames: dict[str, set[int]] = {}
+    stages = wds.tarfile_to_samples(select_files=lambda name: name.endswith("meta.json"))
+    for sample in wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), stages):
+        meta = json.loads(sample["meta.json"])
+        frames.setdefault(meta["scene"], set()).update(meta["frame_ids"])
+    return {scene: sorted(ids) for scene, ids in sorted(frames.items())}
+
+
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class CorruptCounter:
+    """Counts and logs samples (or shards) that fail to read; the pipeline continues."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def __call__(self, exc: BaseException) -> bool:
+        self.count += 1
+        if len(self.examples) < 20:
+            self.examples.append(str(exc))
+        log.warning("skipping corrupt shard data (%d so far): %s", self.count, exc)
+        return True  # continue
+
+
+def clip_to_views(clip: Clip, positions: np.ndarray) -> Views:
+    """Views (batch of one scene) for the given clip positions, as float tensors."""
+    idx = np.asarray(positions)
+    h, w = clip.images.shape[1:3]
+
+    def tensor(array, dtype):
+        return None if array is None else torch.from_numpy(np.ascontiguousarray(array[idx])).to(dtype)[None]
+
+    cams = Cameras(tensor(clip.intrinsics, torch.float32), tensor(clip.extrinsics, torch.float32), (h, w))
+    return Views(
+        images=tensor(clip.images, torch.float32).permute(0, 1, 4, 2, 3) / 255.0,
+        cameras=cams,
+        near=torch.tensor([clip.near], dtype=torch.float32),
+        far=torch.tensor([clip.far], dtype=torch.float32),
+        depths=tensor(clip.depths, torch.float32) / 1000.0,
+        labels=tensor(clip.labels, torch.int64),
+        instances=tensor(clip.instances, torch.int64),
+        teacher={k: tensor(v, torch.float32) for k, v in clip.teacher.items()},
+        frame_ids=tensor(clip.frame_ids, torch.int64),
+    )
+
+
+def collate_views(items: list[Views]) -> Views:
+    def cat(get):
+        values = [get(v) for v in items]
+        return None if values[0] is None else torch.cat(values)
+
+    first = items[0]
+    return Views(
+        images=cat(lambda v: v.images),
+        cameras=Cameras(cat(lambda v: v.cameras.intrinsics), cat(lambda v: v.cameras.extrinsics), first.cameras.image_size),
+        near=cat(lambda v: v.near),
+        far=cat(lambda v: v.far),
+        depths=cat(lambda v: v.depths),
+        labels=cat(lambda v: v.labels),
+        instances=cat(lambda v: v.instances),
+        teacher={k: torch.cat([v.teacher[k] for v in items]) for k in first.teacher},
+        frame_ids=cat(lambda v: v.frame_ids),
+    )
+
+
+def collate_examples(items: list[Example]) -> Example:
+    """DataLoader ``collate_fn``: stack examples into a batch."""
+    return Example(
+        context=collate_views([e.context for e in items]),
+        target=collate_views([e.target for e in items]),
+        scenes=[s for e in items for s in e.scenes],
+    )
+
+
+class ClipExamples(IterableDataset):
+    """Training examples from clip shards.
+
+    Args:
+        urls: shard paths (see :func:`manifest_shards`).
+        sampler: how context/target views are drawn from a clip.
+        shuffle_buffer: samples held for shuffling (0 = no shuffling: deterministic order).
+        resampled: draw shards with replacement (use for multi-GPU training).
+        epoch_length: samples per epoch per rank and worker group with ``resampled``.
+        seed: base seed; each epoch, rank and worker derives its own.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        sampler: ViewSamplerConfig,
+        shuffle_buffer: int = 64,
+        resampled: bool = False,
+        epoch_length: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not urls:
+            raise ValueError("ClipExamples: no shard urls given")
+        if resampled and not epoch_length:
+            raise ValueError("ClipExamples: resampled=True needs epoch_length")
+        self.urls, self.sampler, self.shuffle_buffer = list(urls), sampler, shuffle_buffer
+        self.resampled, self.epoch_length, self.seed = resampled, epoch_length, seed
+        self.epoch = 0
+        self.step = 0  # training step, for the view-gap curriculum; set by the trainer
+        self.corrupt = CorruptCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _my_shards(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        urls = [self.urls[i] for i in rng.permutation(len(self.urls))] if self.shuffle_buffer else list(self.urls)
+        return urls[rank::world][worker::workers]
+
+    def __iter__(self) -> Iterator[Example]:
+        rank, world = rank_and_world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
+        if self.resampled:
+            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True)
+            count = -(-self.epoch_length // workers)  # this worker's share of the epoch
+        else:
+            shards = wds.SimpleShardList(self._my_shards(rank, world, worker, workers))
+            count = None
+        stages = [shards, wds.tarfile_to_samples(handler=self.corrupt)]
+        if self.shuffle_buffer:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=int(rng.integers(2**31))))
+        pipeline = wds.DataPipeline(*stages)
+        produced = 0
+        for sample in pipeline:
+            try:
+                clip = decode_clip(sample)
+                context, target = sample_views(len(clip), self.sampler, rng, self.step)
+            except ValueError as exc:
+                self.corrupt(exc)
+                continue
+            yield Example(clip_to_views(clip, context), clip_to_views(clip, target), [clip.scene])
+            produced += 1
+            if count is not None and produced >= count:
+                return
+
+
+class EvalIndexDataset(IterableDataset):
+    """Examples fixed by an evaluation index, read from the scenes' shards.
+
+    Args:
+        root: shard folder with ``manifest.json``.
+        split: split whose shards hold the index's scenes.
+        index: ``{scene: [{"context": [frame ids], "target": [frame ids]}, ...]}`` (see
+            :mod:`ffsplat.data.views`).
+    """
+
+    def __init__(self, root: str | Path, split: str, index: dict[str, list[dict]]):
+        super().__init__()
+        manifest = json.loads((Path(root) / "manifest.json").read_text())
+        by_scene: dict[str, list[str]] = {}
+        for shard in manifest["splits"][split]["shards"]:
+            by_scene.setdefault(shard["scene"], []).append(str(Path(root) / shard["path"]))
+        missing = sorted(set(index) - set(by_scene))
+        if missing:
+            raise KeyError(f"evaluation index names scenes with no shards in split {split!r}: {missing[:5]}")
+        self.index, self.by_scene = index, by_scene
+        self.corrupt = CorruptCounter()
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self.index.values())
+
+    def __iter__(self) -> Iterator[Example]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        scenes = sorted(self.index)[worker::workers]
+        for scene in scenes:
+            pipeline = wds.DataPipeline(wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt))
+            frames: dict[int, tuple[Clip, int]] = {}
+            for sample in pipeline:
+                try:
+                    clip = decode_clip(sample)
+                except ValueError as exc:
+                    self.corrupt(exc)
+                    continue
+                for position, frame_id in enumerate(clip.frame_ids.tolist()):
+                    frames.setdefault(frame_id, (clip, position))
+            for entry in self.index[scene]:
+                wanted = list(entry["context"]) + list(entry["target"])
+                absent = [i for i in wanted if i not in frames]
+                if absent:
+                    raise KeyError(f"evaluation index: scene {scene!r} has no keyframes {absent[:5]} in its shards")
+                merged = _merge_frames([frames[i] for i in wanted], scene)
+                nc = len(entry["context"])
+                yield Example(
+                    clip_to_views(merged, np.arange(nc)),
+                    clip_to_views(merged, np.arange(nc, len(wanted))),
+                    [scene],
+                )
+
+
+def _merge_frames(picks: list[tuple[Clip, int]], scene: str) -> Clip:
+    """A clip made of frames picked from (possibly) several clips of one scene."""
+
+    def gather(attr: str):
+        values = [getattr(clip, attr) for clip, _ in picks]
+        return None if any(v is None for v in values) else np.stack([v[p] for v, (_, p) in zip(values, picks)])
+
+    near = min(clip.near for clip, _ in picks)
+    far = max(clip.far for clip, _ in picks)
+    names = set.intersection(*(set(clip.teacher) for clip, _ in picks))
+    return Clip(
+        scene=scene,
+        frame_ids=gather("frame_ids"),
+        images=gather("images"),
+        depths=gather("depths"),
+        intrinsics=gather("intrinsics"),
+        extrinsics=gather("extrinsics"),
+        near=near,
+        far=far,
+        labels=gather("labels"),
+        nyu40=gather("nyu40"),
+        instances=gather("instances"),
+        teacher={n: np.stack([clip.teacher[n][p] for clip, p in picks]) for n in sorted(names)},
+    )
+
