@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks._common import PeakMemory, machine, run_case_subprocess  # noqa: E402
 from ffsplat import Cameras, RasterSettings, render  # noqa: E402
 from ffsplat.init_gaussians import gaussians_from_rgbd  # noqa: E402
 
@@ -60,28 +58,22 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
             torch.cuda.synchronize()
 
     fwd, bwd = [], []
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(repeats + 1):  # the first run warms up (and JIT-compiles gsplat)
-        sync()
-        t0 = time.perf_counter()
-        out = render(g, cams, settings=settings)
-        sync()
-        t1 = time.perf_counter()
-        loss = out.rgb.square().sum() + out.depth.sum() + sum(f.square().sum() for f in out.features.values())
-        loss.backward()
-        sync()
-        t2 = time.perf_counter()
-        if i:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-        for p in params:
-            p.grad = None
-    if device == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    with PeakMemory(device) as peak:
+        for i in range(repeats + 1):  # the first run warms up (and JIT-compiles gsplat)
+            sync()
+            t0 = time.perf_counter()
+            out = render(g, cams, settings=settings)
+            sync()
+            t1 = time.perf_counter()
+            loss = out.rgb.square().sum() + out.depth.sum() + sum(f.square().sum() for f in out.features.values())
+            loss.backward()
+            sync()
+            t2 = time.perf_counter()
+            if i:
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+            for p in params:
+                p.grad = None
     return {
         "scene": f"{views}x{size}x{size}",
         "gaussians": g.num_gaussians,
@@ -91,7 +83,7 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
         "forward_s": round(statistics.median(fwd), 4),
         "backward_s": round(statistics.median(bwd), 4),
         "forward_backward_s": round(statistics.median(f + b for f, b in zip(fwd, bwd)), 4),
-        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_mb": round(peak.mb, 1),
         "repeats": repeats,
     }
 
@@ -117,21 +109,10 @@ def main() -> None:
         for channels in args.channels:
             for backend in backends:
                 repeats = args.repeats if size <= 128 or args.device == "cuda" else max(2, args.repeats // 2)
-                cmd = [sys.executable, __file__, "--device", args.device, "--views", str(args.views),
-                       "--repeats", str(repeats), "--case", str(size), str(channels), backend]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    report = {
-        "benchmark": "render",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-            "torch": torch.__version__,
-        },
-        "results": results,
-    }
+                case = ["--device", args.device, "--views", str(args.views), "--repeats", str(repeats),
+                        "--case", str(size), str(channels), backend]  # fmt: skip
+                results.append(run_case_subprocess(__file__, case))
+    report = {"benchmark": "render", "machine": machine(), "results": results}
     if args.device == "cuda":
         by_key = {(r["scene"], r["channels"], r["backend"]): r for r in results}
         report["gsplat_speedup_over_torch_backend"] = {

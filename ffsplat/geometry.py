@@ -61,6 +61,21 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
 
 
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product ``a * b`` of wxyz quaternions ``[..., 4]`` (rotation ``b`` first, then ``a``)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
 def rotmat_to_quat(rot: Tensor) -> Tensor:
     """Unit wxyz quaternions (with w >= 0) from rotation matrices ``[..., 3, 3]`` -> ``[..., 4]``.
 
@@ -135,3 +150,63 @@ def project_points(points: Tensor, intrinsics: Tensor, w2c: Tensor) -> tuple[Ten
     u = intrinsics[..., 0, 0, None] * cam[..., 0] / safe_z + intrinsics[..., 0, 2, None]
     v = intrinsics[..., 1, 1, None] * cam[..., 1] / safe_z + intrinsics[..., 1, 2, None]
     return torch.stack([u, v], dim=-1), z
+
+
+def inverse_depth_candidates(near: Tensor, far: Tensor, count: int) -> Tensor:
+    """``count`` depths uniform in inverse depth from ``near`` to ``far``.
+
+    Args:
+        near, far: ``[...]``.
+    Returns:
+        ``[..., count]`` depths, nearest first.
+    """
+    t = torch.linspace(0.0, 1.0, count, device=near.device, dtype=near.dtype)
+    inv = 1.0 / near[..., None] + t * (1.0 / far[..., None] - 1.0 / near[..., None])
+    return 1.0 / inv
+
+
+def plane_sweep_grid(
+    ref_intrinsics: Tensor,
+    ref_c2w: Tensor,
+    src_intrinsics: Tensor,
+    src_w2c: Tensor,
+    depths: Tensor,
+    height: int,
+    width: int,
+) -> tuple[Tensor, Tensor]:
+    """Where each reference pixel lands in a source view if it lies at each candidate depth.
+
+    This is the plane-sweep homography of fronto-parallel planes ``z_ref = d``, evaluated per pixel
+    by unprojecting the reference pixel centre to depth ``d`` and projecting into the source.
+
+    Args:
+        ref_intrinsics, src_intrinsics: ``[..., 3, 3]`` for an image of ``(height, width)``.
+        ref_c2w: ``[..., 4, 4]``; src_w2c: ``[..., 4, 4]``.
+        depths: ``[..., D]`` candidate z-depths in the reference camera.
+    Returns:
+        ``grid``: ``[..., D, H, W, 2]`` source coordinates normalised for
+        ``F.grid_sample(..., align_corners=False)``; ``valid``: ``[..., D, H, W]`` bool, False
+        behind the source camera or outside its image.
+    """
+    uv = pixel_centers(height, width, depths.device, depths.dtype)  # [H, W, 2]
+    fx, fy = ref_intrinsics[..., 0, 0], ref_intrinsics[..., 1, 1]
+    cx, cy = ref_intrinsics[..., 0, 2], ref_intrinsics[..., 1, 2]
+    lead = depths.shape[:-1]
+    rx = (uv[..., 0] - cx[..., None, None]) / fx[..., None, None]  # [..., H, W]
+    ry = (uv[..., 1] - cy[..., None, None]) / fy[..., None, None]
+    rays = torch.stack([rx, ry, torch.ones_like(rx)], dim=-1)  # [..., H, W, 3]
+    ref_to_src = src_w2c @ ref_c2w  # [..., 4, 4]
+    rot, trans = ref_to_src[..., :3, :3], ref_to_src[..., :3, 3]
+    # p_src(d) = d * (R ray) + t
+    dirs = torch.einsum("...ij,...hwj->...hwi", rot, rays)  # [..., H, W, 3]
+    d = depths.reshape(lead + (depths.shape[-1], 1, 1, 1))
+    pts = d * dirs[..., None, :, :, :] + trans.reshape(lead + (1, 1, 1, 3))  # [..., D, H, W, 3]
+    z = pts[..., 2]
+    safe_z = torch.where(z > 1e-6, z, torch.ones_like(z))
+    k = src_intrinsics.reshape(lead + (1, 1, 1, 3, 3))
+    u = k[..., 0, 0] * pts[..., 0] / safe_z + k[..., 0, 2]
+    v = k[..., 1, 1] * pts[..., 1] / safe_z + k[..., 1, 2]
+    valid = (z > 1e-6) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+    grid = torch.stack([2 * u / width - 1, 2 * v / height - 1], dim=-1)
+    grid = torch.where(valid[..., None], grid, torch.full_like(grid, -2.0))  # off-image -> zero padding
+    return grid, valid

@@ -93,3 +93,53 @@ def sh_to_rgb(coeffs: Tensor, dirs: Tensor) -> Tensor:
     unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     bases = sh_bases(degree, unit)  # [..., K]
     return torch.clamp_min((bases[..., None] * coeffs).sum(dim=-2) + 0.5, 0.0)
+
+
+def _fibonacci_directions(count: int, dtype=torch.float64) -> Tensor:
+    """``[count, 3]`` nearly uniform unit directions (deterministic)."""
+    i = torch.arange(count, dtype=dtype) + 0.5
+    z = 1 - 2 * i / count
+    r = torch.sqrt(1 - z * z)
+    phi = i * torch.pi * (3 - 5**0.5)
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
+
+
+def sh_rotation(degree: int, rot: Tensor) -> Tensor:
+    """Matrices that rotate SH coefficient vectors: ``rotate_sh(c, R) = A^T c``.
+
+    Real SH of each degree span a rotation-invariant space, so ``Y(R^T d) = A Y(d)`` for one
+    ``K x K`` (block-diagonal) matrix ``A`` per rotation. It is solved exactly by least squares from
+    the bases at ``2K`` fixed directions, avoiding hand-written Wigner-D recursions.
+
+    Args:
+        degree: SH degree.
+        rot: ``[..., 3, 3]`` rotations.
+    Returns:
+        ``[..., K, K]`` with ``K = (degree + 1) ** 2``.
+    """
+    k = num_sh_bases(degree)
+    dirs = _fibonacci_directions(2 * k).to(rot.device)
+    base = sh_bases(degree, dirs)  # [M, K]
+    rotated = sh_bases(degree, dirs @ rot.double())  # Y(R^T d) for row vectors d: d @ R = (R^T d)^T
+    pinv = torch.linalg.pinv(base)  # [K, M]
+    return (pinv @ rotated).transpose(-1, -2).to(rot.dtype)  # A with Y(R^T d) = A Y(d)
+
+
+def rotate_sh(coeffs: Tensor, rot: Tensor) -> Tensor:
+    """Express SH colour given in one frame in another frame rotated by ``rot``.
+
+    If ``coeffs`` describe colour as a function of directions in camera coordinates and ``rot`` is
+    the camera-to-world rotation, the result describes the same colour for world directions:
+    ``sh_to_rgb(rotate_sh(c, R), d) == sh_to_rgb(c, R^T d)``.
+
+    Args:
+        coeffs: ``[..., K, 3]``.
+        rot: ``[..., 3, 3]`` broadcastable to the leading dims of ``coeffs``.
+    Returns:
+        ``[..., K, 3]``.
+    """
+    degree = int(round(coeffs.shape[-2] ** 0.5)) - 1
+    if degree == 0:
+        return coeffs
+    a = sh_rotation(degree, rot)  # [..., K, K]
+    return a.transpose(-1, -2) @ coeffs

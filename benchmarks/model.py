@@ -1,0 +1,109 @@
+"""Network cost: parameters per module, forward and forward+backward time and peak memory.
+
+Cases (each in a fresh subprocess so peak memory is its own):
+
+* small config at 64x64 with V = 2, 4, 8 context views (how cost grows with V);
+* paper config at 256x256 with V = 2 (forward and forward+backward) and V = 4 (forward only:
+  the V=4 backward needs more memory than a CPU test box should spend).
+
+Inputs are random images and random SAM (256-d, 64x64) / LSeg (512-d, half-resolution) features;
+forward+backward backpropagates a loss on the Gaussians' means, opacities, colours and fields.
+
+    python benchmarks/model.py                    # CPU
+    python benchmarks/model.py --device cuda      # GPU (adds bf16 autocast forward)
+
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks._common import PeakMemory, machine, median_time, run_case_subprocess  # noqa: E402
+from ffsplat.config import group_file, to_dataclass  # noqa: E402
+from ffsplat.model.network import ModelConfig, build_model  # noqa: E402
+from ffsplat.types import Cameras, Views  # noqa: E402
+
+
+def inputs(size: int, views: int, device: str) -> tuple[Views, dict[str, torch.Tensor]]:
+    k = torch.tensor([[0.9 * size, 0, size / 2], [0, 0.9 * size, size / 2], [0, 0, 1.0]]).expand(1, views, 3, 3).clone()
+    c2w = torch.eye(4).repeat(1, views, 1, 1)
+    c2w[0, :, 0, 3] = torch.linspace(-0.3, 0.3, views)
+    context = Views(torch.rand(1, views, 3, size, size), Cameras(k, c2w, (size, size)), torch.tensor([0.5]), torch.tensor([10.0]))
+    cond = {"sam": torch.randn(1, views, 256, 64, 64), "lseg": torch.randn(1, views, 512, size // 2, size // 2)}
+    return context.to(device), {k: v.to(device) for k, v in cond.items()}
+
+
+def run_case(config: str, size: int, views: int, mode: str, device: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(to_dataclass(ModelConfig, group_file("model", config))).to(device)
+    context, cond = inputs(size, views, device)
+
+    def forward() -> None:
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=mode == "forward_bf16"):
+            model(context, cond)
+
+    def forward_backward() -> None:
+        g = model(context, cond).gaussians
+        loss = g.means.mean() + g.opacities.mean() + g.sh.mean() + sum(f.mean() for f in g.features.values())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    with PeakMemory(device) as peak:
+        seconds = median_time(forward_backward if mode == "forward_backward" else forward, repeats, device)
+    return {
+        "config": config,
+        "size": size,
+        "views": views,
+        "mode": mode,
+        "device": device,
+        "seconds": round(seconds, 4),
+        "peak_memory_mb": round(peak.mb, 1),
+        "repeats": repeats,
+    }
+
+
+def parameter_counts(config: str) -> dict:
+    model = build_model(to_dataclass(ModelConfig, group_file("model", config)))
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+    return {"total": sum(counts.values()), **counts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--case", nargs=4, metavar=("CONFIG", "SIZE", "VIEWS", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        config, size, views, mode = args.case
+        print(json.dumps(run_case(config, int(size), int(views), mode, args.device, args.repeats)))
+        return
+
+    cases = [("small", 64, v, m) for v in (2, 4, 8) for m in ("forward", "forward_backward")]
+    cases += [("paper", 256, 2, "forward"), ("paper", 256, 2, "forward_backward"), ("paper", 256, 4, "forward")]
+    if args.device == "cuda":
+        cases += [("paper", 256, 2, "forward_bf16"), ("paper", 256, 8, "forward"), ("paper", 256, 8, "forward_backward")]
+    results = []
+    for config, size, views, mode in cases:
+        repeats = args.repeats if (config == "small" or args.device == "cuda") else 1
+        case = ["--device", args.device, "--repeats", str(repeats), "--case", config, str(size), str(views), mode]
+        results.append(run_case_subprocess(__file__, case))
+    report = {
+        "benchmark": "model",
+        "machine": machine(),
+        "parameters": {name: parameter_counts(name) for name in ("small", "paper")},
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The SemanticSplat predictor: context views (+ SAM/LSeg features) -> semantic Gaussians.
+
+Data flow (SemanticSplat sec. 3.1-3.3, MVSplat)::
+
+    images ─ backbone (CNN + cross-view Swin transformer) ─► features F (1/4 res)
+    F, cameras, near/far ─ plane-sweep correlation ─► cost volume C (D candidates)
+    C, F, SAM?, LSeg? ─ fusion U-Net ─► latent map Z
+    C, F, Z ─ depth U-Net + softmax + refinement ─► depth, refinement features R (full res)
+    R, image, F↑ ─ Gaussian head ─► means, scales, rotations, opacities, SH
+    Z↑, depth, R ─ semantic trunk ─► f ─ heads ─► f^S (seg), f^L (lang)  (rendered, then decoded)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ffsplat.geometry import inverse_depth_candidates
+from ffsplat.model.backbone import BackboneConfig, MultiViewBackbone
+from ffsplat.model.conditioning import ConditioningConfig, ConditioningFusion
+from ffsplat.model.cost_volume import correlation_cost_volume
+from ffsplat.model.depth import DepthConfig, DepthHead, DepthOutput
+from ffsplat.model.gaussians import GaussianConfig, GaussianHead
+from ffsplat.model.semantic_heads import FieldDecoder, FieldHead, SemanticConfig, SemanticTrunk
+from ffsplat.types import Gaussians, Views
+
+SEG, LANG = "seg", "lang"
+"""Names of the two semantic fields in ``Gaussians.features`` and rendered outputs."""
+
+
+@dataclass
+class PretrainedConfig:
+    """Optional initial weights from a local checkpoint.
+
+    Attributes:
+        path: local ``.ckpt``/``.pth`` file (a state dict, or a dict with ``state_dict``/``model``).
+        key_map: source-prefix -> our-prefix renames applied before loading (e.g.
+            ``{"encoder.backbone.": "backbone."}``); keys matching no prefix are dropped.
+        strict: raise if any of our parameters stays unloaded.
+    """
+
+    path: str = ""
+    key_map: dict[str, str] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The whole network. ``configs/model/*.yaml`` fill this tree.
+
+    Attributes:
+        name: registry name of the network class.
+        backbone, depth, conditioning, gaussians, semantic: component configs.
+        pretrained: optional local initial weights.
+    """
+
+    name: str = "semanticsplat"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    pretrained: PretrainedConfig | None = None
+
+
+@dataclass
+class NetworkOutput:
+    """Gaussians of batch ``[B]`` with ``features = {"seg": [B, N, seg_dim], "lang": [B, N, lang_dim]}``,
+    and the per-view depth predictions."""
+
+    gaussians: Gaussians
+    depth: DepthOutput
+
+
+class SemanticSplatNet(nn.Module):
+    """Feed-forward semantic Gaussian predictor for any number of context views ``V >= 2``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = MultiViewBackbone(cfg.backbone)
+        c = cfg.backbone.d_model
+        d = cfg.depth.num_candidates
+        self.conditioning = ConditioningFusion(cfg.conditioning, d, c)
+        self.depth_head = DepthHead(cfg.depth, c, cfg.conditioning.latent_dim)
+        r = cfg.depth.refine_channels[0]
+        self.gaussian_head = GaussianHead(cfg.gaussians, r + 3 + cfg.depth.feature_proj)
+        sem = cfg.semantic
+        self.semantic_trunk = SemanticTrunk(cfg.conditioning.latent_dim + 1 + r, sem.latent_dim)
+        self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
+        self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
+        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.sam_dim, sem.decoder_hidden)
+        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lseg_dim, sem.decoder_hidden)
+
+    def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> NetworkOutput:
+        """
+        Args:
+            context: ``V >= 2`` posed images per scene; H and W divisible by 4.
+            conditions: teacher features of the context views, ``{"sam": [B, V, 256, h, w],
+                "lseg": [B, V, 512, h, w]}`` as the conditioning config requires (any h, w).
+        """
+        images = context.images
+        b, v, _, height, width = images.shape
+        if height % 4 or width % 4:
+            raise ValueError(f"context images must have H and W divisible by 4, got {height}x{width}")
+        cnn_feats, feats = self.backbone(images)
+        h, w = feats.shape[-2:]
+        cams_low = context.cameras.resize(h, w)
+        candidates = inverse_depth_candidates(context.near, context.far, self.cfg.depth.num_candidates)
+        candidates = candidates[:, None].expand(b, v, -1)
+        cost = correlation_cost_volume(feats, cams_low.intrinsics.to(feats.dtype), cams_low.extrinsics.to(feats.dtype), candidates.to(feats.dtype))
+        latent = self.conditioning(cost, feats, conditions)
+        depth = self.depth_head(images, cost, feats, latent, candidates.to(feats.dtype), context.near, context.far)
+
+        head_in = torch.cat([depth.refine_features, images, depth.projected_features], dim=2)
+        gaussians = self.gaussian_head(head_in, images, depth.depth, context.cameras)
+
+        lo, hi = depth.disparity_range
+        norm_disp = (1.0 / depth.depth - lo[:, None, None, None]) / (hi - lo)[:, None, None, None]
+        latent_full = F.interpolate(rearrange(latent, "b v c h w -> (b v) c h w"), size=(height, width), mode="bilinear", align_corners=False)
+        refine = rearrange(depth.refine_features, "b v c h w -> (b v) c h w")
+        trunk_in = torch.cat([latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w"), refine], dim=1)
+        f = rearrange(self.semantic_trunk(trunk_in), "(b v) c h w -> b (v h w) c", b=b)
+        gaussians = replace(gaussians, features={SEG: self.seg_head(f), LANG: self.lang_head(f)})
+        return NetworkOutput(gaussians=gaussians, depth=depth)
+
+    def decode_fields(self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Tensor]:
+        """Expand rendered fields to teacher space: ``{"seg": [B,V,seg_dim,H,W]}`` -> ``{"sam": [B,V,256,h,w]}``,
+        ``{"lang": ...}`` -> ``{"lseg": [B,V,512,h,w]}``; ``sizes`` gives the teacher grids (default: rendered size)."""
+        sizes = sizes or {}
+        out = {}
+        if SEG in rendered:
+            out["sam"] = self.seg_decoder(rendered[SEG], sizes.get("sam"))
+        if LANG in rendered:
+            out["lseg"] = self.lang_decoder(rendered[LANG], sizes.get("lseg"))
+        return out
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by branch, for stage-wise freezing: geometry, segmentation, language."""
+        geometry = [self.backbone, self.conditioning, self.depth_head, self.gaussian_head]
+        return {
+            "geometry": [p for m in geometry for p in m.parameters()],
+            "segmentation": [p for m in (self.semantic_trunk, self.seg_head, self.seg_decoder) for p in m.parameters()],
+            "language": [p for m in (self.lang_head, self.lang_decoder) for p in m.parameters()],
+        }
+
+
+MODELS: dict[str, type[nn.Module]] = {"semanticsplat": SemanticSplatNet}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate ``cfg.name`` from :data:`MODELS` and load ``cfg.pretrained`` if set."""
+    if cfg.name not in MODELS:
+        raise KeyError(f"model.name={cfg.name!r} is not a known model; choose one of {sorted(MODELS)}")
+    model = MODELS[cfg.name](cfg)
+    if cfg.pretrained is not None and cfg.pretrained.path:
+        report = load_pretrained(model, cfg.pretrained)
+        print(f"[model] loaded {report['loaded']} tensors from {cfg.pretrained.path}; "
+              f"missing {len(report['missing'])}, unexpected {len(report['unexpected'])}, "
+              f"shape mismatches {len(report['mismatched'])}")  # fmt: skip
+    return model
+
+
+def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
+    """Load a local checkpoint through explicit prefix renames; report what matched.
+
+    Returns:
+        ``{"loaded": n, "missing": [our keys not loaded], "unexpected": [renamed source keys we do
+        not have], "mismatched": [(key, source shape, our shape)], "dropped": n source keys matching
+        no prefix}``.
+    Raises:
+        FileNotFoundError naming ``model.pretrained.path``; RuntimeError if ``strict`` and anything is missing.
+    """
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained.path: no checkpoint at {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = blob.get("state_dict", blob.get("model", blob)) if isinstance(blob, dict) else blob
+    renamed, dropped = {}, 0
+    for key, value in state.items():
+        for src, dst in cfg.key_map.items() if cfg.key_map else [("", "")]:
+            if key.startswith(src):
+                renamed[dst + key[len(src) :]] = value
+                break
+        else:
+            dropped += 1
+    ours = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in renamed.items() if k in ours and v.shape != ours[k].shape]
+    loadable = {k: v for k, v in renamed.items() if k in ours and v.shape == ours[k].shape}
+    missing = sorted(set(ours) - set(loadable))
+    report = {
+        "loaded": len(loadable),
+        "missing": missing,
+        "unexpected": sorted(set(renamed) - set(ours)),
+        "mismatched": mismatched,
+        "dropped": dropped,
+    }
+    if cfg.strict and (missing or mismatched):
+        raise RuntimeError(f"model.pretrained (strict): {len(missing)} missing keys (e.g. {missing[:5]}), mismatched {mismatched[:5]}")
+    model.load_state_dict(loadable, strict=False)
+    return report
