@@ -8,6 +8,11 @@
     # one generic sequence (no labels)
     python data_prep/make_shards.py --scene ../shared/data/hololens-office --out shards/holo
 
+    # cache teacher features in the shards (local weights; run on a GPU node with --teacher-device cuda)
+    python data_prep/make_shards.py ... --teacher sam:checkpoint=weights/sam_vit_b_01ec64.pth,model_type=vit_b \
+        --teacher lseg:checkpoint=weights/demo_e200.ckpt,clip_path=weights/clip-vit-base-patch32 \
+        --teacher-size 32 32 --teacher-device cuda
+
 Scene folders use the exported-ScanNet layout (``data_prep/export_sens.py`` makes it from
 ``.sens`` files). Re-running resumes: finished scenes are skipped. See
 ``ffsplat/data/shard_writer.py`` for the sample format and ``ffsplat/data/clip.py`` for the
@@ -24,6 +29,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
+
+
+def parse_teacher(spec: str) -> tuple[str, dict]:
+    """``name[:key=value,key=value]`` -> (name, kwargs); values become int/float/bool when they parse."""
+    name, _, rest = spec.partition(":")
+    kwargs: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--teacher {spec!r}: expected key=value, got {item!r}")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            kwargs[key] = lowered == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    kwargs[key] = cast(value)
+                    break
+                except ValueError:
+                    continue
+            else:
+                kwargs[key] = value
+    return name, kwargs
 
 
 def read_split_list(path: Path) -> list[str]:
@@ -49,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keyframe-rotation-deg", type=float, default=5.0)
     parser.add_argument("--max-shard-mb", type=float, default=256)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
+                        help="cache this teacher's features (sam, lseg, label_lang, label_seg); repeatable")  # fmt: skip
+    parser.add_argument("--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size")
+    parser.add_argument("--teacher-device", default="cpu")
     parser.add_argument("--color-ext", default="jpg")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="stored depth units per metre")
     args = parser.parse_args(argv)
@@ -84,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         keyframe_translation=args.keyframe_translation,
         keyframe_rotation_deg=args.keyframe_rotation_deg,
         max_shard_bytes=int(args.max_shard_mb * 2**20),
+        teachers=dict(parse_teacher(spec) for spec in args.teacher),
+        teacher_size=tuple(args.teacher_size) if args.teacher_size else None,
+        teacher_device=args.teacher_device,
     )
     manifest = write_shards(
         scenes, args.out, cfg, args.labels_tsv, workers=args.workers,

@@ -70,12 +70,8 @@ class Clip:
         return len(self.frame_ids)
 
 
-_PER_FRAME = {  # attribute -> (field name, encoder)
-    "depths": ("depth", png_bytes),
-    "labels": ("label", png_bytes),
-    "nyu40": ("nyu40", png_bytes),
-    "instances": ("inst", png_bytes),
-}
+_PNG_FIELDS = {"depths": "depth", "labels": "label", "nyu40": "nyu40", "instances": "inst"}
+"""Clip attribute -> per-frame PNG field name."""
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -103,10 +99,10 @@ def encode_clip(clip: Clip, key: str, jpeg_quality: int = 95) -> dict[str, bytes
     sample["cameras.npz"] = buf.getvalue()
     for j in range(length):
         sample[f"rgb.{j:03d}.jpg"] = jpeg_bytes(clip.images[j], jpeg_quality)
-        for attr, (name, encode) in _PER_FRAME.items():
+        for attr, name in _PNG_FIELDS.items():
             array = getattr(clip, attr)
             if array is not None:
-                sample[f"{name}.{j:03d}.png"] = encode(array[j])
+                sample[f"{name}.{j:03d}.png"] = png_bytes(array[j])
     for name, feat in clip.teacher.items():
         sample[f"teacher.{name}.npy"] = _npy_bytes(feat.astype(np.float16))
     return sample
@@ -135,7 +131,7 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
             missing = [k for k in keys if k not in sample]
             if missing:
                 raise ValueError(f"missing fields {missing[:3]}")
-            arrays = [_decode_png(sample[k]) if ext == "png" else _decode_rgb(sample[k]) for k in keys]
+            arrays = [_decode_png(sample[k]) if ext == "png" else decode_rgb(sample[k]) for k in keys]
             return np.stack(arrays)
 
         images = frames("rgb", "jpg", True)
@@ -161,6 +157,7 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
     return clip
 
 
-def _decode_rgb(data: bytes) -> np.ndarray:
+def decode_rgb(data: bytes) -> np.ndarray:
+    """JPEG (or any image) bytes -> ``[H, W, 3]`` uint8 RGB."""
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB")).copy()

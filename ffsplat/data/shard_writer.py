@@ -16,22 +16,21 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import webdataset as wds
 
 from ffsplat.atomic import atomic_open
-from ffsplat.data.clip import Clip, encode_clip
+from torch import nn
+
+from ffsplat.data.clip import Clip, decode_rgb, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
 from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
-from ffsplat.data.scene import Frame, RGBDSequence
-
-TeacherFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-"""Computes cached teacher features: ``[L, H, W, 3]`` uint8 -> name -> ``[L, C, h, w]``."""
-
+from ffsplat.data.scene import Frame, RGBDSequence, jpeg_bytes
+from ffsplat.teachers.features import clip_teacher_features, load_teachers
 
 @dataclass
 class ShardConfig:
@@ -52,6 +51,10 @@ class ShardConfig:
         default_near, default_far: used when a clip has no valid depth.
         max_shard_bytes: start a new shard once a shard reaches this size.
         jpeg_quality: JPEG quality of the stored colour.
+        teachers: teachers whose features are cached in the shards, ``{name: config kwargs}``
+            (e.g. ``{"sam": {"checkpoint": "sam_vit_b_01ec64.pth"}, "label_lang": {}}``).
+        teacher_size: cache every teacher's features at this ``(h, w)``; None keeps native grids.
+        teacher_device: device the teachers run on while writing ("cuda" on a GPU node).
     """
 
     size: int = 256
@@ -71,6 +74,9 @@ class ShardConfig:
     default_far: float = 10.0
     max_shard_bytes: int = 256 * 2**20
     jpeg_quality: int = 95
+    teachers: dict[str, dict] = field(default_factory=dict)
+    teacher_size: tuple[int, int] | None = None
+    teacher_device: str = "cpu"
 
 
 def select_keyframes(frame_ids: list[int], poses: np.ndarray, cfg: ShardConfig) -> list[int]:
@@ -133,7 +139,7 @@ def clip_depth_range(depths_mm: np.ndarray, cfg: ShardConfig) -> tuple[float, fl
 
 
 def scene_clips(
-    sequence: RGBDSequence, cfg: ShardConfig, label_map: LabelMap | None, teacher_fn: TeacherFn | None = None
+    sequence: RGBDSequence, cfg: ShardConfig, label_map: LabelMap | None, teachers: dict[str, nn.Module] | None = None
 ) -> Iterator[Clip]:
     """Yield the clips of one scene (frames are read clip by clip: memory stays bounded)."""
     valid, _ = sequence.valid_frames()
@@ -162,8 +168,10 @@ def scene_clips(
             nyu40=stack.get("nyu40"),
             instances=stack.get("inst"),
         )
-        if teacher_fn is not None:
-            clip.teacher = {k: v.astype(np.float16) for k, v in teacher_fn(clip.images).items()}
+        if teachers:
+            # Teachers see what the loader will yield: the JPEG-decoded frames.
+            decoded = np.stack([decode_rgb(jpeg_bytes(im, cfg.jpeg_quality)) for im in clip.images])
+            clip.teacher = clip_teacher_features(teachers, decoded, clip.labels, clip.instances, cfg.teacher_size)
         yield clip
         if start + cfg.clip_length >= len(keyframes):  # overlapping strides: no tail sub-clips
             break
@@ -220,7 +228,7 @@ def write_scene(
     split: str,
     cfg: ShardConfig,
     label_map: LabelMap | None,
-    teacher_fn: TeacherFn | None = None,
+    teachers: dict[str, nn.Module] | None = None,
 ) -> dict:
     """Write one scene's shards and its done-marker; skip it if the marker exists. Returns the marker."""
     split_dir = Path(out_dir) / split
@@ -230,7 +238,7 @@ def write_scene(
     marker.parent.mkdir(parents=True, exist_ok=True)
     sink = _ShardSink(split_dir, sequence.name, cfg.max_shard_bytes)
     try:
-        for n, clip in enumerate(scene_clips(sequence, cfg, label_map, teacher_fn)):
+        for n, clip in enumerate(scene_clips(sequence, cfg, label_map, teachers)):
             sink.add(encode_clip(clip, f"{sequence.name}_{n:04d}", cfg.jpeg_quality), len(clip))
         sink.close()
     except BaseException as exc:
@@ -246,7 +254,8 @@ def write_scene(
 def _write_scene_job(args: tuple) -> dict:
     root, out_dir, split, cfg, tsv, sequence_kwargs = args
     label_map = LabelMap.from_tsv(tsv) if tsv else None
-    return write_scene(RGBDSequence(Path(root), **sequence_kwargs), Path(out_dir), split, cfg, label_map)
+    teachers = load_teachers(cfg.teachers, cfg.teacher_device) if cfg.teachers else None
+    return write_scene(RGBDSequence(Path(root), **sequence_kwargs), Path(out_dir), split, cfg, label_map, teachers)
 
 
 def write_shards(

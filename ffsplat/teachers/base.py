@@ -1,0 +1,78 @@
+"""The teacher interface and registry.
+
+A teacher turns images into dense feature maps that the semantic fields are distilled from (and
+that condition the network). Real teachers (SAM, LSeg) load pretrained weights from local paths;
+label-derived stand-ins (for benchmarks without weights) read ground-truth labels instead of
+pixels. All share :class:`Teacher`, and configs pick them by name from :data:`TEACHERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Protocol
+
+from torch import Tensor, nn
+
+
+class Teacher(Protocol):
+    """Dense image features from a (frozen) model.
+
+    Attributes:
+        name: registry name (``"sam"``, ``"lseg"``, ``"label_seg"``, ``"label_lang"``).
+        dim: feature channels (SAM 256, LSeg 512).
+        needs_labels: True for label-derived stand-ins (``encode`` then needs ``labels`` / ``instances``).
+    """
+
+    name: str
+    dim: int
+    needs_labels: bool
+
+    def encode(self, images: Tensor, labels: Tensor | None = None, instances: Tensor | None = None) -> Tensor:
+        """``images [N, 3, H, W]`` RGB in ``[0, 1]`` -> features ``[N, dim, h, w]`` covering the image.
+
+        ``labels``/``instances`` (``[N, H, W]`` int) are only used by label-derived teachers.
+        """
+        ...
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of :meth:`encode`'s features for ``H x W`` input."""
+        ...
+
+
+TeacherFactory = Callable[..., nn.Module]
+TEACHERS: dict[str, TeacherFactory] = {}
+"""Teacher name -> factory taking the teacher's config keyword arguments."""
+
+BUILTIN_TEACHER_MODULES = ("ffsplat.teachers.sam", "ffsplat.teachers.lseg", "ffsplat.teachers.label_teachers")
+"""Modules whose import registers the built-in teachers (imported on first use of the registry)."""
+
+
+def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
+    def decorator(factory: TeacherFactory) -> TeacherFactory:
+        TEACHERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def build_teacher(name: str, **kwargs) -> nn.Module:
+    """Instantiate teacher ``name`` with its config (e.g. ``checkpoint=...``)."""
+    if name not in TEACHERS:
+        for module in BUILTIN_TEACHER_MODULES:
+            importlib.import_module(module)
+    if name not in TEACHERS:
+        raise KeyError(f"unknown teacher {name!r}; choose one of {sorted(TEACHERS)}")
+    return TEACHERS[name](**kwargs)
+
+
+def require_file(path: str | Path | None, key: str, directory: bool = False) -> Path:
+    """The local weights at ``path`` (a file, or a directory if ``directory``), or a
+    FileNotFoundError naming the config ``key`` and the path."""
+    what = "model directory" if directory else "checkpoint file"
+    if not path:
+        raise FileNotFoundError(f"{key} is not set: give the local path of the pretrained weights (no downloads at run time)")
+    p = Path(path).expanduser()
+    if not (p.is_dir() if directory else p.is_file()):
+        raise FileNotFoundError(f"{key}: no {what} at {p} (weights are never downloaded at run time)")
+    return p

@@ -1,0 +1,71 @@
+"""Teacher features for clips, computed the same way whether cached in shards or computed online.
+
+Teachers see exactly what the training loader yields: the shard writer passes the JPEG-decoded
+images (not the pre-compression pixels) so cached features equal online ones up to float16.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ffsplat.teachers.base import build_teacher
+
+def load_teachers(specs: dict[str, dict], device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+    """Build teachers from ``{name: config kwargs}``."""
+    return {name: build_teacher(name, **kwargs).to(device).eval() for name, kwargs in specs.items()}
+
+
+@torch.no_grad()
+def teacher_features(
+    teachers: dict[str, nn.Module],
+    images: Tensor,
+    labels: Tensor | None = None,
+    instances: Tensor | None = None,
+    size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+) -> dict[str, Tensor]:
+    """Features of every teacher for a stack of frames.
+
+    Args:
+        images: ``[N, 3, H, W]`` RGB in ``[0, 1]``; labels/instances: ``[N, H, W]`` or None.
+        size: resize every teacher's output to this ``(h, w)`` (area interpolation); None keeps
+            each teacher's native grid.
+    Returns:
+        name -> ``[N, C, h, w]`` float32 on the images' device.
+    """
+    out: dict[str, Tensor] = {}
+    for name, teacher in teachers.items():
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            feats = teacher.encode(
+                images[sl],
+                labels=None if labels is None else labels[sl],
+                instances=None if instances is None else instances[sl],
+            ).float()
+            if size is not None and tuple(feats.shape[-2:]) != tuple(size):
+                feats = F.interpolate(feats, size=size, mode="area")
+            chunks.append(feats)
+        out[name] = torch.cat(chunks)
+    return out
+
+
+def clip_teacher_features(
+    teachers: dict[str, nn.Module],
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    instances: np.ndarray | None,
+    size: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """``[L, H, W, 3]`` uint8 clip frames (+ labels/instances) -> name -> ``[L, C, h, w]`` float16."""
+    device = next((b.device for t in teachers.values() for b in list(t.parameters()) + list(t.buffers())), torch.device("cpu"))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
+
+    def as_long(a):
+        return None if a is None else torch.from_numpy(a.astype(np.int64)).to(device)
+
+    feats = teacher_features(teachers, tensor, as_long(labels), as_long(instances), size)
+    return {k: v.cpu().numpy().astype(np.float16) for k, v in feats.items()}
