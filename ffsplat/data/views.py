@@ -37,13 +37,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypedDict
+from typing import Any, Sequence, TypedDict
 
 import numpy as np
 
 from ffsplat.atomic import atomic_open
 
-TargetRange = Literal["between", "clip"]
 
 
 class EvalEntry(TypedDict):
@@ -57,7 +56,7 @@ EvalIndex = dict[str, list[EvalEntry]]
 """Scene name -> list of evaluation examples (canonical form, see the module docstring)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ViewSamplerConfig:
     """How :func:`sample_views` picks views from a clip. All distances are in clip positions.
 
@@ -83,7 +82,7 @@ class ViewSamplerConfig:
     min_gap: int = 5
     max_gap: int = 15
     gap_warmup_steps: int = 0
-    target_range: TargetRange = "between"
+    target_range: str = "between"  # "between" | "clip" (a str: OmegaConf configs cannot hold Literal)
     allow_target_overlap: bool = False
 
     def __post_init__(self) -> None:

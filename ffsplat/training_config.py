@@ -1,0 +1,209 @@
+"""The training configuration tree (``configs/train.yaml`` + groups fill it; see ``train.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ffsplat.data.views import ViewSamplerConfig
+from ffsplat.model.network import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from.
+
+    Attributes:
+        name: a label for logs (``synthetic``, ``scannet``...).
+        root: shard folder with ``manifest.json`` (written by ``data_prep/make_shards.py``).
+        train_split, val_split: manifest splits for training and validation.
+        eval_index: evaluation index JSON for validation; None builds one from ``val_split`` with
+            ``sampler`` (seeded, deterministic).
+        val_examples: use at most this many validation examples (None: all).
+        batch_size: examples per step per device.
+        num_workers: DataLoader workers per device.
+        shuffle_buffer: samples held for shuffling.
+        resampled: draw shards with replacement (required for multi-GPU: keeps ranks in step).
+        epoch_length: samples per epoch per device when ``resampled``.
+        sampler: how context/target views are drawn from each clip.
+    """
+
+    name: str = "synthetic"
+    root: str = "data/shards/synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_index: str | None = None
+    val_examples: int | None = 16
+    batch_size: int = 1
+    num_workers: int = 0
+    shuffle_buffer: int = 64
+    resampled: bool = True
+    epoch_length: int = 1000
+    sampler: ViewSamplerConfig = field(default_factory=lambda: ViewSamplerConfig(num_context=2, num_target=4, min_gap=4, max_gap=12))
+
+
+@dataclass
+class TeacherRole:
+    """One teacher: a registry name and its config (e.g. ``{"checkpoint": "weights/sam_vit_b_01ec64.pth"}``)."""
+
+    name: str = "label_seg"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeachersConfig:
+    """Which teachers the fields are distilled from, and where their features come from.
+
+    Attributes:
+        segmentation: the SAM role (``sam`` or the ``label_seg`` stand-in); its features condition
+            the network (as ``"sam"``) and are the segmentation field's target.
+        language: the LSeg role (``lseg`` or the ``label_lang`` stand-in); conditions the network
+            (as ``"lseg"``) and is the language field's target.
+        source: ``"cached"`` reads features stored in the shards; ``"online"`` computes them per
+            batch on the training device.
+        clip_path: local CLIP ViT-B/32 text model directory for class-name embeddings (with
+            ``lseg``); the ``label_lang`` stand-in uses its own class table.
+        prompt_decoder: decoder of point prompts for the mask loss and promptable evaluation:
+            ``"sam"`` (needs ``segmentation.name == "sam"``), ``"similarity"`` (the stand-in for
+            label-derived embeddings), or ``"auto"`` (SAM when the segmentation teacher is SAM).
+        masks: three-scale masks for hierarchical pooling: ``"sam"`` (SAM's automatic masks),
+            ``"labels"`` (stand-in from ground-truth instances/classes), ``"auto"`` or ``"none"``.
+    """
+
+    segmentation: TeacherRole = field(default_factory=lambda: TeacherRole("label_seg"))
+    language: TeacherRole = field(default_factory=lambda: TeacherRole("label_lang"))
+    source: str = "cached"
+    clip_path: str | None = None
+    prompt_decoder: str = "auto"
+    masks: str = "auto"
+
+
+@dataclass
+class StageConfig:
+    """Which training stage runs (SemanticSplat sec. 3.6).
+
+    Attributes:
+        name: ``geometry`` (photometric only: a warm start), ``seg`` (stage 1: L_rgb + L_sam) or
+            ``lang`` (stage 2: L_clip with the segmentation branch and geometry frozen).
+        init_from: checkpoint of the previous stage to start from (a ``last.ckpt`` or a slim
+            ``model.pt``); None starts from the config's initial weights.
+    """
+
+    name: str = "seg"
+    init_from: str | None = None
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and options.
+
+    Attributes:
+        lpips_weight: weight of LPIPS in the photometric loss (paper: 0.05).
+        lpips_vgg_path: local torchvision VGG16 weights for LPIPS; without them LPIPS is off (one warning).
+        mask_weight: weight of the SAM-decoder mask consistency loss (paper: 0.2).
+        num_prompts: point prompts sampled per target view for the mask loss.
+        hcam: use hierarchical-context-aware pooling in the language loss.
+    """
+
+    lpips_weight: float = 0.05
+    lpips_vgg_path: str | None = None
+    mask_weight: float = 0.2
+    num_prompts: int = 8
+    hcam: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """Adam with linear warm-up then cosine decay (paper: lr 1e-4, cosine).
+
+    Attributes:
+        lr: peak learning rate.
+        warmup_steps: linear warm-up steps from 0.
+        max_steps: training steps of this stage (paper: 5000 per stage).
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        grad_clip: gradient-norm clipping (0 disables).
+    """
+
+    lr: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 5000
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 0.5
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings.
+
+    Attributes:
+        accelerator: ``cpu``, ``gpu`` or ``auto``.
+        devices: devices per node (int or ``"auto"``).
+        num_nodes: nodes (multi-node DDP through torchrun/SLURM).
+        strategy: ``auto``, ``ddp``, ``ddp_spawn``...
+        precision: ``32-true`` or ``bf16-mixed`` (GPU).
+        val_every_n_steps: validate every this many training steps (0: only at the end).
+        log_every_n_steps: scalar logging interval.
+        seed: global seed (each rank and worker derives its own).
+        deterministic: ask torch for deterministic algorithms.
+    """
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    val_every_n_steps: int = 500
+    log_every_n_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    """Weights & Biases logging.
+
+    Attributes:
+        wandb_mode: ``offline`` (default: a local run directory, sync later with ``wandb sync``),
+            ``online`` or ``disabled``.
+        project: wandb project.
+        save_dir: where wandb (and Hydra) write run files.
+        images_every_n_steps: log renders, depth, feature PCA and class maps this often (0: never).
+    """
+
+    wandb_mode: str = "offline"
+    project: str = "ffsplat"
+    save_dir: str = "outputs"
+    images_every_n_steps: int = 500
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints (written atomically).
+
+    Attributes:
+        dir: root folder; a run writes ``<dir>/<run_name>/``: ``last.ckpt`` (full state, for
+            resuming), ``step=<n>.ckpt`` and the slim ``model.pt`` that ``infer.py`` loads.
+        every_n_steps: checkpoint interval.
+        resume: ``"auto"`` resumes from ``<dir>/<run_name>/last.ckpt`` when it exists; a path
+            resumes from that file; ``null`` always starts fresh.
+    """
+
+    dir: str = "checkpoints"
+    every_n_steps: int = 500
+    resume: str | None = "auto"
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train.py`` needs; ``run_name`` names the checkpoint and wandb run."""
+
+    run_name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -1,0 +1,75 @@
+"""Run ffsplat.training.fit from a JSON config in a fresh process (DDP and kill/resume tests).
+
+    python tests/scripts/train_driver.py CONFIG.json [--kill-at-step N] [--report-dir DIR]
+
+--kill-at-step N: hard-exit (as a killed job would) when the global step reaches N.
+--report-dir DIR: each rank writes rank<r>.json with the weights' checksum at the end of training,
+and the global step + optimiser state checksum when training (re)starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import ffsplat  # noqa: F401,E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from ffsplat.config import to_dataclass  # noqa: E402
+from ffsplat.training import fit  # noqa: E402
+from ffsplat.training_config import TrainConfig  # noqa: E402
+
+
+def checksum(tensors) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def optimizer_checksum(optimizer) -> str:
+    state = optimizer.state_dict()["state"]
+    return checksum([v for k in sorted(state) for v in state[k].values() if torch.is_tensor(v)])
+
+
+class Probe(L.Callback):
+    def __init__(self, kill_at: int | None, report_dir: Path | None):
+        self.kill_at, self.report_dir = kill_at, report_dir
+        self.report: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.report["start_step"] = trainer.global_step
+        self.report["start_optimizer"] = optimizer_checksum(trainer.optimizers[0])
+        self.report["start_lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.kill_at is not None and trainer.global_step >= self.kill_at:
+            os._exit(137)
+
+    def on_train_end(self, trainer, pl_module):
+        self.report["end_step"] = trainer.global_step
+        self.report["weights"] = checksum(p for p in pl_module.model.parameters())
+        if self.report_dir is not None:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+            (self.report_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.report))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--kill-at-step", type=int)
+    parser.add_argument("--report-dir", type=Path)
+    args = parser.parse_args()
+    cfg = to_dataclass(TrainConfig, json.loads(args.config.read_text()))
+    fit(cfg, callbacks=[Probe(args.kill_at_step, args.report_dir)])
+
+
+if __name__ == "__main__":
+    main()
