@@ -1,14 +1,11 @@
-"""Training image logs: target, render, depth, feature PCA and class map of one target view."""
+"""Training image logs: context, target, render, depth, class maps and feature PCA of one target view."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 
-from ffsplat.metrics import classify_by_embeddings
-from ffsplat.model.network import LANG, SEG
-from ffsplat.render import render
-from ffsplat.visualize import colorize_depth, colorize_labels, feature_pca
+from ffsplat.visualize import example_panels
 
 
 class ImageLogger(L.Callback):
@@ -24,26 +21,5 @@ class ImageLogger(L.Callback):
         logger = trainer.logger
         if logger is None or not hasattr(logger, "log_image"):
             return
-        images = self.panels(pl_module, batch)
+        images = example_panels(pl_module, batch)
         logger.log_image(key="train/views", images=list(images.values()), caption=list(images), step=trainer.global_step)
-
-    @staticmethod
-    def panels(pl_module, batch) -> dict[str, torch.Tensor]:
-        """Name -> ``[3, H, W]`` image for the first target view of ``batch``."""
-        needs_teacher = bool(pl_module.cfg.model.conditioning.names)
-        out = pl_module(batch.context, pl_module.teacher_maps(batch.context) if needs_teacher else None)
-        target = batch.target
-        rendered = render(out.gaussians[:1], target.cameras[:1, :1], features=[SEG, LANG])
-        h, w = target.images.shape[-2:]
-        decoded = pl_module.model.decode_fields(rendered.features, {"sam": (h, w), "lseg": (h, w)})
-        panels = {
-            "target": target.images[0, 0],
-            "render": rendered.rgb[0, 0].clamp(0, 1),
-            "depth": colorize_depth(rendered.depth[0, 0]),
-            "seg_pca": feature_pca(decoded["sam"][0, 0]),
-            "lang_pca": feature_pca(decoded["lseg"][0, 0]),
-            "classes": colorize_labels(classify_by_embeddings(decoded["lseg"][0], pl_module._class_embeddings)[0]),
-        }
-        if target.labels is not None:
-            panels["gt_classes"] = colorize_labels(target.labels[0, 0])
-        return {k: v.float().cpu() for k, v in panels.items()}

@@ -95,8 +95,8 @@ class SemanticSplatModule(L.LightningModule):
             load_teachers({r.name: r.kwargs for r in roles.values()}) if cfg.teachers.source == "online" else {}
         )
         self._lpips = make_lpips(cfg.loss.lpips_vgg_path) if cfg.stage.name != "lang" else None
-        self._prompt_decoder = self._make_prompt_decoder()
-        self._class_embeddings = class_embeddings(cfg)
+        self.prompt_decoder = self._make_prompt_decoder()
+        self.class_embeddings = eval_class_embeddings(cfg)
         self._val_meter = SegmentationMeter(num_classes=len(EVAL_CLASSES))
         self._val_scalars: dict[str, list[float]] = {}
 
@@ -115,10 +115,10 @@ class SemanticSplatModule(L.LightningModule):
         raise ValueError(f"teachers.prompt_decoder={choice!r}; choose auto, sam or similarity")
 
     def _move_helpers(self) -> None:
-        for module in list(self._online.values()) + [self._lpips, self._prompt_decoder]:
+        for module in list(self._online.values()) + [self._lpips, self.prompt_decoder]:
             if isinstance(module, nn.Module):
                 module.to(self.device)
-        self._class_embeddings = self._class_embeddings.to(self.device)
+        self.class_embeddings = self.class_embeddings.to(self.device)
 
     def on_fit_start(self) -> None:
         self._move_helpers()
@@ -189,16 +189,16 @@ class SemanticSplatModule(L.LightningModule):
         """Focal + dice/20 between masks decoded from our embeddings and from the teacher's."""
         h, w = target.images.shape[-2:]
         pred, ref = expanded.flatten(0, 1), teacher.flatten(0, 1)
-        grid = getattr(self._prompt_decoder, "output_size", None)
+        grid = getattr(self.prompt_decoder, "output_size", None)
         if grid is not None:  # SAM's decoder wants its own grid layout
             size = grid(h, w)
             pred = nn.functional.interpolate(pred, size=size, mode="bilinear", align_corners=False)
             ref = nn.functional.interpolate(ref, size=size, mode="bilinear", align_corners=False)
         gen = torch.Generator().manual_seed(int(self.global_step))
         points = sample_prompt_points(pred.shape[0], self.cfg.loss.num_prompts, (h, w), gen).to(pred)
-        pred_logits = self._prompt_decoder.decode(pred, points, image_size=(h, w))[0]  # [N, P, 3, H, W]
+        pred_logits = self.prompt_decoder.decode(pred, points, image_size=(h, w))[0]  # [N, P, 3, H, W]
         with torch.no_grad():
-            ref_logits = self._prompt_decoder.decode(ref, points, image_size=(h, w))[0]
+            ref_logits = self.prompt_decoder.decode(ref, points, image_size=(h, w))[0]
         return mask_consistency_loss(pred_logits, ref_logits)
 
     def hcam_masks(self, target: Views) -> list[dict[str, Tensor]] | None:
@@ -213,7 +213,7 @@ class SemanticSplatModule(L.LightningModule):
                 raise ValueError("teachers.masks=labels needs labels and instances in the shards")
             return [label_hierarchy_masks(l, i) for l, i in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
         if source == "sam":
-            sam = self._prompt_decoder if hasattr(self._prompt_decoder, "automatic_masks") else None
+            sam = self.prompt_decoder if hasattr(self.prompt_decoder, "automatic_masks") else None
             if sam is None:
                 raise ValueError("teachers.masks=sam needs the SAM prompt decoder (teachers.prompt_decoder=sam)")
             return sam.automatic_masks(target.images.flatten(0, 1))
@@ -221,6 +221,7 @@ class SemanticSplatModule(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: Example, batch_idx: int) -> Tensor:
+        self.image_size = int(batch.context.images.shape[-1])  # recorded in the slim export
         total, logs = self.compute_losses(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=False, batch_size=len(batch.scenes))
         self.log("loss", total.detach(), prog_bar=True, batch_size=len(batch.scenes))
@@ -243,7 +244,7 @@ class SemanticSplatModule(L.LightningModule):
         if target.labels is not None:
             h, w = target.images.shape[-2:]
             lang = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
-            pred = classify_by_embeddings(lang.flatten(0, 1), self._class_embeddings)
+            pred = classify_by_embeddings(lang.flatten(0, 1), self.class_embeddings)
             self._val_meter.update(pred, target.labels.flatten(0, 1))
         return scalars
 
@@ -265,7 +266,7 @@ class SemanticSplatModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def class_embeddings(cfg: TrainConfig) -> Tensor:
+def eval_class_embeddings(cfg: TrainConfig) -> Tensor:
     """``[8, C]`` embeddings of the evaluation classes in the language teacher's space."""
     lang = cfg.teachers.language
     if lang.name == "label_lang":
@@ -307,8 +308,9 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         "stage": cfg.stage.name,
         "teachers": {"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
         "class_names": list(EVAL_CLASSES),
-        "class_embeddings": module._class_embeddings.detach().cpu(),
+        "class_embeddings": module.class_embeddings.detach().cpu(),
         "trained_on": cfg.data.name,
+        "image_size": getattr(module, "image_size", None),
         "global_step": int(module.global_step),
     }
     with atomic_open(path) as f:

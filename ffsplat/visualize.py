@@ -53,3 +53,34 @@ def colorize_labels(labels: Tensor) -> Tensor:
 def to_uint8(image: Tensor) -> Tensor:
     """``[3, H, W]`` float in [0, 1] -> ``[H, W, 3]`` uint8 (for PNG writers and wandb)."""
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()
+
+
+@torch.no_grad()
+def example_panels(predictor, example) -> dict[str, Tensor]:
+    """Images for the first target view of ``example``: context, target, render, depth, class maps
+    (ground truth when labelled, predicted) and PCA of both feature fields, each ``[3, H, W]``.
+
+    ``predictor`` is a training module or a :class:`ffsplat.predictor.Predictor`.
+    """
+    from ffsplat.metrics import classify_by_embeddings
+    from ffsplat.model.network import LANG, SEG
+    from ffsplat.render import render
+
+    conditioned = bool(predictor.cfg.model.conditioning.names)
+    out = predictor(example.context, predictor.teacher_maps(example.context) if conditioned else None)
+    target = example.target
+    rendered = render(out.gaussians[:1], target.cameras[:1, :1], features=[SEG, LANG])
+    h, w = target.images.shape[-2:]
+    decoded = predictor.model.decode_fields(rendered.features, {"sam": (h, w), "lseg": (h, w)})
+    panels = {
+        "context": example.context.images[0, 0],
+        "target": target.images[0, 0],
+        "render": rendered.rgb[0, 0].clamp(0, 1),
+        "depth": colorize_depth(rendered.depth[0, 0]),
+    }
+    if target.labels is not None:
+        panels["gt_classes"] = colorize_labels(target.labels[0, 0])
+    panels["classes"] = colorize_labels(classify_by_embeddings(decoded["lseg"][0], predictor.class_embeddings)[0])
+    panels["seg_pca"] = feature_pca(decoded["sam"][0, 0])
+    panels["lang_pca"] = feature_pca(decoded["lseg"][0, 0])
+    return {k: p.float().cpu() for k, p in panels.items()}

@@ -27,16 +27,8 @@ DRIVER = ROOT / "tests" / "scripts" / "train_driver.py"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Three tiny synthetic rooms (32x32) as shards with both label teachers cached."""
-    root = tmp_path_factory.mktemp("train_data")
-    for i in range(3):
-        write_synthetic_scene(root / "scenes" / f"room{i}", 10 + i, SyntheticConfig(height=32, width=32, frames=16))
-    cfg = ShardConfig(size=32, clip_length=8, min_clip_length=8, keyframe_translation=0.0,
-                      teachers={"label_seg": {}, "label_lang": {}}, teacher_size=(8, 8))  # fmt: skip
-    scenes = {"train": [root / "scenes" / "room0", root / "scenes" / "room1"], "val": [root / "scenes" / "room2"]}
-    write_shards(scenes, root / "shards", cfg, shared_data("scannet/scannetv2-labels.combined.tsv"), progress=False)
-    return root / "shards"
+def shards(tiny_shards) -> Path:
+    return tiny_shards
 
 
 def tiny_config(shards: Path, tmp: Path, stage: str = "seg", **overrides) -> TrainConfig:

@@ -1,0 +1,155 @@
+"""Evaluation of a feed-forward model (or the 2D teacher) on examples fixed by an evaluation index.
+
+Metrics, as LSM / Uni3R / SemanticSplat report them:
+
+* target- and source-view 8-class segmentation from the language field: render, expand to the
+  language teacher's space, classify each pixel by cosine against the class embeddings (CLIP text
+  of the class names, or the stand-in teacher's table); mIoU / accuracy accumulated over the whole
+  dataset, label 0 ignored (``miou_per_image`` is the per-image average some scorers use);
+* novel views: PSNR, SSIM (and LPIPS when local VGG weights are given);
+* depth: AbsRel and delta < 1.25 of the rendered expected depth against sensor depth;
+* promptable segmentation: a grid of point prompts per target view, the prompt decoder (SAM's, or
+  the stand-in) on the *rendered* segmentation embeddings, best IoU of the three masks against the
+  ground-truth instance under the point.
+
+A predictor is callable as ``predictor(context, teacher_maps) -> NetworkOutput`` and has ``model``,
+``teacher_maps(views)`` (teacher features by role), ``prompt_decoder``, ``class_embeddings`` and
+``cfg.model.conditioning`` (``SemanticSplatModule`` is one).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from ffsplat.data.labels import EVAL_CLASSES
+from ffsplat.losses import make_lpips
+from ffsplat.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.model.network import LANG, SEG
+from ffsplat.prompting import grid_prompt_points
+from ffsplat.render import render
+from ffsplat.types import Example
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation options.
+
+    Attributes:
+        prompt_grid: point prompts per side for promptable segmentation (paper: 32).
+        source_views: also score segmentation at the context (source) views.
+        max_examples: stop after this many examples (None: all).
+        lpips_vgg_path: local torchvision VGG16 weights for LPIPS; None skips LPIPS.
+    """
+
+    prompt_grid: int = 32
+    source_views: bool = True
+    max_examples: int | None = None
+    lpips_vgg_path: str | None = None
+
+
+class _Scores:
+    """Running means of per-example scalars plus the dataset-level meters."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.target_seg = SegmentationMeter(num_classes=len(EVAL_CLASSES))
+        self.source_seg = SegmentationMeter(num_classes=len(EVAL_CLASSES))
+        self.prompt = PromptableMeter()
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def result(self) -> dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        for prefix, meter in (("target", self.target_seg), ("source", self.source_seg)):
+            if int(meter.confusion.sum()) > 0:
+                seg = meter.compute()
+                out.update({f"{prefix}_miou": float(seg["miou"]), f"{prefix}_acc": float(seg["acc"]),
+                            f"{prefix}_miou_per_image": float(seg["miou_per_image"])})  # fmt: skip
+        prompt = self.prompt.compute()
+        if prompt["points"]:
+            out["promptable_iou"] = float(prompt["iou"])
+            out["promptable_acc"] = float(prompt["acc"])
+        return out
+
+
+def _promptable(scores: _Scores, decoder, embeddings: Tensor, instances: Tensor, grid: int) -> None:
+    """Grid prompts on each view's (decoded) segmentation embeddings vs ground-truth instances."""
+    h, w = instances.shape[-2:]
+    size = decoder.output_size(h, w) if hasattr(decoder, "output_size") else embeddings.shape[-2:]
+    if tuple(embeddings.shape[-2:]) != tuple(size):
+        embeddings = torch.nn.functional.interpolate(embeddings, size=size, mode="bilinear", align_corners=False)
+    points = grid_prompt_points(grid, (h, w)).to(embeddings)
+    for n in range(len(embeddings)):
+        masks = decoder.decode(embeddings[n : n + 1], points[None], image_size=(h, w))[0][0]  # [P, 3, H, W]
+        scores.prompt.update(masks, instances[n], points)
+
+
+@torch.no_grad()
+def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | None = None) -> dict[str, float]:
+    """Score a feed-forward predictor on ``examples`` (batches of one scene each are fine)."""
+    cfg = cfg or EvalConfig()
+    scores = _Scores()
+    model, device = predictor.model, predictor.class_embeddings.device
+    lpips = make_lpips(cfg.lpips_vgg_path).to(device) if cfg.lpips_vgg_path else None
+    conditioned = bool(predictor.cfg.model.conditioning.names)
+    start, count = time.perf_counter(), 0
+    for example in examples:
+        if cfg.max_examples is not None and count >= cfg.max_examples:
+            break
+        count += 1
+        example = example.to(device)
+        out = predictor(example.context, predictor.teacher_maps(example.context) if conditioned else None)
+        sets = [("target", example.target)] + ([("source", example.context)] if cfg.source_views else [])
+        for kind, views in sets:
+            rendered = render(out.gaussians, views.cameras, features=[SEG, LANG])
+            h, w = views.images.shape[-2:]
+            decoded = model.decode_fields(rendered.features, {"sam": (h, w), "lseg": (h, w)})
+            if views.labels is not None:
+                pred = classify_by_embeddings(decoded["lseg"].flatten(0, 1), predictor.class_embeddings)
+                (scores.target_seg if kind == "target" else scores.source_seg).update(pred, views.labels.flatten(0, 1))
+            if kind != "target":
+                continue
+            rgb, gt = rendered.rgb.clamp(0, 1).flatten(0, 1), views.images.flatten(0, 1)
+            scores.add("psnr", psnr(rgb, gt).mean())
+            scores.add("ssim", ssim(rgb, gt).mean())
+            if lpips is not None:
+                scores.add("lpips", lpips(rgb, gt).mean())
+            if views.depths is not None:
+                depth = depth_metrics(rendered.depth, views.depths)
+                scores.add("depth_abs_rel", depth["abs_rel"])
+                scores.add("depth_delta_1.25", depth["delta_1.25"])
+            if views.instances is not None and cfg.prompt_grid:
+                _promptable(scores, predictor.prompt_decoder, decoded["sam"].flatten(0, 1), views.instances.flatten(0, 1), cfg.prompt_grid)
+    result = scores.result()
+    result["examples"] = count
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | None = None) -> dict[str, float]:
+    """The 2D teachers applied directly at the target views: language-teacher mIoU/accuracy and
+    segmentation-teacher promptable IoU (the reference a 3D field should beat by being consistent)."""
+    cfg = cfg or EvalConfig()
+    scores = _Scores()
+    device = predictor.class_embeddings.device
+    for i, example in enumerate(examples):
+        if cfg.max_examples is not None and i >= cfg.max_examples:
+            break
+        target = example.to(device).target
+        feats = predictor.teacher_maps(target)
+        h, w = target.images.shape[-2:]
+        if target.labels is not None:
+            lang = torch.nn.functional.interpolate(feats["language"].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+            scores.target_seg.update(classify_by_embeddings(lang, predictor.class_embeddings), target.labels.flatten(0, 1))
+        if target.instances is not None and cfg.prompt_grid:
+            _promptable(scores, predictor.prompt_decoder, feats["segmentation"].flatten(0, 1), target.instances.flatten(0, 1), cfg.prompt_grid)
+    return scores.result()

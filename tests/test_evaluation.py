@@ -1,0 +1,70 @@
+"""evaluate.py: a slim checkpoint scored through Predictor gives exactly the numbers of the training
+module it came from (so evaluation reproduces the learning benchmark), and the CLI writes its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import evaluate
+from ffsplat.config import group_file, to_dataclass
+from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids
+from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
+from ffsplat.evaluation import EvalConfig, evaluate_model, evaluate_teacher
+from ffsplat.model.network import ModelConfig
+from ffsplat.predictor import Predictor
+from ffsplat.training import SemanticSplatModule, export_slim
+from ffsplat.training_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_shards, tmp_path_factory):
+    cfg = TrainConfig()
+    cfg.model = to_dataclass(ModelConfig, group_file("model", "small"))  # conditioned on the label teachers
+    torch.manual_seed(0)
+    module = SemanticSplatModule(cfg)
+    tmp = tmp_path_factory.mktemp("eval")
+    slim = export_slim(module, tmp / "model.pt")
+    index = build_eval_index(scene_frame_ids(tiny_shards, "val"), ViewSamplerConfig(num_context=2, num_target=2, min_gap=3, max_gap=5), seed=0, entries_per_scene=2)
+    save_eval_index(tmp / "index.json", index)
+    return module, slim, index, tmp
+
+
+def test_predictor_reproduces_the_training_module_numbers(tiny_shards, setup):
+    module, slim, index, _ = setup
+    cfg = EvalConfig(prompt_grid=4)
+    a = evaluate_model(module, EvalIndexDataset(tiny_shards, "val", index), cfg)
+    b = evaluate_model(Predictor(slim), EvalIndexDataset(tiny_shards, "val", index), cfg)
+    keys = ["psnr", "ssim", "depth_abs_rel", "target_miou", "target_acc", "source_miou", "promptable_iou"]
+    assert all(k in a for k in keys) and a["examples"] == 2
+    for k in keys:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    teacher = evaluate_teacher(module, EvalIndexDataset(tiny_shards, "val", index), cfg)
+    assert teacher["target_miou"] > a["target_miou"]  # the untrained field is worse than its teacher
+
+
+def test_evaluate_cli_writes_report_and_figures(tiny_shards, setup):
+    _, slim, _, tmp = setup
+    out = tmp / "report"
+    code = evaluate.main(["--checkpoint", str(slim), "--shards", str(tiny_shards), "--split", "val", "--index", str(tmp / "index.json"),
+                          "--out", str(out), "--prompt-grid", "4", "--figures", "1", "--teacher-baseline", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"model", "teacher_2d"} <= set(report["results"])
+    assert 0 <= report["results"]["model"]["target_miou"] <= 1
+    assert "| model |" in (out / "report.md").read_text()
+    assert len(list((out / "figures").glob("*.png"))) == 1
+    assert evaluate.main(["--checkpoint", str(tmp / "missing.pt"), "--shards", str(tiny_shards), "--index", str(tmp / "index.json"),
+                          "--out", str(out)]) == 2  # fmt: skip
+
+
+def test_evaluation_reports_lpips_with_local_vgg_weights(tiny_shards, setup, tmp_path):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    module, _, index, _ = setup
+    trunk = make_layers(cfgs["D"])  # torchvision VGG16 feature layout (random weights)
+    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, tmp_path / "vgg16.pth")
+    result = evaluate_model(module, EvalIndexDataset(tiny_shards, "val", index), EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth")))
+    assert "lpips" in result and result["lpips"] > 0
