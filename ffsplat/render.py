@@ -63,8 +63,10 @@ class RenderOutput:
         features: name -> ``[..., V, C, H, W]`` for each rendered feature field.
         depth: ``[..., V, H, W]`` expected z-depth (0 where nothing was hit).
         alpha: ``[..., V, H, W]`` accumulated opacity.
-        meta: backend intermediates: ``means2d`` ``[..., V, N, 2]`` (for densification
-            statistics), ``radii`` ``[..., V, N, 2]``.
+        meta: backend intermediates: ``means2d`` ``[..., V, N, 2]`` and ``radii``
+            ``[..., V, N, 2]``. For Gaussians with one batch dimension, ``means2d`` is the very
+            tensor the rasterizer used, so ``means2d.retain_grad()`` before ``backward()`` gives
+            the screen-space gradients that densification strategies need.
     """
 
     rgb: Tensor
@@ -91,7 +93,7 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, ks, widt
     bg = torch.cat([backgrounds.reshape(b * v, d), backgrounds.new_zeros(b * v, 1)], dim=-1)
     img, alpha = rasterize_tiles(proj, with_depth, width, height, tile_size=s.torch_tile_size, backgrounds=bg)
     img = torch.cat([img[..., :-1], img[..., -1:] / alpha[..., None].clamp_min(1e-10)], dim=-1)
-    meta = {"means2d": proj.means2d.reshape(b, v, n, 2), "radii": proj.radii.reshape(b, v, n, 2)}
+    meta = {"means2d": proj.means2d_grid, "radii": proj.radii.reshape(b, v, n, 2)}
     return img.reshape(b, v, height, width, d + 1), alpha.reshape(b, v, height, width), meta
 
 
@@ -196,5 +198,5 @@ def _render(g: Gaussians, cameras: Cameras, names: list[str], background, s: Ras
         features={k: t.reshape(out_shape + t.shape[2:]) for k, t in zip(names, split[1:-1])},
         depth=split[-1].reshape(out_shape + (height, width)),
         alpha=alpha.reshape(out_shape + (height, width)),
-        meta={k: t.reshape(out_shape + t.shape[2:]) for k, t in meta.items()},
+        meta={k: t if t.shape[:2] == out_shape else t.reshape(out_shape + t.shape[2:]) for k, t in meta.items()},
     )

@@ -314,3 +314,21 @@ def test_half_precision_and_autocast_render_in_float32():
     assert out.rgb.dtype == torch.float32
     torch.testing.assert_close(out.rgb, expected.rgb, rtol=0, atol=0)
     torch.testing.assert_close(out.features["feat"], expected.features["feat"], rtol=0, atol=0)
+
+
+def test_meta_means2d_carries_screen_space_gradients():
+    g = random_gaussians(1, 30, 0, dtype=torch.float32)
+    cams = look_at_cameras(1, 2, 16, 16, dtype=torch.float32)
+    g.means.requires_grad_(True)
+    out = render(g, cams)
+    means2d = out.meta["means2d"]
+    assert means2d.shape == (1, 2, 30, 2)
+    means2d.retain_grad()
+    out.rgb.sum().backward()
+    assert means2d.grad is not None and means2d.grad.abs().sum() > 0
+    # it is the projection of the means (pixel coordinates)
+    from ffsplat.geometry import project_points
+
+    uv, _ = project_points(g.means.detach()[:, None], cams.intrinsics, cams.w2c)
+    visible = out.meta["radii"][0].gt(0).all(-1)
+    torch.testing.assert_close(means2d.detach()[0][visible], uv[0][visible], atol=1e-3, rtol=0)

@@ -26,6 +26,9 @@ class Projected:
 
     Attributes:
         means2d: ``[I, N, 2]`` pixel coordinates of the projected centres.
+        means2d_grid: the same as ``[B, V, N, 2]``: the tensor ``means2d`` is a view of, so its
+            ``.grad`` (after ``retain_grad()``) holds the screen-space gradients used by
+            densification strategies.
         conics: ``[I, N, 3]`` upper triangle ``(a, b, c)`` of the inverse 2D covariance.
         depths: ``[I, N]`` camera z of the centres (the sort key).
         opacities: ``[I, N]`` opacities, times the anti-aliasing compensation when enabled.
@@ -34,6 +37,7 @@ class Projected:
     """
 
     means2d: Tensor
+    means2d_grid: Tensor
     conics: Tensor
     depths: Tensor
     opacities: Tensor
@@ -128,6 +132,7 @@ def project_gaussians(
 
     return Projected(
         means2d=means2d.reshape(b * v, n, 2),
+        means2d_grid=means2d,
         conics=conics.reshape(b * v, n, 3),
         depths=means_c[..., 2].reshape(b * v, n),
         opacities=opac.reshape(b * v, n),
