@@ -17,7 +17,7 @@ RGB as ``C + T * bg`` and is zero for features and depth.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -44,14 +44,14 @@ class RasterSettings:
         rasterize_mode: "classic" or "antialiased" (opacity compensation for eps2d, Mip-Splatting style).
     """
 
-    backend: Literal["auto", "gsplat", "torch"] = "auto"
+    backend: str = "auto"  # "auto" | "gsplat" | "torch" (str, not Literal: OmegaConf configs hold it)
     near_plane: float = 0.01
     far_plane: float = 1e10
     eps2d: float = 0.3
     radius_clip: float = 0.0
     tile_size: int = 16
     torch_tile_size: int = 4
-    rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    rasterize_mode: str = "classic"  # "classic" | "antialiased"
 
 
 @dataclass
@@ -146,6 +146,8 @@ def render(
         :class:`RenderOutput` with channel-first images.
     """
     s = settings or RasterSettings()
+    if s.rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"RasterSettings.rasterize_mode={s.rasterize_mode!r}; expected 'classic' or 'antialiased'")
     batch = gaussians.batch_shape
     if cameras.batch_shape[:-1] != batch or len(cameras.batch_shape) != len(batch) + 1:
         raise ValueError(
