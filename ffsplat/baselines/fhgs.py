@@ -42,8 +42,8 @@ from torch import Tensor
 
 from ffsplat.baselines.scene import SceneMethod, SceneTrainer
 from ffsplat.geometry import project_points
-from ffsplat.rasterizer.projection import ALPHA_THRESHOLD, project_gaussians
-from ffsplat.rasterizer.tiles import MAX_ALPHA, MIN_TRANSMITTANCE, tile_intersections
+from ffsplat.rasterizer.projection import project_gaussians
+from ffsplat.rasterizer.tiles import blend_weights, tile_intersections
 from ffsplat.render import RasterSettings, RenderOutput, render
 from ffsplat.types import Cameras, Gaussians, Views
 
@@ -112,7 +112,7 @@ def ordered_contributions(
         local_tile = tiles % (tiles_x * tiles_y)
         origin = torch.stack([local_tile % tiles_x, local_tile // tiles_x], dim=-1) * ts
         pix = origin[:, None, :] + local  # [t, P, 2] integer pixel coordinates
-        w = _blend_weights(pix.to(dtype) + 0.5, means_t[idx], conics_t[idx], opac_t[idx])  # [t, P, k]
+        w, _ = blend_weights(pix.to(dtype) + 0.5, means_t[idx], conics_t[idx], opac_t[idx])  # [t, P, k]
         keep = w > 0
         inside = (pix[..., 0] < width) & (pix[..., 1] < height)
         flat_pix = (tiles // (tiles_x * tiles_y))[:, None] * (height * width) + pix[..., 1] * width + pix[..., 0]
@@ -133,23 +133,6 @@ def ordered_contributions(
         ids = ids.index_copy(0, rows, torch.cat([F.pad(p[2], (0, kmax - p[2].shape[-1])) for p in pieces]))
     valid = weights.detach() > 0
     return weights, torch.where(valid, ids, torch.zeros_like(ids)), valid
-
-
-def _blend_weights(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
-    """``[T, P, K]`` blend weights ``alpha * T_excl`` with exactly the rules of ``composite_tiles``."""
-    dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]
-    dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
-    a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(-sigma), MAX_ALPHA)
-    with torch.no_grad():
-        keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-        running = torch.cumprod(torch.where(keep, 1.0 - alpha, torch.ones_like(alpha)), dim=-1)
-        keep &= running > MIN_TRANSMITTANCE
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    trans_incl = torch.cumprod(1.0 - alpha, dim=-1)
-    trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
-    return alpha * trans_excl
 
 
 # ---------------------------------------------------------------------------- losses

@@ -66,19 +66,16 @@ def tile_intersections(
     return gauss_ids, tile_ids, counts, tiles_x, tiles_y
 
 
-def composite_tiles(
-    pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Front-to-back composite of padded, depth-sorted Gaussian lists for a chunk of tiles.
+def blend_weights(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor) -> tuple[Tensor, Tensor]:
+    """Blend weights ``alpha_i T_i`` of padded, depth-sorted Gaussian lists for a chunk of tiles,
+    with gsplat's rules (the one implementation the compositor and per-pixel losses share).
 
     Args:
         pixels: ``[T, P, 2]`` pixel centres of each tile.
         means2d, conics: ``[T, K, 2]``, ``[T, K, 3]`` (padding entries have opacity 0).
         opacities: ``[T, K]``.
-        colors: ``[T, K, D]``.
     Returns:
-        ``colors``: ``[T, P, D]`` without background; ``transmittance``: ``[T, P]`` left after the
-        last contributing Gaussian.
+        ``weights``: ``[T, P, K]``; ``transmittance``: ``[T, P]`` left after the last contributor.
     """
     dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]  # [T, P, K]
     dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
@@ -92,11 +89,25 @@ def composite_tiles(
         running = torch.cumprod(torch.where(keep, 1.0 - alpha, torch.ones_like(alpha)), dim=-1)
         keep &= running > MIN_TRANSMITTANCE
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    one_minus = 1.0 - alpha
-    trans_incl = torch.cumprod(one_minus, dim=-1)
+    trans_incl = torch.cumprod(1.0 - alpha, dim=-1)
     trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
-    weights = alpha * trans_excl  # [T, P, K]
-    return torch.bmm(weights, colors), trans_incl[..., -1]
+    return alpha * trans_excl, trans_incl[..., -1]
+
+
+def composite_tiles(
+    pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Front-to-back composite of padded, depth-sorted Gaussian lists for a chunk of tiles.
+
+    Args:
+        pixels, means2d, conics, opacities: as :func:`blend_weights`.
+        colors: ``[T, K, D]``.
+    Returns:
+        ``colors``: ``[T, P, D]`` without background; ``transmittance``: ``[T, P]`` left after the
+        last contributing Gaussian.
+    """
+    weights, transmittance = blend_weights(pixels, means2d, conics, opacities)
+    return torch.bmm(weights, colors), transmittance
 
 
 def rasterize_tiles(
