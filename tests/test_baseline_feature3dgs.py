@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.feature3dgs import FEATURE, Feature3DGS
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
-from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
+from ffsplat.data.synthetic import synthetic_views
 from ffsplat.teachers.label_teachers import LabelSegmentationTeacher
-from ffsplat.types import Cameras, Views
+from ffsplat.types import Views
 
 S = 32
 GEOMETRY = ("means", "scales", "quats", "opacities")
@@ -24,14 +24,8 @@ GEOMETRY = ("means", "scales", "quats", "opacities")
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with labels, instances and a stand-in SAM teacher
     (256-d unit features per instance on a stride-4 grid: 8x8)."""
-    room, poses, k = make_scene(3, SyntheticConfig(height=S, width=S, frames=12))
-    idx = [0, 4, 8]
-    frames = [render_frame(room, poses[i], k, S, S) for i in idx]
-    images = torch.tensor(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).float()[None] / 255
-    depths = torch.tensor(np.stack([f[1] for f in frames]))[None]
-    labels = torch.tensor(np.stack([f[2] for f in frames])).long()[None]
-    instances = torch.tensor(np.stack([f[3] for f in frames])).long()[None]
-    cams = Cameras(torch.tensor(k).float().expand(1, 3, 3, 3).clone(), torch.tensor(poses[idx]).float()[None], (S, S))
+    views = synthetic_views(3, [0, 4, 8], S)
+    images, depths, labels, instances, cams = views.images, views.depths, views.labels, views.instances, views.cameras
     teacher = LabelSegmentationTeacher().encode(images[0], instances=instances[0])[None]
     return Views(images, cams, torch.tensor([0.3]), torch.tensor([8.0]), depths=depths, labels=labels,
                  instances=instances, teacher={"sam": teacher})  # fmt: skip

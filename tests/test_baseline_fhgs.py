@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,22 +18,17 @@ from ffsplat.baselines.fhgs import (
 )
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
 from ffsplat.render import RasterSettings, render
-from ffsplat.types import Cameras, Views
+from ffsplat.types import Views
 
 S, C = 32, 8
 
 
 def tiny_views() -> Views:
     """3 views (32x32) of a synthetic room; the "SAM" teacher is a noisy unit vector per instance at 16x16."""
-    from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
+    from ffsplat.data.synthetic import synthetic_views
 
-    room, poses, k = make_scene(3, SyntheticConfig(height=S, width=S, frames=12))
-    idx = [0, 3, 6]
-    frames = [render_frame(room, poses[i], k, S, S) for i in idx]
-    img = torch.tensor(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).float()[None] / 255
-    depth = torch.tensor(np.stack([f[1] for f in frames]))[None]
-    inst = torch.tensor(np.stack([f[3] for f in frames])).long()[None]
-    cams = Cameras(torch.tensor(k).float().expand(1, 3, 3, 3).clone(), torch.tensor(poses[idx]).float()[None], (S, S))
+    views = synthetic_views(3, [0, 3, 6], S)
+    img, depth, inst, cams = views.images, views.depths, views.instances, views.cameras
     g = torch.Generator().manual_seed(0)
     proto = F.normalize(torch.randn(int(inst.max()) + 1, C, generator=g), dim=-1)
     teacher = F.interpolate(proto[inst[0]].permute(0, 3, 1, 2), size=(16, 16), mode="bilinear", align_corners=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,15 +26,10 @@ def _one_thread():
 def tiny_views() -> tuple[Views, torch.Tensor]:
     """3 views (32x32) of a synthetic room and raw masks: GT instances with ids shuffled per view
     (like SAM's automatic masks, unassociated across views)."""
-    from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
+    from ffsplat.data.synthetic import synthetic_views
 
-    room, poses, k = make_scene(3, SyntheticConfig(height=S, width=S, frames=12))
-    idx = [0, 3, 6]
-    frames = [render_frame(room, poses[i], k, S, S) for i in idx]
-    img = torch.tensor(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).float()[None] / 255
-    depth = torch.tensor(np.stack([f[1] for f in frames]))[None]
-    inst = torch.tensor(np.stack([f[3] for f in frames])).long()[None]
-    cams = Cameras(torch.tensor(k).float().expand(1, 3, 3, 3).clone(), torch.tensor(poses[idx]).float()[None], (S, S))
+    views = synthetic_views(3, [0, 3, 6], S)
+    img, depth, inst, cams = views.images, views.depths, views.instances, views.cameras
     g = torch.Generator().manual_seed(1)
     raw = torch.stack([(torch.randperm(100, generator=g) + 1)[inst[0, v]] for v in range(3)])[None]
     return Views(img, cams, torch.tensor([0.3]), torch.tensor([8.0]), depths=depth, instances=inst), raw

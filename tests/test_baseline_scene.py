@@ -8,18 +8,13 @@ import pytest
 import torch
 
 from ffsplat.baselines.scene import SceneConfig, SceneMethod, SceneTrainer, scene_scale
-from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
-from ffsplat.types import Cameras, Views
+from ffsplat.data.synthetic import synthetic_views
+from ffsplat.types import Views
 
 
 def small_scene(size: int = 32, frames=(0, 4, 8)) -> Views:
-    room, poses, k = make_scene(3, SyntheticConfig(height=size, width=size, frames=12))
-    rendered = [render_frame(room, poses[i], k, size, size) for i in frames]
-    images = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 3, 1, 2).float()[None] / 255
-    depths = torch.from_numpy(np.stack([r[1] for r in rendered]))[None]
-    cams = Cameras(torch.from_numpy(k).float().expand(1, len(frames), 3, 3).clone(), torch.from_numpy(poses[list(frames)]).float()[None], (size, size))
-    return Views(images, cams, torch.tensor([0.3]), torch.tensor([8.0]), depths=depths)
-
+    views = synthetic_views(3, list(frames), size)
+    return Views(views.images, views.cameras, views.near, views.far, depths=views.depths)
 
 def config(**kw) -> SceneConfig:
     base = dict(iterations=160, refine_start=50, refine_every=50, reset_every=200, grow_grad2d=5e-5, sh_degree=1, sh_degree_interval=100)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
 from ffsplat.baselines.semlogits import SEMANTICS, SemanticLogits, entropy, normalised, warmup_weight
-from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
+from ffsplat.data.synthetic import synthetic_views
 from ffsplat.types import Cameras, Gaussians, Views
 
 S = 32
@@ -131,13 +131,8 @@ def test_init_and_learning_rate():
 @functools.lru_cache(maxsize=None)
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with depth and 8-class labels."""
-    room, poses, k = make_scene(3, SyntheticConfig(height=S, width=S, frames=12))
-    idx = [0, 4, 8]
-    frames = [render_frame(room, poses[i], k, S, S) for i in idx]
-    images = torch.tensor(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).float()[None] / 255
-    depths = torch.tensor(np.stack([f[1] for f in frames]))[None]
-    labels = torch.tensor(np.stack([f[2] for f in frames])).long()[None]
-    cams = Cameras(torch.tensor(k).float().expand(1, 3, 3, 3).clone(), torch.tensor(poses[idx]).float()[None], (S, S))
+    views = synthetic_views(3, [0, 4, 8], S)
+    images, depths, labels, cams = views.images, views.depths, views.labels, views.cameras
     return Views(images, cams, torch.tensor([0.3]), torch.tensor([8.0]), depths=depths, labels=labels)
 
 
