@@ -22,11 +22,11 @@ import numpy as np
 
 
 def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
-    """One PNG row of panels (``ffsplat.visualize.example_panels``) for each of the first ``count`` examples."""
+    """One PNG row of panels (``ffsplat.evaluation.figures.example_panels``) for each of the first ``count`` examples."""
     from PIL import Image
 
-    from ffsplat.atomic import atomic_open
-    from ffsplat.visualize import example_panels, to_uint8
+    from ffsplat.core.atomic import atomic_open
+    from ffsplat.evaluation.figures import example_panels, to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import ffsplat  # noqa: F401
-    from ffsplat.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open
     from ffsplat.data.shards import EvalIndexDataset
     from ffsplat.data.views import load_eval_index
-    from ffsplat.evaluation import EvalConfig, evaluate_model, evaluate_teacher
-    from ffsplat.predictor import CheckpointError, Predictor, teacher_overrides
+    from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
+    from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -5,7 +5,7 @@
     python infer.py --views a.png b.png --query chair --query "table"
 
 Cameras: ``--cameras`` JSON with per-view pixel intrinsics and camera-to-world poses in OpenCV axes
-(schema: ``ffsplat/camera_io.py``, example: ``examples/demo/cameras.json``). Without it, two views
+(schema: ``ffsplat/inference/cameras.py``, example: ``examples/demo/cameras.json``). Without it, two views
 are registered with SIFT + the essential matrix, intrinsics from ``--fov`` (or ``--focal``), and the
 translation scaled to ``--baseline`` metres (a two-view reconstruction has no absolute scale).
 
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     import ffsplat  # noqa: F401
-    from ffsplat.camera_io import CameraFileError, read_cameras
-    from ffsplat.pose import PoseEstimationError, default_intrinsics, estimate_relative_pose
-    from ffsplat.predictor import CheckpointError, Predictor, teacher_overrides
+    from ffsplat.inference.cameras import CameraFileError, read_cameras
+    from ffsplat.inference.pose import PoseEstimationError, default_intrinsics, estimate_relative_pose
+    from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
     progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query))
     if len(args.views) < 2:
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> None:
     progress("network", f"predicted {gaussians.num_gaussians} Gaussians")
 
     from ffsplat.model.network import LANG, SEG
-    from ffsplat.render import render
+    from ffsplat.render.renderer import render
 
     with torch.no_grad():
         rendered = render(gaussians, context.cameras, features=[SEG, LANG])
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> None:
     class_id, class_conf = classify(lang, predictor.class_embeddings)
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes")
 
-    from ffsplat.atomic import atomic_open
-    from ffsplat.ply import write_ply
+    from ffsplat.core.atomic import atomic_open
+    from ffsplat.render.ply import write_ply
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     g0 = gaussians[0].to("cpu")
@@ -220,7 +220,7 @@ def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
     import torch
 
     from ffsplat.data.image_ops import resize_and_center_crop
-    from ffsplat.types import Cameras, Views
+    from ffsplat.core.types import Cameras, Views
 
     if size % 4:
         raise InputError(f"--size must be a multiple of 4, got {size}")
@@ -247,7 +247,7 @@ def classify(lang, class_embeddings):
 def novel_cameras(cam_file, size: int, device):
     import torch
 
-    from ffsplat.types import Cameras
+    from ffsplat.core.types import Cameras
 
     cams = Cameras(
         torch.tensor(np.stack([v.k for v in cam_file.views]), dtype=torch.float32),
@@ -263,10 +263,10 @@ def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
     import torch
     from PIL import Image
 
-    from ffsplat.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open
     from ffsplat.model.network import LANG
-    from ffsplat.render import render
-    from ffsplat.visualize import colorize_depth, colorize_labels, to_uint8
+    from ffsplat.render.renderer import render
+    from ffsplat.evaluation.figures import colorize_depth, colorize_labels, to_uint8
 
     with torch.no_grad():
         r = render(gaussians, cameras, features=[LANG])
@@ -290,8 +290,8 @@ def write_queries(args, predictor, gaussians, lang, stem: Path) -> dict:
     import torch
     from PIL import Image
 
-    from ffsplat.atomic import atomic_open
-    from ffsplat.ply import write_ply
+    from ffsplat.core.atomic import atomic_open
+    from ffsplat.render.ply import write_ply
 
     names = predictor.class_names
     results = {}

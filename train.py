@@ -5,7 +5,7 @@
     python train.py model=paper data=scannet teacher=real stage=seg trainer=multigpu trainer.num_nodes=2
     python train.py ... stage=lang stage.init_from=checkpoints/<stage-1 run>/model.pt
 
-Config groups and every field: configs/train.yaml and ffsplat/training_config.py. Checkpoints go
+Config groups and every field: configs/train.yaml and ffsplat/training/config.py. Checkpoints go
 to checkpoints/<run_name>/ (last.ckpt resumes automatically; model.pt is what infer.py loads).
 """
 
@@ -15,13 +15,13 @@ import hydra
 from omegaconf import DictConfig
 
 import ffsplat  # noqa: F401  (installs the torchvision shim before Lightning imports torchvision)
-from ffsplat.config import to_dataclass
-from ffsplat.training_config import TrainConfig
+from ffsplat.core.config import to_dataclass
+from ffsplat.training.config import TrainConfig
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from ffsplat.training import fit
+    from ffsplat.training.module import fit
 
     fit(to_dataclass(TrainConfig, cfg))
 

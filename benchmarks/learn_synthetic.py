@@ -4,9 +4,9 @@
    at ``--size`` with the label-derived stand-in teachers cached (``label_seg`` for SAM,
    ``label_lang`` for LSeg: noisy, blurred, per-view flipped class embeddings).
 2. Training with the documented experiment configs (``experiment=synthetic_seg`` then
-   ``experiment=synthetic_lang``) through ``ffsplat.training.fit``.
+   ``experiment=synthetic_lang``) through ``ffsplat.training.module.fit``.
 3. Held-out target views of a fixed evaluation index (2 context views, 3 targets between them,
-   ``--entries`` per test scene), scored by ``ffsplat.evaluation`` for the untrained model, the model
+   ``--entries`` per test scene), scored by ``ffsplat.evaluation.evaluate`` for the untrained model, the model
    after each stage, and the noisy 2D teachers applied directly at the target views.
 
     python benchmarks/learn_synthetic.py [--work /tmp/learn] [--seg-steps N] [--lang-steps N]
@@ -31,14 +31,14 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from benchmarks._common import machine  # noqa: E402
-from ffsplat.config import to_dataclass  # noqa: E402
+from ffsplat.core.config import to_dataclass  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402
-from ffsplat.data.synthetic import SyntheticConfig, write_synthetic_scene  # noqa: E402
+from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene  # noqa: E402
 from ffsplat.data.views import ViewSamplerConfig, build_eval_index  # noqa: E402
-from ffsplat.evaluation import EvalConfig, evaluate_model, evaluate_teacher  # noqa: E402
-from ffsplat.training import SemanticSplatModule, fit  # noqa: E402
-from ffsplat.training_config import TrainConfig  # noqa: E402
+from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher  # noqa: E402
+from ffsplat.training.module import SemanticSplatModule, fit  # noqa: E402
+from ffsplat.training.config import TrainConfig  # noqa: E402
 
 LABEL_TSV = ROOT.parent / "shared" / "data" / "scannet" / "scannetv2-labels.combined.tsv"
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import PeakMemory, machine, median_time, run_case_subprocess  # noqa: E402
-from ffsplat.config import group_file, to_dataclass  # noqa: E402
+from ffsplat.core.config import group_file, to_dataclass  # noqa: E402
 from ffsplat.model.network import ModelConfig, build_model  # noqa: E402
-from ffsplat.types import Cameras, Views  # noqa: E402
+from ffsplat.core.types import Cameras, Views  # noqa: E402
 
 
 def inputs(size: int, views: int, device: str) -> tuple[Views, dict[str, torch.Tensor]]:

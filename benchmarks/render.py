@@ -1,4 +1,4 @@
-"""Render speed and memory: forward and backward of ``ffsplat.render`` on per-pixel scenes.
+"""Render speed and memory: forward and backward of ``ffsplat.render.renderer`` on per-pixel scenes.
 
 A scene is ``V`` views of ``S x S`` pixels turned into one Gaussian per pixel (``V * S * S``
 Gaussians, what the feed-forward model predicts), rendered back into the same ``V`` cameras with
@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import PeakMemory, machine, run_case_subprocess  # noqa: E402
-from ffsplat import Cameras, RasterSettings, render  # noqa: E402
-from ffsplat.init_gaussians import gaussians_from_rgbd  # noqa: E402
+from ffsplat import Cameras
+from ffsplat.render import RasterSettings, render  # noqa: E402
+from ffsplat.render.init import gaussians_from_rgbd  # noqa: E402
 
 
 def per_pixel_scene(size: int, views: int, channels: int, device: str):

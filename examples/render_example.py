@@ -1,7 +1,7 @@
 """Render a procedural room of Gaussians to PNG and export it as a 3DGS .ply.
 
 The room (floor, ceiling, four walls, a table and a sofa-sized block, all textured) is built
-directly as flat Gaussians lying on the surfaces, then rendered with ``ffsplat.render`` from a few
+directly as flat Gaussians lying on the surfaces, then rendered with ``ffsplat.render.renderer`` from a few
 cameras along a hand-held-like path. Outputs in ``--out``: ``view_<i>_rgb.png``,
 ``view_<i>_depth.png`` (near = bright) and ``room.ply`` (opens in SuperSplat / gsplat viewers).
 
@@ -22,11 +22,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ffsplat import Cameras, Gaussians, RasterSettings, render  # noqa: E402
-from ffsplat.atomic import atomic_open  # noqa: E402
-from ffsplat.geometry import rotmat_to_quat  # noqa: E402
-from ffsplat.ply import write_ply  # noqa: E402
-from ffsplat.sh import rgb_to_sh_dc  # noqa: E402
+from ffsplat import Cameras, Gaussians
+from ffsplat.render import RasterSettings, render  # noqa: E402
+from ffsplat.core.atomic import atomic_open  # noqa: E402
+from ffsplat.core.geometry import rotmat_to_quat  # noqa: E402
+from ffsplat.render.ply import write_ply  # noqa: E402
+from ffsplat.core.sh import rgb_to_sh_dc  # noqa: E402
 
 
 def surface(origin, u_axis, v_axis, spacing, texture) -> dict[str, torch.Tensor]:

@@ -4,8 +4,7 @@ from ffsplat import _torchvision_cpu
 
 _torchvision_cpu.install()  # before anything imports torchvision (timm, lightning, SAM)
 
-from ffsplat.render import RasterSettings, RenderOutput, render  # noqa: E402
-from ffsplat.types import Cameras, Gaussians  # noqa: E402
+from ffsplat.core.types import Cameras, Gaussians  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Cameras", "Gaussians", "RasterSettings", "RenderOutput", "render", "__version__"]
+__all__ = ["Cameras", "Gaussians", "__version__"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ffsplat.rasterizer.projection import Projected
+from ffsplat.render.rasterizer.projection import Projected
 
 
 def reference_rasterize(proj: Projected, colors: Tensor, width: int, height: int, backgrounds: Tensor | None):

@@ -11,13 +11,13 @@ import torch
 from ffsplat.baselines.__main__ import main as baselines_main
 from ffsplat.baselines.compare import BASELINES, dense_index, run_baseline
 from ffsplat.baselines.scene import SceneConfig
-from ffsplat.config import group_file, to_dataclass
+from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.data.shards import scene_frame_ids
 from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
 from ffsplat.model.network import ModelConfig
-from ffsplat.predictor import Predictor
-from ffsplat.training import SemanticSplatModule, export_slim
-from ffsplat.training_config import TrainConfig
+from ffsplat.inference.predictor import Predictor
+from ffsplat.training.module import SemanticSplatModule, export_slim
+from ffsplat.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.feature3dgs import FEATURE, Feature3DGS
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
-from ffsplat.data.synthetic import synthetic_views
+from ffsplat.synthetic.rooms import synthetic_views
 from ffsplat.teachers.label_teachers import LabelSegmentationTeacher
-from ffsplat.types import Views
+from ffsplat.core.types import Views
 
 S = 32
 GEOMETRY = ("means", "scales", "quats", "opacities")

@@ -17,15 +17,15 @@ from ffsplat.baselines.fhgs import (
     unit_teacher,
 )
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
-from ffsplat.render import RasterSettings, render
-from ffsplat.types import Views
+from ffsplat.render.renderer import RasterSettings, render
+from ffsplat.core.types import Views
 
 S, C = 32, 8
 
 
 def tiny_views() -> Views:
     """3 views (32x32) of a synthetic room; the "SAM" teacher is a noisy unit vector per instance at 16x16."""
-    from ffsplat.data.synthetic import synthetic_views
+    from ffsplat.synthetic.rooms import synthetic_views
 
     views = synthetic_views(3, [0, 3, 6], S)
     img, depth, inst, cams = views.images, views.depths, views.instances, views.cameras

@@ -9,8 +9,8 @@ from gsplat.strategy.ops import duplicate, split
 
 from ffsplat.baselines.protosaga import CosineClassifier, ProtoSaGa, associate_masks, instance_metrics, raw_mask_rows
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
-from ffsplat.geometry import project_points
-from ffsplat.types import Cameras, Views
+from ffsplat.core.geometry import project_points
+from ffsplat.core.types import Cameras, Views
 
 S = 32
 
@@ -26,7 +26,7 @@ def _one_thread():
 def tiny_views() -> tuple[Views, torch.Tensor]:
     """3 views (32x32) of a synthetic room and raw masks: GT instances with ids shuffled per view
     (like SAM's automatic masks, unassociated across views)."""
-    from ffsplat.data.synthetic import synthetic_views
+    from ffsplat.synthetic.rooms import synthetic_views
 
     views = synthetic_views(3, [0, 3, 6], S)
     img, depth, inst, cams = views.images, views.depths, views.instances, views.cameras

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ffsplat.baselines.scene import SceneConfig, SceneMethod, SceneTrainer, scene_scale
-from ffsplat.data.synthetic import synthetic_views
-from ffsplat.types import Views
+from ffsplat.synthetic.rooms import synthetic_views
+from ffsplat.core.types import Views
 
 
 def small_scene(size: int = 32, frames=(0, 4, 8)) -> Views:

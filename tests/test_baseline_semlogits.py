@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.scene import SceneConfig, SceneTrainer
 from ffsplat.baselines.semlogits import SEMANTICS, SemanticLogits, entropy, normalised, warmup_weight
-from ffsplat.data.synthetic import synthetic_views
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.synthetic.rooms import synthetic_views
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 S = 32
 C = 8

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import evaluate
-from ffsplat.config import group_file, to_dataclass
+from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids
 from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
-from ffsplat.evaluation import EvalConfig, evaluate_model, evaluate_teacher
+from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
 from ffsplat.model.network import ModelConfig
-from ffsplat.predictor import Predictor
-from ffsplat.training import SemanticSplatModule, export_slim
-from ffsplat.training_config import TrainConfig
+from ffsplat.inference.predictor import Predictor
+from ffsplat.training.module import SemanticSplatModule, export_slim
+from ffsplat.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

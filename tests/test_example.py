@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ffsplat.ply import read_ply
+from ffsplat.render.ply import read_ply
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 import infer
-from ffsplat.camera_io import CameraFile, CameraView, read_cameras, write_cameras
-from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
-from ffsplat.ply import read_ply
-from ffsplat.pose import PoseEstimationError, estimate_relative_pose
+from ffsplat.inference.cameras import CameraFile, CameraView, read_cameras, write_cameras
+from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
+from ffsplat.render.ply import read_ply
+from ffsplat.inference.pose import PoseEstimationError, estimate_relative_pose
 
 
 def rotation_angle_deg(r: np.ndarray) -> float:
@@ -69,10 +69,10 @@ def test_cameras_json_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained small model without conditioning, exported like training does."""
-    from ffsplat.config import group_file, to_dataclass
+    from ffsplat.core.config import group_file, to_dataclass
     from ffsplat.model.network import ModelConfig
-    from ffsplat.training import SemanticSplatModule, export_slim
-    from ffsplat.training_config import TrainConfig
+    from ffsplat.training.module import SemanticSplatModule, export_slim
+    from ffsplat.training.config import TrainConfig
 
     cfg = TrainConfig()
     cfg.model = to_dataclass(ModelConfig, group_file("model", "small"))

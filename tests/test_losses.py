@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ffsplat  # noqa: F401  (torchvision CPU shim before torchvision / lpips)
-from ffsplat.losses import (
+from ffsplat.objectives.losses import (
     LPIPSLoss,
     cosine_distillation,
     dice_loss,

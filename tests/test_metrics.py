@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import ffsplat  # noqa: F401  (torchvision CPU shim)
-from ffsplat.metrics import (
+from ffsplat.objectives.metrics import (
     PromptableMeter,
     SegmentationMeter,
     classify_by_embeddings,
@@ -23,7 +23,7 @@ from ffsplat.metrics import (
     psnr,
     ssim,
 )
-from ffsplat.prompting import (
+from ffsplat.objectives.prompting import (
     SimilarityPromptDecoder,
     grid_prompt_points,
     label_hierarchy_masks,

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from ffsplat.config import group_file, to_dataclass
-from ffsplat.geometry import inverse_depth_candidates, plane_sweep_grid, quat_to_rotmat, unproject_depth
+from ffsplat.core.config import group_file, to_dataclass
+from ffsplat.core.geometry import inverse_depth_candidates, plane_sweep_grid, quat_to_rotmat, unproject_depth
 from ffsplat.model.cost_volume import correlation_cost_volume
 from ffsplat.model.gaussians import GaussianConfig, GaussianHead
 from ffsplat.model.network import LANG, SEG, ModelConfig, PretrainedConfig, build_model, load_pretrained
-from ffsplat.sh import rotate_sh, sh_bases
-from ffsplat.types import Cameras, Views
+from ffsplat.core.sh import rotate_sh, sh_bases
+from ffsplat.core.types import Cameras, Views
 from tests.conftest import requires_cuda
 
 
@@ -98,7 +98,7 @@ def test_permuting_views_permutes_outputs():
 
 
 def test_gradients_reach_every_parameter_group():
-    from ffsplat import render
+    from ffsplat.render import render
 
     torch.manual_seed(0)
     model = build_model(small_config())
@@ -179,7 +179,7 @@ def test_gaussian_adapter_unprojects_known_depth_in_world_space():
     # Scale at the middle of the footprint range; colour reproduces the image for every direction.
     focal = 0.9 * 12
     torch.testing.assert_close(g.scales[0, :96, 0], depth[0, 0].reshape(-1) / focal * (0.1 + 2.9 * 0.5))
-    from ffsplat.sh import sh_to_rgb
+    from ffsplat.core.sh import sh_to_rgb
 
     rgb = sh_to_rgb(g.sh, torch.randn(1, 192, 3))
     torch.testing.assert_close(rgb, views.images.permute(0, 1, 3, 4, 2).reshape(1, 192, 3), atol=1e-5, rtol=0)
@@ -239,7 +239,7 @@ def test_bf16_autocast_on_cpu():
 
 @requires_cuda
 def test_bf16_autocast_on_cuda_and_render():
-    from ffsplat import render
+    from ffsplat.render import render
 
     model = build_model(small_config()).cuda()
     views = make_views(1, 2, 64, 64).to("cuda")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ffsplat import render
-from ffsplat.config import group_file, to_dataclass
-from ffsplat.data.synthetic import SyntheticConfig, make_scene, render_frame
+from ffsplat.render import render
+from ffsplat.core.config import group_file, to_dataclass
+from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
 from ffsplat.model.network import ModelConfig, build_model
-from ffsplat.types import Cameras, Views
+from ffsplat.core.types import Cameras, Views
 
 SIZE = 48
 

@@ -1,4 +1,4 @@
-"""Tests for ffsplat.ply: Inria-layout round trips, header layout, plain Inria files, errors, atomicity."""
+"""Tests for ffsplat.render.ply: Inria-layout round trips, header layout, plain Inria files, errors, atomicity."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from ffsplat.ply import PlyError, read_ply, write_ply
-from ffsplat.types import Gaussians
+from ffsplat.render.ply import PlyError, read_ply, write_ply
+from ffsplat.core.types import Gaussians
 
 
 def random_gaussians(n: int, sh_degree: int, feature_dims: dict[str, int] | None = None, seed: int = 0) -> Gaussians:

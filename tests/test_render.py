@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from ffsplat import Cameras, Gaussians, RasterSettings, render
-from ffsplat.geometry import invert_rigid
-from ffsplat.rasterizer.projection import project_gaussians
-from ffsplat.rasterizer.tiles import rasterize_tiles
-from ffsplat.sh import sh_to_rgb
+from ffsplat import Cameras, Gaussians
+from ffsplat.render import RasterSettings, render
+from ffsplat.core.geometry import invert_rigid
+from ffsplat.render.rasterizer.projection import project_gaussians
+from ffsplat.render.rasterizer.tiles import rasterize_tiles
+from ffsplat.core.sh import sh_to_rgb
 from tests.reference_raster import reference_rasterize
 
 
@@ -292,7 +293,7 @@ def test_w2c_c2w_round_trip_used_by_render():
 
 
 def test_render_of_gaussians_loaded_from_ply_equals_in_memory(tmp_path):
-    from ffsplat.ply import read_ply, write_ply
+    from ffsplat.render.ply import read_ply, write_ply
 
     g = random_gaussians(1, 60, 16, sh_degree=3, dtype=torch.float32)[0]
     cams = look_at_cameras(1, 2, 24, 24, dtype=torch.float32)[0]
@@ -327,7 +328,7 @@ def test_meta_means2d_carries_screen_space_gradients():
     out.rgb.sum().backward()
     assert means2d.grad is not None and means2d.grad.abs().sum() > 0
     # it is the projection of the means (pixel coordinates)
-    from ffsplat.geometry import project_points
+    from ffsplat.core.geometry import project_points
 
     uv, _ = project_points(g.means.detach()[:, None], cams.intrinsics, cams.w2c)
     visible = out.meta["radii"][0].gt(0).all(-1)

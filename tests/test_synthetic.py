@@ -1,4 +1,4 @@
-"""Tests for ffsplat.data.synthetic and data_prep/make_synthetic.py: determinism, exact multi-view
+"""Tests for ffsplat.synthetic.rooms and data_prep/make_synthetic.py: determinism, exact multi-view
 consistency, conventions, the ScanNet label path, camera paths and the dataset CLI."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ffsplat.data.labels import LabelMap
 from ffsplat.data.scene import RGBDSequence
-from ffsplat.data.synthetic import (
+from ffsplat.synthetic.rooms import (
     CEILING,
     EVAL_TO_RAW,
     FLOOR,
@@ -28,7 +28,7 @@ from ffsplat.data.synthetic import (
     shade,
     write_synthetic_scene,
 )
-from ffsplat.geometry import project_points, unproject_depth
+from ffsplat.core.geometry import project_points, unproject_depth
 from tests.conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def world_points(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """``[H*W, 3]`` float64 world points of a z-depth map (ffsplat.geometry.unproject_depth)."""
+    """``[H*W, 3]`` float64 world points of a z-depth map (ffsplat.core.geometry.unproject_depth)."""
     pts = unproject_depth(torch.from_numpy(depth).double(), torch.from_numpy(K), torch.from_numpy(c2w))
     return pts.reshape(-1, 3).numpy()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ffsplat import Cameras, Gaussians
-from ffsplat.geometry import (
+from ffsplat.core.geometry import (
     invert_rigid,
     normalize_quat,
     project_points,
@@ -17,7 +17,7 @@ from ffsplat.geometry import (
     rotmat_to_quat,
     unproject_depth,
 )
-from ffsplat.types import cover_size
+from ffsplat.core.types import cover_size
 
 
 def random_pose(gen: torch.Generator) -> torch.Tensor:

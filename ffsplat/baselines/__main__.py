@@ -25,7 +25,7 @@ from pathlib import Path
 import ffsplat  # noqa: F401  (torchvision shim first)
 from ffsplat.baselines.compare import BASELINES, run_baseline, save_json, write_table
 from ffsplat.baselines.scene import SceneConfig
-from ffsplat.config import CONFIG_DIR, to_dataclass
+from ffsplat.core.config import CONFIG_DIR, to_dataclass
 from ffsplat.data.views import load_eval_index
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args(argv)
 
-    from ffsplat.predictor import Predictor
+    from ffsplat.inference.predictor import Predictor
 
     index = load_eval_index(args.index)
     if args.command == "run":
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import time
 
-    from ffsplat.evaluation import EvalConfig, evaluate_model
+    from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model
     from ffsplat.data.shards import EvalIndexDataset
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Run per-scene baselines on the feed-forward model's evaluation index and score them the same way.
 
 For every entry of an evaluation index a baseline is optimised from scratch on the entry's training
-views and scored on its target views with :mod:`ffsplat.metrics`, exactly as
-:mod:`ffsplat.evaluation` scores the feed-forward model:
+views and scored on its target views with :mod:`ffsplat.objectives.metrics`, exactly as
+:mod:`ffsplat.evaluation.evaluate` scores the feed-forward model:
 
 * ``sparse``: the entry's context views (the 2 views the feed-forward model sees);
 * ``dense``: every stored keyframe of the scene except the targets (at most ``dense_views``).
@@ -32,9 +32,9 @@ from ffsplat.baselines.scene import SceneConfig, SceneMethod, SceneTrainer
 from ffsplat.baselines.semlogits import SemanticLogits
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids
-from ffsplat.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
-from ffsplat.prompting import grid_prompt_points
-from ffsplat.types import Example
+from ffsplat.objectives.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.objectives.prompting import grid_prompt_points
+from ffsplat.core.types import Example
 
 MethodFactory = Callable[[dict[str, str], Example], SceneMethod]
 
@@ -143,7 +143,7 @@ def write_table(results: list[dict], path: Path) -> str:
         cells = [f"{r[c]:.4g}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]
         lines.append(f"| {r['method']} | {r.get('setting', '-')} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    from ffsplat.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open
 
     with atomic_open(path, "w") as f:
         f.write(text)
@@ -151,7 +151,7 @@ def write_table(results: list[dict], path: Path) -> str:
 
 
 def save_json(path: Path, data) -> None:
-    from ffsplat.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open
 
     with atomic_open(path, "w") as f:
         json.dump(data, f, indent=2, default=str)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffsplat.baselines.scene import SceneMethod, SceneTrainer
-from ffsplat.render import RenderOutput, render
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.render.renderer import RenderOutput, render
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 FEATURE = "feature"
 """Name of the per-Gaussian feature in ``trainer.params`` and in ``RenderOutput.features``."""

@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffsplat.baselines.scene import SceneMethod, SceneTrainer
-from ffsplat.geometry import project_points
-from ffsplat.rasterizer.projection import project_gaussians
-from ffsplat.rasterizer.tiles import blend_weights, tile_intersections
-from ffsplat.render import RasterSettings, RenderOutput, render
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.core.geometry import project_points
+from ffsplat.render.rasterizer.projection import project_gaussians
+from ffsplat.render.rasterizer.tiles import blend_weights, tile_intersections
+from ffsplat.render.renderer import RasterSettings, RenderOutput, render
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 
 # ---------------------------------------------------------------------------- ordered contributions
@@ -58,7 +58,7 @@ def ordered_contributions(
     """Per-pixel, depth-ordered blend weights ``w_i = a_i T_i`` of the contributing Gaussians.
 
     Uses ffsplat's torch rasterizer (projection, tile intersection, compositing rules of
-    :func:`ffsplat.rasterizer.tiles.composite_tiles`: alpha clamp 0.999, skip below 1/255, stop
+    :func:`ffsplat.render.rasterizer.tiles.composite_tiles`: alpha clamp 0.999, skip below 1/255, stop
     before ``T <= 1e-4``), so ``weights.sum(-1)`` is the rendered alpha and ``weights @ colors``
     the rendered colour. Differentiable with respect to the geometry (through autograd).
 

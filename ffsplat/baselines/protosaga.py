@@ -30,7 +30,7 @@ Choices of this re-implementation:
 * Embedding initialisation ``N(0, 0.1^2)`` and classifier rows ``N(0, 1)``: unpublished.
 * The probability criterion is skipped with ``use_probs=False`` (Gaga's depth-only association).
 * Evaluation (:func:`instance_metrics`): Gaga's class-agnostic Hungarian-matched mIoU and
-  precision / recall at IoU 0.5 by :func:`ffsplat.metrics.instance_matching_miou` on all views
+  precision / recall at IoU 0.5 by :func:`ffsplat.objectives.metrics.instance_matching_miou` on all views
   pooled (IoUs over the pixels of all views), plus the mean of its per-view mIoU.
 """
 
@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffsplat.baselines.scene import SceneMethod, SceneTrainer
-from ffsplat.geometry import project_points
-from ffsplat.metrics import instance_matching_miou
-from ffsplat.render import RenderOutput, render
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.core.geometry import project_points
+from ffsplat.objectives.metrics import instance_matching_miou
+from ffsplat.render.renderer import RenderOutput, render
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 IGNORE = -1
 
@@ -180,7 +180,7 @@ def associate_masks(
 def instance_metrics(pred_ids: Tensor, gt_ids: Tensor, iou_threshold: float = 0.5) -> dict[str, float]:
     """Class-agnostic matching metrics (Gaga / Proto-SaGa) of ``[..., V, H, W]`` id maps.
 
-    Pools all views into one image for :func:`ffsplat.metrics.instance_matching_miou` (mIoU,
+    Pools all views into one image for :func:`ffsplat.objectives.metrics.instance_matching_miou` (mIoU,
     precision / recall at ``iou_threshold``) and adds ``miou_view_mean``, its per-view mIoU
     averaged over views with ground truth.
     """

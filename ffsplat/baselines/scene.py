@@ -10,7 +10,7 @@
   ``step % reset_every == 0 & step > 0`` is always False) done by :class:`OpacityResetStrategy`.
   Every per-Gaussian attribute, including each method's extras, lives in one ``ParameterDict`` so
   densification keeps them aligned.
-* Rendering: ``ffsplat.render`` (gsplat on CUDA, the torch rasterizer on CPU), like the model.
+* Rendering: ``ffsplat.render.renderer`` (gsplat on CUDA, the torch rasterizer on CPU), like the model.
 * Checkpoints (atomic) every ``checkpoint_every`` steps; :meth:`SceneTrainer.fit` resumes from one.
 """
 
@@ -26,12 +26,12 @@ from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import reset_opa
 from torch import Tensor, nn
 
-from ffsplat.atomic import atomic_open
-from ffsplat.init_gaussians import gaussians_from_rgbd
-from ffsplat.metrics import ssim
-from ffsplat.render import RasterSettings, RenderOutput, render
-from ffsplat.sh import num_sh_bases
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.core.atomic import atomic_open
+from ffsplat.render.init import gaussians_from_rgbd
+from ffsplat.objectives.metrics import ssim
+from ffsplat.render.renderer import RasterSettings, RenderOutput, render
+from ffsplat.core.sh import num_sh_bases
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffsplat.baselines.scene import SceneMethod, SceneTrainer
-from ffsplat.render import RenderOutput, render
-from ffsplat.types import Cameras, Gaussians, Views
+from ffsplat.render.renderer import RenderOutput, render
+from ffsplat.core.types import Cameras, Gaussians, Views
 
 SEMANTICS = "semantics"
 """Name of the per-Gaussian logits in ``trainer.params`` and of the rendered field."""

@@ -1,7 +1,7 @@
 """Resize/crop images together with their intrinsics, and resample depth/labels between cameras.
 
-All functions use the pixel-centre-at-+0.5 convention of :mod:`ffsplat.geometry`, and the
-colour path rounds exactly as :meth:`ffsplat.types.Cameras.resize_and_center_crop`, so pixels and
+All functions use the pixel-centre-at-+0.5 convention of :mod:`ffsplat.core.geometry`, and the
+colour path rounds exactly as :meth:`ffsplat.core.types.Cameras.resize_and_center_crop`, so pixels and
 intrinsics stay consistent.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ffsplat.types import Cameras, center_crop_offsets, cover_size
+from ffsplat.core.types import Cameras, center_crop_offsets, cover_size
 
 
 def target_intrinsics(k: np.ndarray, size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 
 
 @dataclass

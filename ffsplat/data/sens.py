@@ -43,7 +43,7 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 from ffsplat.data.scene import jpeg_bytes, png_bytes, read_image, write_bytes, write_matrix
 
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import webdataset as wds
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 from torch import nn
 
 from ffsplat.data.clip import Clip, decode_rgb, encode_clip

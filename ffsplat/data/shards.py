@@ -2,7 +2,7 @@
 
 Training: shards are split by rank (``torch.distributed``) and by DataLoader worker, shuffled,
 decoded to :class:`~ffsplat.data.clip.Clip`, and each clip yields one
-:class:`~ffsplat.types.Example` with context and target views drawn by
+:class:`~ffsplat.core.types.Example` with context and target views drawn by
 :func:`ffsplat.data.views.sample_views`. With ``resampled=False`` each epoch covers every sample
 exactly once across all ranks and workers (needs at least ranks x workers shards); with
 ``resampled=True`` every rank draws shards with replacement and ``epoch_length`` samples make an
@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ffsplat.data.clip import Clip, decode_clip
 from ffsplat.data.views import ViewSamplerConfig, sample_views
-from ffsplat.types import Cameras, Example, Views
+from ffsplat.core.types import Cameras, Example, Views
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from typing import Any, Sequence, TypedDict
 
 import numpy as np
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffsplat.geometry import invert_rigid, plane_sweep_grid
+from ffsplat.core.geometry import invert_rigid, plane_sweep_grid
 
 
 def correlation_cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor) -> Tensor:

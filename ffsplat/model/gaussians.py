@@ -20,9 +20,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ffsplat.geometry import pixel_centers, quat_multiply, rotmat_to_quat, transform_points
-from ffsplat.sh import num_sh_bases, rgb_to_sh_dc, rotate_sh
-from ffsplat.types import Cameras, Gaussians
+from ffsplat.core.geometry import pixel_centers, quat_multiply, rotmat_to_quat, transform_points
+from ffsplat.core.sh import num_sh_bases, rgb_to_sh_dc, rotate_sh
+from ffsplat.core.types import Cameras, Gaussians
 
 
 @dataclass

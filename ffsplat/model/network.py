@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ffsplat.geometry import inverse_depth_candidates
+from ffsplat.core.geometry import inverse_depth_candidates
 from ffsplat.model.backbone import BackboneConfig, MultiViewBackbone
 from ffsplat.model.conditioning import ConditioningConfig, ConditioningFusion
 from ffsplat.model.cost_volume import correlation_cost_volume
 from ffsplat.model.depth import DepthConfig, DepthHead, DepthOutput
 from ffsplat.model.gaussians import GaussianConfig, GaussianHead
 from ffsplat.model.semantic_heads import FieldDecoder, FieldHead, SemanticConfig, SemanticTrunk
-from ffsplat.types import Gaussians, Views
+from ffsplat.core.types import Gaussians, Views
 
 SEG, LANG = "seg", "lang"
 """Names of the two semantic fields in ``Gaussians.features`` and rendered outputs."""

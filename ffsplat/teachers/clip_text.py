@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 from ffsplat.teachers.base import require_file
 
 CLIP_KEY = "teachers.clip.path"

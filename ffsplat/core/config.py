@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The repository's ``configs/`` folder (ffsplat is used from a checkout / editable install)."""
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.scene import write_frame, write_intrinsics
 
@@ -715,7 +715,7 @@ def write_synthetic_scene(
 
 
 def synthetic_views(seed: int, frames: list[int], height: int = 32, width: int | None = None, path_frames: int = 12):
-    """Frames of one synthetic room as :class:`ffsplat.types.Views` (batch ``[1, V]``) with exact
+    """Frames of one synthetic room as :class:`ffsplat.core.types.Views` (batch ``[1, V]``) with exact
     depth, 8-class labels and instance ids (for tests, examples and benchmarks).
 
     Args:
@@ -723,7 +723,7 @@ def synthetic_views(seed: int, frames: list[int], height: int = 32, width: int |
     """
     import torch
 
-    from ffsplat.types import Cameras, Views
+    from ffsplat.core.types import Cameras, Views
 
     width = width or height
     room, poses, k = make_scene(seed, SyntheticConfig(height=height, width=width, frames=path_frames))

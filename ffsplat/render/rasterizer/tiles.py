@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ffsplat.rasterizer.projection import ALPHA_THRESHOLD, Projected
+from ffsplat.render.rasterizer.projection import ALPHA_THRESHOLD, Projected
 
 MAX_ALPHA = 0.999
 MIN_TRANSMITTANCE = 1e-4

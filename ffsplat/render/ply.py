@@ -16,7 +16,7 @@ Layout: a single ``vertex`` element, one row per Gaussian, all properties ``floa
     <name>_0 .. <name>_{C-1}   each semantic feature field ``name`` of C channels, in order
     <extra> ...                scalar per-Gaussian extras (int32, uint8 or float32)
 
-Scales and rotations are world-space (local -> world), exactly as :class:`ffsplat.types.Gaussians`
+Scales and rotations are world-space (local -> world), exactly as :class:`ffsplat.core.types.Gaussians`
 holds them, so a viewer that builds ``R S S^T R^T`` from them renders what ffsplat renders. (Feed-
 forward exporters such as MVSplat's wrote the per-view camera-frame rotations instead, which is why
 their .ply files look streaked.)
@@ -54,8 +54,8 @@ import torch
 from plyfile import PlyData, PlyElement, PlyParseError
 from torch import Tensor
 
-from ffsplat.atomic import atomic_open
-from ffsplat.types import Gaussians
+from ffsplat.core.atomic import atomic_open
+from ffsplat.core.types import Gaussians
 
 __all__ = ["PlyError", "read_ply", "write_ply"]
 

@@ -1,7 +1,7 @@
 """Evaluation metrics (DESIGN.md "Evaluation", as LSM / Uni3R / SemanticSplat report them).
 
 * Novel views: :func:`psnr`, :func:`ssim` (Wang et al. 2004: Gaussian window 11, sigma 1.5),
-  :func:`lpips_distance` (LPIPS-VGG through :class:`ffsplat.losses.LPIPSLoss`).
+  :func:`lpips_distance` (LPIPS-VGG through :class:`ffsplat.objectives.losses.LPIPSLoss`).
 * Depth: :func:`depth_metrics` (AbsRel, delta < 1.25, RMSE against sensor depth).
 * Open-vocabulary segmentation: :func:`classify_by_embeddings` and :class:`SegmentationMeter`
   (dataset-level confusion matrix, labels ``1..K``, 0 ignored).
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffsplat.losses import LPIPSLoss
+from ffsplat.objectives.losses import LPIPSLoss
 
 
 # ------------------------------------------------------------------------------------ images

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ffsplat.visualize import example_panels
+from ffsplat.evaluation.figures import example_panels
 
 
 class ImageLogger(L.Callback):

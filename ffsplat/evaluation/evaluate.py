@@ -27,12 +27,12 @@ import torch
 from torch import Tensor
 
 from ffsplat.data.labels import EVAL_CLASSES
-from ffsplat.losses import make_lpips
-from ffsplat.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.objectives.losses import make_lpips
+from ffsplat.objectives.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
 from ffsplat.model.network import LANG, SEG
-from ffsplat.prompting import grid_prompt_points
-from ffsplat.render import render
-from ffsplat.types import Example
+from ffsplat.objectives.prompting import grid_prompt_points
+from ffsplat.render.renderer import render
+from ffsplat.core.types import Example
 
 
 @dataclass

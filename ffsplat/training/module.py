@@ -32,14 +32,14 @@ from torch.utils.data import DataLoader
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
 from ffsplat.data.views import build_eval_index, load_eval_index
-from ffsplat.losses import cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
-from ffsplat.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
+from ffsplat.objectives.losses import cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
+from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
-from ffsplat.prompting import SimilarityPromptDecoder, label_hierarchy_masks, sample_prompt_points
-from ffsplat.render import render
+from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks, sample_prompt_points
+from ffsplat.render.renderer import render
 from ffsplat.teachers.features import load_teachers, teacher_features
-from ffsplat.training_config import TrainConfig
-from ffsplat.types import Example, Views
+from ffsplat.training.config import TrainConfig
+from ffsplat.core.types import Example, Views
 
 STAGE_GROUPS = {"geometry": ("geometry",), "seg": ("geometry", "segmentation"), "lang": ("language",)}
 """Stage -> parameter groups (``SemanticSplatNet.parameter_groups``) that are trained."""
@@ -297,7 +297,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
 
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
     """Write the weights + model config + teacher/class metadata that ``infer.py`` loads (atomically)."""
-    from ffsplat.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open
 
     cfg = module.cfg
     blob = {
@@ -391,7 +391,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ffsplat.train_logging import ImageLogger
+    from ffsplat.training.logs import ImageLogger
 
     L.seed_everything(cfg.trainer.seed, workers=True)
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name

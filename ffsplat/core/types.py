@@ -2,7 +2,7 @@
 
 Both are plain dataclasses of tensors with arbitrary leading batch dimensions (``...``), typically
 ``[B, V]`` for cameras (scenes x views) and ``[B]`` for Gaussians (scenes). Conventions are those
-of :mod:`ffsplat.geometry`: OpenCV camera axes, camera-to-world extrinsics, pixel intrinsics whose
+of :mod:`ffsplat.core.geometry`: OpenCV camera axes, camera-to-world extrinsics, pixel intrinsics whose
 pixel centres sit at ``+0.5``, wxyz quaternions.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from ffsplat.geometry import invert_rigid
+from ffsplat.core.geometry import invert_rigid
 
 
 @dataclass

@@ -60,11 +60,11 @@ def example_panels(predictor, example) -> dict[str, Tensor]:
     """Images for the first target view of ``example``: context, target, render, depth, class maps
     (ground truth when labelled, predicted) and PCA of both feature fields, each ``[3, H, W]``.
 
-    ``predictor`` is a training module or a :class:`ffsplat.predictor.Predictor`.
+    ``predictor`` is a training module or a :class:`ffsplat.inference.predictor.Predictor`.
     """
-    from ffsplat.metrics import classify_by_embeddings
+    from ffsplat.objectives.metrics import classify_by_embeddings
     from ffsplat.model.network import LANG, SEG
-    from ffsplat.render import render
+    from ffsplat.render.renderer import render
 
     conditioned = bool(predictor.cfg.model.conditioning.names)
     out = predictor(example.context, predictor.teacher_maps(example.context) if conditioned else None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ffsplat.geometry import quat_to_rotmat
+from ffsplat.core.geometry import quat_to_rotmat
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 

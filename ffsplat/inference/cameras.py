@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffsplat.atomic import atomic_open
+from ffsplat.core.atomic import atomic_open
 
 CONVENTION = "opencv_c2w"
 

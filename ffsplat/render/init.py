@@ -6,9 +6,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ffsplat.geometry import unproject_depth
-from ffsplat.sh import num_sh_bases, rgb_to_sh_dc
-from ffsplat.types import Cameras, Gaussians
+from ffsplat.core.geometry import unproject_depth
+from ffsplat.core.sh import num_sh_bases, rgb_to_sh_dc
+from ffsplat.core.types import Cameras, Gaussians
 
 
 def gaussians_from_rgbd(

@@ -1,6 +1,6 @@
 """A trained model ready for inference and evaluation, loaded from a slim ``model.pt``.
 
-It offers what :mod:`ffsplat.evaluation` and ``infer.py`` need (the same interface as the training
+It offers what :mod:`ffsplat.evaluation.evaluate` and ``infer.py`` need (the same interface as the training
 module): ``predictor(context, teacher_maps) -> NetworkOutput``, ``teacher_maps(views)``,
 ``prompt_decoder``, ``class_embeddings`` and ``cfg.model``. Teachers are only built when the
 network is conditioned on them (their weights come from local paths stored in the checkpoint or
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ffsplat.config import to_dataclass
+from ffsplat.core.config import to_dataclass
 from ffsplat.model.network import ModelConfig, NetworkOutput, build_model
-from ffsplat.prompting import SimilarityPromptDecoder
+from ffsplat.objectives.prompting import SimilarityPromptDecoder
 from ffsplat.teachers.features import load_teachers, teacher_features
-from ffsplat.training import SLIM_FORMAT, ROLE_CONDITION
-from ffsplat.types import Views
+from ffsplat.training.module import SLIM_FORMAT, ROLE_CONDITION
+from ffsplat.core.types import Views
 
 
 class CheckpointError(ValueError):
@@ -37,7 +37,7 @@ class Predictor(nn.Module):
     """Slim checkpoint -> network + teachers + prompt decoder + class embeddings.
 
     Args:
-        path: ``model.pt`` written by training (``ffsplat.training.export_slim``).
+        path: ``model.pt`` written by training (``ffsplat.training.module.export_slim``).
         device: where to run.
         teacher_overrides: per role (``segmentation``/``language``), config kwargs replacing the
             stored ones (e.g. ``{"segmentation": {"checkpoint": "/weights/sam_vit_b.pth"}}``).

@@ -3,13 +3,13 @@
 Two backends with the same semantics (gsplat 1.5, "classic" or "antialiased" 3DGS rasterization):
 
 * ``"gsplat"``: ``gsplat.rasterization`` (CUDA only).
-* ``"torch"``: ffsplat's pure-torch tile rasterizer (:mod:`ffsplat.rasterizer`); runs on CPU and on
+* ``"torch"``: ffsplat's pure-torch tile rasterizer (:mod:`ffsplat.render.rasterizer`); runs on CPU and on
   any device, differentiable through autograd.
 
 ``backend="auto"`` picks gsplat for CUDA float32 tensors and torch otherwise. Rendering always runs
 with autocast disabled; half-precision Gaussians are rendered in float32 (gsplat's kernels are
 float32-only and compositing in bf16 loses the transmittance test). Colour is evaluated from SH
-by :func:`ffsplat.sh.sh_to_rgb` for both backends, so the only difference is the rasterizer.
+by :func:`ffsplat.core.sh.sh_to_rgb` for both backends, so the only difference is the rasterizer.
 Expected depth is ``sum(w_i z_i) / max(alpha, 1e-10)`` (gsplat's "ED"); the background is added to
 RGB as ``C + T * bg`` and is zero for features and depth.
 """
@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ffsplat.rasterizer.projection import project_gaussians
-from ffsplat.rasterizer.tiles import rasterize_tiles
-from ffsplat.sh import sh_to_rgb
-from ffsplat.types import Cameras, Gaussians
+from ffsplat.render.rasterizer.projection import project_gaussians
+from ffsplat.render.rasterizer.tiles import rasterize_tiles
+from ffsplat.core.sh import sh_to_rgb
+from ffsplat.core.types import Cameras, Gaussians
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RasterSettings:
         radius_clip: Gaussians with both pixel radii <= this are skipped.
         tile_size: gsplat's tile edge in pixels.
         torch_tile_size: tile edge of the torch backend. Its images do not depend on it (see
-            :mod:`ffsplat.rasterizer.projection`); 4 is fastest on CPU for per-pixel scenes.
+            :mod:`ffsplat.render.rasterizer.projection`); 4 is fastest on CPU for per-pixel scenes.
         rasterize_mode: "classic" or "antialiased" (opacity compensation for eps2d, Mip-Splatting style).
     """
 
