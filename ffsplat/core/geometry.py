@@ -16,6 +16,18 @@ import torch
 from torch import Tensor
 
 
+def float32_geometry(device: torch.device | str):
+    """Context in which pose maths runs in float32 whatever the surrounding autocast says.
+
+    Under ``torch.autocast`` matmuls and einsums run in bf16/fp16 even on float32 inputs; at
+    room-scale world coordinates (0-10 m) bf16's 8-bit mantissa moves plane-sweep samples by
+    pixels. Model code wraps relative poses, plane-sweep grids, unprojection and SH rotation in
+    this (and passes float32 tensors); only the learned layers run in reduced precision.
+    """
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 def invert_rigid(transform: Tensor) -> Tensor:
     """Invert rigid transforms exactly (R^T, -R^T t) instead of a general matrix inverse.
 

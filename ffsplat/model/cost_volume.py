@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffsplat.core.geometry import invert_rigid, plane_sweep_grid
+from ffsplat.core.geometry import float32_geometry, invert_rigid, plane_sweep_grid
 
 
 def correlation_cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor) -> Tensor:
@@ -21,9 +21,18 @@ def correlation_cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Te
         extrinsics: ``[B, V, 4, 4]`` camera-to-world.
         depths: ``[B, V, D]`` candidate depths of each reference view.
     Returns:
-        ``[B, V, D, h, w]``: ``mean_j (f_i . f_{j->i}(d)) / sqrt(C)``; 0 where no other view sees
-        the sample (behind that camera or outside its image).
+        ``[B, V, D, h, w]`` float32: ``mean_j (f_i . f_{j->i}(d)) / sqrt(C)``; 0 where no other view
+        sees the sample (behind that camera or outside its image).
+
+    Precision: poses, the plane-sweep grid, the warp and the correlation run in float32 with
+    autocast disabled (features from bf16 layers are upcast), so sample positions never carry
+    bf16 rounding.
     """
+    with float32_geometry(features.device):
+        return _cost_volume(features.float(), intrinsics.float(), extrinsics.float(), depths.float())
+
+
+def _cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor) -> Tensor:
     b, v, c, h, w = features.shape
     d = depths.shape[-1]
     total = features.new_zeros(b, v, d, h, w)
@@ -36,7 +45,7 @@ def correlation_cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Te
         grid, valid = plane_sweep_grid(intrinsics, extrinsics, intrinsics[:, src], w2c[:, src], depths, h, w)
         warped = F.grid_sample(
             features[:, src].reshape(b * v, c, h, w),
-            grid.reshape(b * v, d * h, w, 2).to(features.dtype),
+            grid.reshape(b * v, d * h, w, 2),
             mode="bilinear",
             padding_mode="zeros",
             align_corners=False,

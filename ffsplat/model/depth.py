@@ -82,9 +82,10 @@ class DepthHead(nn.Module):
         height, width = images.shape[-2:]
         parts = [cost, features] + ([latent] if latent is not None else [])
         x = rearrange(torch.cat(parts, dim=2), "b v c h w -> (b v) c h w")
-        logits = rearrange(cost, "b v d h w -> (b v) d h w") + self.cost_unet(x)
+        # The U-Net may run in bf16 (autocast); the distribution and soft-argmax are float32.
+        logits = rearrange(cost, "b v d h w -> (b v) d h w").float() + self.cost_unet(x).float()
         prob = torch.softmax(logits, dim=1)  # [(b v), D, h, w]
-        disp_cand = rearrange(1.0 / candidates, "b v d -> (b v) d 1 1")
+        disp_cand = rearrange(1.0 / candidates.float(), "b v d -> (b v) d 1 1")
         coarse_disp = (prob * disp_cand).sum(dim=1, keepdim=True)
         confidence = prob.max(dim=1, keepdim=True).values
 
@@ -97,7 +98,7 @@ class DepthHead(nn.Module):
         norm_disp = (disp_full - lo) / (hi - lo)
         refine = self.refine(torch.cat([rearrange(images, "b v c h w -> (b v) c h w"), feat_full, norm_disp, conf_full], 1))
         # The residual is predicted in normalised disparity units (zero at initialisation).
-        disp = torch.minimum(torch.maximum(disp_full + self.to_delta(refine) * (hi - lo), lo), hi)
+        disp = torch.minimum(torch.maximum(disp_full + self.to_delta(refine).float() * (hi - lo), lo), hi)
 
         def split(t: Tensor) -> Tensor:
             return rearrange(t, "(b v) c h w -> b v c h w", b=b)

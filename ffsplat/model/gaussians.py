@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ffsplat.core.geometry import pixel_centers, quat_multiply, rotmat_to_quat, transform_points
+from ffsplat.core.geometry import float32_geometry, pixel_centers, quat_multiply, rotmat_to_quat, transform_points
 from ffsplat.core.sh import num_sh_bases, rgb_to_sh_dc, rotate_sh
 from ffsplat.core.types import Cameras, Gaussians
 
@@ -63,10 +63,17 @@ class GaussianHead(nn.Module):
             features: ``[B, V, C, H, W]``; images: ``[B, V, 3, H, W]``; depth: ``[B, V, H, W]``;
             cameras: batch ``[B, V]`` at ``(H, W)``.
         Returns:
-            Gaussians of batch ``[B]`` with ``N = V * H * W`` (view-major, then row-major pixels).
+            Gaussians of batch ``[B]`` with ``N = V * H * W`` (view-major, then row-major pixels), all
+            float32: only the conv layers follow autocast; unprojection, the world rotation and
+            the SH rotation run in float32 with autocast disabled.
         """
-        b, v, _, h, w = images.shape
+        b = images.shape[0]
         raw = rearrange(self.net(rearrange(features, "b v c h w -> (b v) c h w")), "(b v) c h w -> b v (h w) c", b=b)
+        with float32_geometry(images.device):
+            return self._adapt(raw.float(), images.float(), depth.float(), cameras.to(torch.float32))
+
+    def _adapt(self, raw: Tensor, images: Tensor, depth: Tensor, cameras: Cameras) -> Gaussians:
+        b, v, _, h, w = images.shape
         opacity_raw, scale_raw, rot_raw, sh_raw, offset_raw = raw.split([1, 3, 4, 3 * self.k, 2], dim=-1)
 
         uv = pixel_centers(h, w, images.device, images.dtype).reshape(1, 1, h * w, 2)

@@ -113,9 +113,12 @@ class SemanticSplatNet(nn.Module):
         cams_low = context.cameras.resize(h, w)
         candidates = inverse_depth_candidates(context.near, context.far, self.cfg.depth.num_candidates)
         candidates = candidates[:, None].expand(b, v, -1)
-        cost = correlation_cost_volume(feats, cams_low.intrinsics.to(feats.dtype), cams_low.extrinsics.to(feats.dtype), candidates.to(feats.dtype))
+        # Geometry stays float32 under autocast (cost volume, soft-argmax, unprojection, SH rotation).
+        cams_low = cams_low.to(torch.float32)
+        candidates = candidates.float()
+        cost = correlation_cost_volume(feats, cams_low.intrinsics, cams_low.extrinsics, candidates)
         latent = self.conditioning(cost, feats, conditions)
-        depth = self.depth_head(images, cost, feats, latent, candidates.to(feats.dtype), context.near, context.far)
+        depth = self.depth_head(images, cost, feats, latent, candidates, context.near.float(), context.far.float())
 
         head_in = torch.cat([depth.refine_features, images, depth.projected_features], dim=2)
         gaussians = self.gaussian_head(head_in, images, depth.depth, context.cameras)

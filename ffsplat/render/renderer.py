@@ -6,9 +6,10 @@ Two backends with the same semantics (gsplat 1.5, "classic" or "antialiased" 3DG
 * ``"torch"``: ffsplat's pure-torch tile rasterizer (:mod:`ffsplat.render.rasterizer`); runs on CPU and on
   any device, differentiable through autograd.
 
-``backend="auto"`` picks gsplat for CUDA float32 tensors and torch otherwise. Rendering always runs
-with autocast disabled; half-precision Gaussians are rendered in float32 (gsplat's kernels are
-float32-only and compositing in bf16 loses the transmittance test). Colour is evaluated from SH
+``backend="auto"`` picks gsplat for CUDA tensors and torch otherwise. Rendering always runs
+with autocast disabled, and every backend receives float32 Gaussians and cameras whatever mix of
+dtypes it was given (:func:`render_dtype`; float64 stays float64 on the torch backend): gsplat's kernels dispatch on ``means``' dtype and read
+every other input as float, and compositing in bf16 loses the transmittance test. Colour is evaluated from SH
 by :func:`ffsplat.core.sh.sh_to_rgb` for both backends, so the only difference is the rasterizer.
 Expected depth is ``sum(w_i z_i) / max(alpha, 1e-10)`` (gsplat's "ED"); the background is added to
 RGB as ``C + T * bg`` and is zero for features and depth.
@@ -118,8 +119,8 @@ BACKENDS: dict[str, Backend] = {"torch": _rasterize_torch, "gsplat": _rasterize_
 
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
-    if name == "auto":
-        return "gsplat" if device.type == "cuda" and dtype == torch.float32 else "torch"
+    if name == "auto":  # float64 stays on the torch backend; half precision is upcast for gsplat
+        return "gsplat" if device.type == "cuda" and dtype != torch.float64 else "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown render backend {name!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return name
@@ -158,11 +159,21 @@ def render(
     for name in names:
         if name not in gaussians.features:
             raise KeyError(f"render: feature field {name!r} not in Gaussians (have {list(gaussians.features)})")
-    if gaussians.means.dtype in (torch.float16, torch.bfloat16):
-        gaussians = gaussians.to(torch.float32)
     backend = resolve_backend(s.backend, gaussians.device, gaussians.means.dtype)
+    gaussians, cameras = render_dtype(gaussians, cameras, backend)
     with torch.autocast(device_type=gaussians.device.type, enabled=False):
         return _render(gaussians, cameras, names, background, s, backend)
+
+
+def render_dtype(gaussians: Gaussians, cameras: Cameras, backend: str) -> tuple[Gaussians, Cameras]:
+    """The render dtype contract: every Gaussian field (means, scales, rotations, opacities, SH and
+    each feature) and both camera matrices in one dtype, whatever mix of dtypes the network
+    produced under autocast (bf16 opacities next to float32 means, say). That dtype is float32,
+    except that the torch backend keeps all-float64 input in float64 (gradient checks); gsplat
+    always gets float32 (its kernels dispatch on ``means`` and read every other input as float).
+    Tensors already in that dtype pass through without a copy."""
+    dtype = torch.float64 if backend == "torch" and gaussians.means.dtype == torch.float64 else torch.float32
+    return gaussians.to(dtype), cameras.to(dtype)
 
 
 def _render(g: Gaussians, cameras: Cameras, names: list[str], background, s: RasterSettings, backend: str):
