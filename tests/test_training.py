@@ -110,21 +110,39 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(shards, tmp_path):
     assert reports[0]["weights"] == reports[1]["weights"]
 
 
+def read_samples(path: Path) -> dict[int, list]:
+    return {line["step"]: line["ids"] for line in map(json.loads, path.read_text().splitlines())}
+
+
 def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
-    cfg = tiny_config(shards, tmp_path, "seg", optim__max_steps=6)
-    killed = run_driver(cfg, tmp_path, "--kill-at-step", "3")
+    # deterministic=true: with it two runs are bit-identical (README "Reproducible runs").
+    cfg = tiny_config(shards, tmp_path, "seg", optim__max_steps=6, trainer__deterministic=True)
+    # The data stream of an uninterrupted run (epochs of 4 steps: the resume lands mid-epoch 0).
+    reference = tiny_config(shards, tmp_path / "ref", "seg", optim__max_steps=6, trainer__deterministic=True)
+    done = run_driver(reference, tmp_path, "--samples", str(tmp_path / "reference.jsonl"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = run_driver(cfg, tmp_path, "--kill-at-step", "3", "--samples", str(tmp_path / "killed.jsonl"))
     assert killed.returncode == 137
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
     assert (run_dir / "last.ckpt").is_file() and not (run_dir / "model.pt").exists()
     assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint
     saved = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2
+    # network, optimiser, schedule and loop state only: no LPIPS / teacher / prompt-decoder weights
+    assert saved["state_dict"] and all(k.startswith("model.") for k in saved["state_dict"])
     from tests.scripts.train_driver import checksum
 
     state = saved["optimizer_states"][0]["state"]
     saved_optimizer = checksum([v for k in sorted(state) for v in state[k].values() if torch.is_tensor(v)])
-    resumed = run_driver(cfg, tmp_path, "--report-dir", str(tmp_path / "report"))
+    resumed = run_driver(cfg, tmp_path, "--report-dir", str(tmp_path / "report"), "--samples", str(tmp_path / "resumed.jsonl"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref, first, second = (read_samples(tmp_path / f"{n}.jsonl") for n in ("reference", "killed", "resumed"))
+    assert sorted(ref) == list(range(6)) and sorted(first) == [0, 1, 2] and sorted(second) == [2, 3, 4, 5]
+    assert len({json.dumps(v) for v in ref.values()}) == 6  # the stream does not repeat itself
+    # The killed run saw the reference's first batches; the resumed one continues the stream at
+    # step 2 (not from the epoch's first sample) and crosses into epoch 1 like the reference.
+    assert [first[s] for s in (0, 1, 2)] == [ref[s] for s in (0, 1, 2)]
+    assert [second[s] for s in (2, 3, 4, 5)] == [ref[s] for s in (2, 3, 4, 5)]
     report = json.loads((tmp_path / "report" / "rank0.json").read_text())
     assert report["start_step"] == 2 and report["end_step"] == 6
     assert report["start_optimizer"] == saved_optimizer

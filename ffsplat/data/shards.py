@@ -9,9 +9,21 @@ exactly once across all ranks and workers (needs at least ranks x workers shards
 epoch, which keeps DDP ranks in step however uneven the shards are.
 
 Evaluation: :class:`EvalIndexDataset` reads the shards of the scenes named in an evaluation index
-(shards are per scene, the manifest says which) and yields one example per index entry.
+(shards are per scene, the manifest says which) and yields one example per index entry; under
+DDP each rank takes every ``world``-th entry, so ranks score disjoint shares that together cover
+the index once.
 
 A sample that fails to decode is skipped, counted and logged (never raised).
+
+Position in the stream (curriculum and resume): the DataLoader takes batches from its workers in
+turn, so the ``j``-th batch of worker ``w`` (of ``W``) is batch ``w + j W`` of the epoch. Each
+sample's training step is therefore known inside its worker, without any message from the main
+process: ``step = epoch_start_step + w + j W``; the view-gap curriculum (``sample_views(...,
+step)``) follows the schedule during the epoch exactly (no prefetch lag, fork or spawn alike).
+Each sample's views are drawn from its own generator seeded by ``(seed, epoch, rank, worker,
+position)``, so a resumed run that has consumed ``c`` batches of an epoch skips each worker's share
+of them (without decoding) and continues with exactly the examples an uninterrupted run would
+have seen (:meth:`ClipExamples.set_position`; exact as long as no skipped sample was corrupt).
 """
 
 from __future__ import annotations
@@ -137,6 +149,9 @@ class ClipExamples(IterableDataset):
         resampled: draw shards with replacement (use for multi-GPU training).
         epoch_length: samples per epoch per rank and worker group with ``resampled``.
         seed: base seed; each epoch, rank and worker derives its own.
+
+    The trainer tells it where the stream stands with :meth:`set_position` before each epoch's
+    iterator is created (the DataLoader copies the dataset into its workers at that moment).
     """
 
     def __init__(
@@ -156,11 +171,29 @@ class ClipExamples(IterableDataset):
         self.urls, self.sampler, self.shuffle_buffer = list(urls), sampler, shuffle_buffer
         self.resampled, self.epoch_length, self.seed = resampled, epoch_length, seed
         self.epoch = 0
-        self.step = 0  # training step, for the view-gap curriculum; set by the trainer
+        self.epoch_start_step = 0  # global step of the epoch's first batch (view-gap curriculum)
+        self.consumed_batches = 0  # batches of this epoch already trained on (skipped on resume)
+        self.batch_size = 1  # examples per DataLoader batch (to map samples to batches)
         self.corrupt = CorruptCounter()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_position(self, epoch: int, epoch_start_step: int, consumed_batches: int = 0, batch_size: int = 1) -> None:
+        """Where the next iterator starts: epoch ``epoch`` began at global step ``epoch_start_step``
+        and ``consumed_batches`` of its batches (of ``batch_size`` examples) were already used."""
+        if consumed_batches < 0 or batch_size < 1:
+            raise ValueError(f"ClipExamples.set_position: consumed_batches={consumed_batches}, batch_size={batch_size}")
+        self.epoch, self.epoch_start_step = epoch, epoch_start_step
+        self.consumed_batches, self.batch_size = consumed_batches, batch_size
+
+    def sample_step(self, worker: int, workers: int, position: int) -> int:
+        """Training step of this worker's ``position``-th sample of the epoch (0-based)."""
+        return self.epoch_start_step + worker + (position // self.batch_size) * workers
+
+    def skipped_samples(self, worker: int, workers: int) -> int:
+        """Samples of this worker that belong to the epoch's already consumed batches."""
+        return len(range(worker, self.consumed_batches, workers)) * self.batch_size
 
     def _my_shards(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -182,11 +215,17 @@ class ClipExamples(IterableDataset):
         if self.shuffle_buffer:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=int(rng.integers(2**31))))
         pipeline = wds.DataPipeline(*stages)
-        produced = 0
+        produced = skip = self.skipped_samples(worker, workers)
+        if count is not None and produced >= count:
+            return
         for sample in pipeline:
+            if skip:  # consumed before a resume: no decoding
+                skip -= 1
+                continue
             try:
                 clip = decode_clip(sample)
-                context, target = sample_views(len(clip), self.sampler, rng, self.step)
+                draw = np.random.default_rng([self.seed, self.epoch, rank, worker, produced])
+                context, target = sample_views(len(clip), self.sampler, draw, self.sample_step(worker, workers, produced))
             except ValueError as exc:
                 self.corrupt(exc)
                 continue
@@ -219,12 +258,22 @@ class EvalIndexDataset(IterableDataset):
         self.corrupt = CorruptCounter()
 
     def __len__(self) -> int:
-        return sum(len(entries) for entries in self.index.values())
+        """Examples this rank yields (the whole index in a single process)."""
+        return sum(len(entries) for entries in self.rank_entries(*rank_and_world()).values())
+
+    def rank_entries(self, rank: int, world: int) -> dict[str, list[dict]]:
+        """This rank's share: entry ``i`` of the index (scenes sorted, entries in order) goes to rank ``i % world``."""
+        flat = [(scene, entry) for scene in sorted(self.index) for entry in self.index[scene]]
+        mine: dict[str, list[dict]] = {}
+        for scene, entry in flat[rank::world]:
+            mine.setdefault(scene, []).append(entry)
+        return mine
 
     def __iter__(self) -> Iterator[Example]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        scenes = sorted(self.index)[worker::workers]
+        index = self.rank_entries(*rank_and_world())
+        scenes = sorted(index)[worker::workers]
         for scene in scenes:
             pipeline = wds.DataPipeline(wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt))
             frames: dict[int, tuple[Clip, int]] = {}
@@ -236,7 +285,7 @@ class EvalIndexDataset(IterableDataset):
                     continue
                 for position, frame_id in enumerate(clip.frame_ids.tolist()):
                     frames.setdefault(frame_id, (clip, position))
-            for entry in self.index[scene]:
+            for entry in index[scene]:
                 wanted = list(entry["context"]) + list(entry["target"])
                 absent = [i for i in wanted if i not in frames]
                 if absent:

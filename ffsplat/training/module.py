@@ -12,6 +12,12 @@ lang       L_clip = 1 - cos(HCAM-pooled expand(L), LSeg)         language head +
 =========  ====================================================  ================================
 
 Frozen parameters get ``requires_grad = False`` and are left out of the optimiser.
+
+Checkpoints hold the network, optimiser, LR schedule and loop state only: teachers, LPIPS and the
+prompt decoder are helpers kept out of the module tree (:meth:`SemanticSplatModule._helper`), so a
+checkpoint is the same size with real or stand-in teachers and resumes under any teacher setting.
+Each stage computes only the teacher features it uses (conditioning for the context views; SAM
+targets in ``seg``, LSeg targets in ``lang``).
 """
 
 from __future__ import annotations
@@ -19,20 +25,22 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
 from ffsplat.data.views import build_eval_index, load_eval_index
-from ffsplat.objectives.losses import cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
+from ffsplat.objectives.losses import LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
 from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks, sample_prompt_points
@@ -46,6 +54,17 @@ STAGE_GROUPS = {"geometry": ("geometry",), "seg": ("geometry", "segmentation"), 
 
 ROLE_CONDITION = {"segmentation": "sam", "language": "lseg"}
 """Teacher role -> the conditioning input name of the network."""
+
+STAGE_TARGET_ROLE = {"seg": "segmentation", "lang": "language"}
+"""Stage -> the teacher role whose target-view features it distils."""
+
+
+def photometric_loss_name(cfg: TrainConfig, have_lpips: bool) -> str:
+    """The photometric loss a run actually optimises: ``"l1+<w>*lpips"``, ``"l1"`` (LPIPS off or
+    without weights) or ``"none"`` (stage ``lang`` has no photometric term)."""
+    if cfg.stage.name == "lang":
+        return "none"
+    return f"l1+{cfg.loss.lpips_weight:g}*lpips" if have_lpips else "l1"
 
 SLIM_FORMAT = "ffsplat-model"
 
@@ -81,7 +100,6 @@ class SemanticSplatModule(L.LightningModule):
         if cfg.stage.name not in STAGE_GROUPS:
             raise ValueError(f"stage.name={cfg.stage.name!r}; choose one of {sorted(STAGE_GROUPS)}")
         self.cfg = cfg
-        self.save_hyperparameters({"config": asdict(cfg)})
         self.model = build_model(cfg.model)
         if cfg.stage.init_from:
             load_model_weights(self.model, cfg.stage.init_from)
@@ -94,13 +112,35 @@ class SemanticSplatModule(L.LightningModule):
         self._online = (
             load_teachers({r.name: r.kwargs for r in roles.values()}) if cfg.teachers.source == "online" else {}
         )
-        self._lpips = make_lpips(cfg.loss.lpips_vgg_path) if cfg.stage.name != "lang" else None
-        self.prompt_decoder = self._make_prompt_decoder()
+        for teacher in self._online.values():
+            self._helper(None, teacher)
+        uses_lpips = cfg.stage.name != "lang" and cfg.loss.lpips_weight > 0
+        with warnings.catch_warnings():  # one warning below, naming the key and what is used instead
+            warnings.simplefilter("ignore")
+            self._helper("_lpips", make_lpips(cfg.loss.lpips_vgg_path) if uses_lpips else None)
+        self.photometric_loss = photometric_loss_name(cfg, self._lpips is not None)
+        if uses_lpips and self._lpips is None:
+            rank_zero_warn(
+                f"loss.lpips_weight={cfg.loss.lpips_weight} but {LPIPS_VGG_KEY} has no local VGG16 weights: "
+                f"training with photometric loss {self.photometric_loss!r} (recorded in the run config and model.pt)"
+            )
+        self.save_hyperparameters({"config": asdict(cfg), "photometric_loss": self.photometric_loss})
+        self._helper("prompt_decoder", self._make_prompt_decoder())
         self.class_embeddings = eval_class_embeddings(cfg)
         self._val_meter = SegmentationMeter(num_classes=len(EVAL_CLASSES))
         self._val_scalars: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ helpers
+    def _helper(self, name: str | None, module):
+        """Keep a frozen helper (teacher, LPIPS, prompt decoder) out of the module tree: it is not in
+        ``state_dict()`` (so not in checkpoints), not trained, and moved by :meth:`_move_helpers`."""
+        if isinstance(module, nn.Module):
+            module.eval().requires_grad_(False)
+        if name is not None:
+            self._modules.pop(name, None)
+            object.__setattr__(self, name, module)
+        return module
+
     def _make_prompt_decoder(self):
         choice = self.cfg.teachers.prompt_decoder
         seg_name = self.cfg.teachers.segmentation.name
@@ -126,10 +166,18 @@ class SemanticSplatModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self._move_helpers()
 
-    def teacher_maps(self, views: Views) -> dict[str, Tensor]:
-        """Teacher features by role (``segmentation``/``language``) -> ``[B, V, C, h, w]``."""
+    def context_roles(self) -> list[str]:
+        """Teacher roles whose features condition the network (per the model's conditioning)."""
+        return [role for role, name in ROLE_CONDITION.items() if name in self.cfg.model.conditioning.names]
+
+    def teacher_maps(self, views: Views, roles: Sequence[str] = ("segmentation", "language")) -> dict[str, Tensor]:
+        """Teacher features of the requested roles (``segmentation``/``language``) -> ``[B, V, C, h, w]``;
+        online teachers run only for those roles."""
         b, v = views.images.shape[:2]
-        roles = {"segmentation": self.cfg.teachers.segmentation.name, "language": self.cfg.teachers.language.name}
+        names = {"segmentation": self.cfg.teachers.segmentation.name, "language": self.cfg.teachers.language.name}
+        roles = {role: names[role] for role in roles}
+        if not roles:
+            return {}
         if self.cfg.teachers.source == "online":
             flat = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
             feats = teacher_features(
@@ -152,8 +200,8 @@ class SemanticSplatModule(L.LightningModule):
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Example) -> tuple[Tensor, dict[str, Tensor]]:
         stage = self.cfg.stage.name
-        needs_teacher = stage != "geometry" or self.cfg.model.conditioning.names
-        ctx_teacher = self.teacher_maps(batch.context) if needs_teacher else None
+        ctx_roles = self.context_roles()
+        ctx_teacher = self.teacher_maps(batch.context, ctx_roles) if ctx_roles else None
         out = self(batch.context, ctx_teacher)
         fields = {"geometry": [], "seg": [SEG], "lang": [LANG]}[stage]
         target = batch.target
@@ -165,7 +213,7 @@ class SemanticSplatModule(L.LightningModule):
             total = photo["total"]
         if stage == "geometry":
             return total, logs
-        tgt_teacher = self.teacher_maps(target)
+        tgt_teacher = self.teacher_maps(target, [STAGE_TARGET_ROLE[stage]])
         if stage == "seg":
             teacher = tgt_teacher["segmentation"]
             expanded = self.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": teacher.shape[-2:]})["sam"]
@@ -234,8 +282,8 @@ class SemanticSplatModule(L.LightningModule):
     @torch.no_grad()
     def evaluate_batch(self, batch: Example) -> dict[str, float]:
         """Target-view PSNR and depth error; language-field labels go into the mIoU meter."""
-        needs_teacher = bool(self.cfg.model.conditioning.names)
-        out = self(batch.context, self.teacher_maps(batch.context) if needs_teacher else None)
+        ctx_roles = self.context_roles()
+        out = self(batch.context, self.teacher_maps(batch.context, ctx_roles) if ctx_roles else None)
         target = batch.target
         rendered = render(out.gaussians, target.cameras, features=[LANG])
         scalars = {"psnr": float(psnr(rendered.rgb.clamp(0, 1), target.images).mean())}
@@ -249,11 +297,19 @@ class SemanticSplatModule(L.LightningModule):
         return scalars
 
     def on_validation_epoch_end(self) -> None:
-        scores = {k: sum(v) / len(v) for k, v in self._val_scalars.items()}
+        # Each rank scored its share of the evaluation index: sum scalars, counts and confusion
+        # matrices over ranks, then every rank logs the same totals.
+        names = ("psnr", "depth_abs_rel")
+        sums = [float(sum(self._val_scalars.get(k, []))) for k in names] + [float(len(self._val_scalars.get(k, []))) for k in names]
+        packed = torch.cat([torch.tensor(sums, dtype=torch.float64), self._val_meter.confusion.double().flatten()]).to(self.device)
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum") if self.trainer.world_size > 1 else packed
+        packed = packed.cpu()
+        self._val_meter.confusion = packed[2 * len(names) :].reshape(self._val_meter.confusion.shape).to(self._val_meter.confusion.dtype)
+        scores = {k: float(packed[i] / packed[len(names) + i]) for i, k in enumerate(names) if packed[len(names) + i] > 0}
         if int(self._val_meter.confusion.sum()) > 0:
             seg = self._val_meter.compute()
             scores.update({"miou": float(seg["miou"]), "acc": float(seg["acc"])})
-        self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in scores.items()})
         self.last_val_metrics = scores
         self._val_scalars = {}
         self._val_meter.reset()
@@ -312,6 +368,7 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         "trained_on": cfg.data.name,
         "image_size": getattr(module, "image_size", None),
         "global_step": int(module.global_step),
+        "photometric_loss": getattr(module, "photometric_loss", None),
     }
     with atomic_open(path) as f:
         torch.save(blob, f)
@@ -325,11 +382,29 @@ class ClipDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.train_set: ClipExamples | None = None
+        self.epoch, self.epoch_start_step = 0, 0  # saved in checkpoints (state_dict) for resuming
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "epoch_start_step": self.epoch_start_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.epoch_start_step = int(state["epoch"]), int(state["epoch_start_step"])
+
+    def start_epoch(self, epoch: int, global_step: int) -> None:
+        """A new epoch starts at ``global_step`` (called before its iterator is created)."""
+        self.epoch, self.epoch_start_step = epoch, global_step
+        if self.train_set is not None:
+            self.train_set.set_position(epoch, global_step, 0, self.cfg.data.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         urls = manifest_shards(d.root, d.train_split)
         self.train_set = ClipExamples(urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed)
+        # Resuming: the checkpoint restored the global step and this module's epoch start, so the
+        # stream continues after the batches the interrupted run already trained on.
+        step = int(self.trainer.global_step) if self.trainer is not None else 0
+        consumed = max(0, step - self.epoch_start_step)
+        self.train_set.set_position(self.epoch, self.epoch_start_step, consumed, d.batch_size)
         return DataLoader(self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples)
 
     def val_dataloader(self) -> DataLoader:
@@ -350,13 +425,15 @@ class ClipDataModule(L.LightningDataModule):
 
 
 class EpochAndStep(L.Callback):
-    """Tell the streaming dataset the epoch (reshuffling) and step (view-gap curriculum)."""
+    """Tell the streaming dataset where each epoch starts: its number (reshuffling) and first global
+    step (view-gap curriculum; the workers derive each sample's step from it, see
+    :mod:`ffsplat.data.shards`). Lightning creates the first epoch's iterator before this hook, which
+    :meth:`ClipDataModule.train_dataloader` covers; later epochs' iterators come after it."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        if isinstance(dm, ClipDataModule) and dm.train_set is not None:
-            dm.train_set.set_epoch(trainer.current_epoch)
-            dm.train_set.step = trainer.global_step
+        if isinstance(dm, ClipDataModule) and (trainer.current_epoch, trainer.global_step) != (dm.epoch, dm.epoch_start_step):
+            dm.start_epoch(trainer.current_epoch, trainer.global_step)
 
 
 def resume_path(cfg: TrainConfig) -> str | None:

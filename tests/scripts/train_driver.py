@@ -5,6 +5,8 @@
 --kill-at-step N: hard-exit (as a killed job would) when the global step reaches N.
 --report-dir DIR: each rank writes rank<r>.json with the weights' checksum at the end of training,
 and the global step + optimiser state checksum when training (re)starts.
+--samples FILE: append one JSON line per training batch: the global step and the batch's sample
+ids (scene, context and target frame ids), to compare data streams across a kill and resume.
 """
 
 from __future__ import annotations
@@ -40,9 +42,15 @@ def optimizer_checksum(optimizer) -> str:
 
 
 class Probe(L.Callback):
-    def __init__(self, kill_at: int | None, report_dir: Path | None):
-        self.kill_at, self.report_dir = kill_at, report_dir
+    def __init__(self, kill_at: int | None, report_dir: Path | None, samples: Path | None = None):
+        self.kill_at, self.report_dir, self.samples = kill_at, report_dir, samples
         self.report: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.samples is not None:
+            ids = [[scene, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()] for i, scene in enumerate(batch.scenes)]
+            with self.samples.open("a") as f:
+                f.write(json.dumps({"step": trainer.global_step, "ids": ids}) + "\n")
 
     def on_train_start(self, trainer, pl_module):
         self.report["start_step"] = trainer.global_step
@@ -66,9 +74,10 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--report-dir", type=Path)
+    parser.add_argument("--samples", type=Path)
     args = parser.parse_args()
     cfg = to_dataclass(TrainConfig, json.loads(args.config.read_text()))
-    fit(cfg, callbacks=[Probe(args.kill_at_step, args.report_dir)])
+    fit(cfg, callbacks=[Probe(args.kill_at_step, args.report_dir, args.samples)])
 
 
 if __name__ == "__main__":
