@@ -114,13 +114,28 @@ def read_samples(path: Path) -> dict[int, list]:
     return {line["step"]: line["ids"] for line in map(json.loads, path.read_text().splitlines())}
 
 
+def uninterrupted_stream(cfg: TrainConfig, steps: int) -> dict[int, list]:
+    """Sample ids per step of an uninterrupted run (the stream depends on the data config only)."""
+    from torch.utils.data import DataLoader
+
+    from ffsplat.data.shards import ClipExamples, collate_examples, manifest_shards
+
+    d = cfg.data
+    data = ClipExamples(manifest_shards(d.root, d.train_split), d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, cfg.trainer.seed)
+    out: dict[int, list] = {}
+    epoch = 0
+    while len(out) < steps:
+        data.set_position(epoch, len(out), 0, d.batch_size)
+        for batch in DataLoader(data, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples):
+            ids = [[s, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()] for i, s in enumerate(batch.scenes)]
+            out[len(out)] = ids
+        epoch += 1
+    return {s: out[s] for s in range(steps)}
+
+
 def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
     # deterministic=true: with it two runs are bit-identical (README "Reproducible runs").
     cfg = tiny_config(shards, tmp_path, "seg", optim__max_steps=6, trainer__deterministic=True)
-    # The data stream of an uninterrupted run (epochs of 4 steps: the resume lands mid-epoch 0).
-    reference = tiny_config(shards, tmp_path / "ref", "seg", optim__max_steps=6, trainer__deterministic=True)
-    done = run_driver(reference, tmp_path, "--samples", str(tmp_path / "reference.jsonl"))
-    assert done.returncode == 0, done.stderr[-3000:]
     killed = run_driver(cfg, tmp_path, "--kill-at-step", "3", "--samples", str(tmp_path / "killed.jsonl"))
     assert killed.returncode == 137
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
@@ -136,8 +151,10 @@ def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
     saved_optimizer = checksum([v for k in sorted(state) for v in state[k].values() if torch.is_tensor(v)])
     resumed = run_driver(cfg, tmp_path, "--report-dir", str(tmp_path / "report"), "--samples", str(tmp_path / "resumed.jsonl"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ref, first, second = (read_samples(tmp_path / f"{n}.jsonl") for n in ("reference", "killed", "resumed"))
-    assert sorted(ref) == list(range(6)) and sorted(first) == [0, 1, 2] and sorted(second) == [2, 3, 4, 5]
+    # The data stream of an uninterrupted run: epochs of 4 steps, so the resume lands mid-epoch 0.
+    ref = uninterrupted_stream(cfg, 6)
+    first, second = (read_samples(tmp_path / f"{n}.jsonl") for n in ("killed", "resumed"))
+    assert sorted(first) == [0, 1, 2] and sorted(second) == [2, 3, 4, 5]
     assert len({json.dumps(v) for v in ref.values()}) == 6  # the stream does not repeat itself
     # The killed run saw the reference's first batches; the resumed one continues the stream at
     # step 2 (not from the epoch's first sample) and crosses into epoch 1 like the reference.

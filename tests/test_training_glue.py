@@ -1,0 +1,146 @@
+"""Training glue, checked against literal expectations (not derived from the code under test):
+what each stage trains, how each stage's total loss is composed, which teachers each stage runs,
+that checkpoints hold no helper weights, the LPIPS fallback is loud and recorded, validation is
+split across ranks, and the view-gap curriculum advances inside DataLoader workers."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import ffsplat.data.shards as shards_module
+import ffsplat.training.module as module_lib
+from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
+from ffsplat.data.views import ViewSamplerConfig, build_eval_index
+from ffsplat.training.module import SemanticSplatModule, export_slim
+from tests.test_training import tiny_config
+
+# What each stage trains, written out (SemanticSplat sec. 3.6): top-level network parts.
+GEOMETRY = {"backbone", "conditioning", "depth_head", "gaussian_head"}
+SEGMENTATION = {"semantic_trunk", "seg_head", "seg_decoder"}
+LANGUAGE = {"lang_head", "lang_decoder"}
+TRAINS = {"geometry": GEOMETRY, "seg": GEOMETRY | SEGMENTATION, "lang": LANGUAGE}
+
+
+def first_batch(module: SemanticSplatModule, shards):
+    data = ClipExamples(manifest_shards(shards, "train"), module.cfg.data.sampler, shuffle_buffer=0)
+    return collate_examples([next(iter(data))])
+
+
+@pytest.mark.parametrize("stage", ["geometry", "seg", "lang"])
+def test_each_stage_trains_the_parts_of_a_literal_table(tiny_shards, tmp_path, stage):
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, stage))
+    parts = dict(module.model.named_children())
+    assert set(parts) == GEOMETRY | SEGMENTATION | LANGUAGE
+    for name, part in parts.items():
+        flags = {p.requires_grad for p in part.parameters()}
+        assert flags == {name in TRAINS[stage]}, f"stage {stage}: {name} requires_grad {flags}"
+    optimised = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert optimised == {id(p) for name in TRAINS[stage] for p in parts[name].parameters()}
+
+
+def test_seg_total_is_rgb_plus_sam_plus_weighted_mask(tiny_shards, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "seg", loss__mask_weight=0.3))
+    monkeypatch.setattr(module, "mask_loss", lambda *a: torch.tensor(0.7))
+    total, logs = module.compute_losses(first_batch(module, tiny_shards))
+    assert float(logs["sam_mask"]) == pytest.approx(0.7)
+    torch.testing.assert_close(total, logs["rgb_total"] + logs["sam_cos"] + 0.3 * 0.7)
+    torch.testing.assert_close(logs["total"], total)
+
+
+def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "lang"))
+    sentinel = [{"small": torch.zeros(1, 32, 32, dtype=torch.bool)}]
+    monkeypatch.setattr(module, "hcam_masks", lambda target: sentinel)
+    received = {}
+
+    def fake_language_loss(expanded, target, masks=None):
+        received["masks"] = masks
+        return {"plain": expanded.mean() * 0, "total": expanded.mean() + 3.0}
+
+    monkeypatch.setattr(module_lib, "language_loss", fake_language_loss)
+    total, logs = module.compute_losses(first_batch(module, tiny_shards))
+    assert received["masks"] is sentinel
+    torch.testing.assert_close(total, logs["clip_total"])
+    assert not any(k.startswith(("rgb_", "sam_")) for k in logs)  # no photometric / SAM term in stage 2
+
+
+@pytest.mark.parametrize("stage,target_teacher", [("seg", "label_seg"), ("lang", "label_lang")])
+def test_online_teachers_run_only_for_what_the_stage_uses(tiny_shards, tmp_path, monkeypatch, stage, target_teacher):
+    cfg = tiny_config(tiny_shards, tmp_path, stage, teachers__source="online")
+    cfg.model.conditioning.use_lseg = False  # the network is conditioned on SAM only
+    module = SemanticSplatModule(cfg)
+    calls = []
+    real = module_lib.teacher_features
+
+    def recording(teachers, images, *args, **kwargs):
+        calls.append(sorted(teachers))
+        return real(teachers, images, *args, **kwargs)
+
+    monkeypatch.setattr(module_lib, "teacher_features", recording)
+    module.compute_losses(first_batch(module, tiny_shards))
+    # context: the conditioning teacher only; targets: the stage's own teacher only
+    assert calls == [["label_seg"], [target_teacher]]
+
+
+def test_checkpoint_state_holds_the_network_only(tiny_shards, tmp_path, monkeypatch):
+    fake_lpips = nn.Linear(3, 3)
+    monkeypatch.setattr(module_lib, "make_lpips", lambda path: fake_lpips)
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "seg", teachers__source="online"))
+    assert module._lpips is fake_lpips and module._online  # helpers are there and used ...
+    keys = list(module.state_dict())
+    assert keys and all(k.startswith("model.") for k in keys), [k for k in keys if not k.startswith("model.")][:5]
+    assert all(not p.requires_grad for p in fake_lpips.parameters())  # ... frozen, outside the module tree
+    assert module.photometric_loss == "l1+0.05*lpips" and module.hparams["photometric_loss"] == "l1+0.05*lpips"
+
+
+def test_missing_lpips_weights_warn_once_naming_the_key_and_are_recorded(tiny_shards, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "seg"))
+    lpips_lines = [str(w.message) for w in caught if "lpips" in str(w.message).lower()]
+    assert len(lpips_lines) == 1 and "loss.lpips_vgg_path" in lpips_lines[0], lpips_lines
+    assert module.photometric_loss == "l1" and module.hparams["photometric_loss"] == "l1"
+    blob = torch.load(export_slim(module, tmp_path / "model.pt"), map_location="cpu", weights_only=False)
+    assert blob["photometric_loss"] == "l1"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "seg", loss__lpips_weight=0.0))
+    assert not [w for w in caught if "lpips" in str(w.message).lower()] and quiet.photometric_loss == "l1"
+
+
+def test_validation_index_is_split_across_ranks(tiny_shards, monkeypatch):
+    sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=4)
+    index = build_eval_index(scene_frame_ids(tiny_shards, "train"), sampler, seed=0, entries_per_scene=3)
+    everything = [(e.scenes[0], e.context.frame_ids.tolist()) for e in EvalIndexDataset(tiny_shards, "train", index)]
+    assert len(everything) == 6
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(shards_module, "rank_and_world", lambda rank=rank: (rank, 2))
+        data = EvalIndexDataset(tiny_shards, "train", index)
+        shares.append([(e.scenes[0], e.context.frame_ids.tolist()) for e in data])
+        assert len(data) == len(shares[-1]) == 3
+    assert sorted(shares[0] + shares[1]) == sorted(everything)  # disjoint shares covering the index once
+
+
+def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):
+    sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=7, gap_warmup_steps=10)
+    data = ClipExamples(manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=0, resampled=True, epoch_length=48, seed=0)
+    data.set_position(epoch=0, epoch_start_step=0, batch_size=4)
+    loader = DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples)
+    gaps = [(b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist() for b in loader]
+    assert len(gaps) == 12
+    for step, batch in enumerate(gaps):  # batch k is step k: both workers follow the schedule
+        assert max(batch) <= sampler.current_max_gap(step), (step, batch)
+    assert gaps[0] == gaps[1] == [2, 2, 2, 2]
+    assert max(max(b) for b in gaps[10::2]) > 4 and max(max(b) for b in gaps[11::2]) > 4  # each worker widened
+    # A later epoch starting at step 1000 samples the full range from its first batch.
+    data.set_position(epoch=1, epoch_start_step=1000, batch_size=4)
+    late = [g for b in DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples) for g in (b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist()]
+    assert max(late[:8]) > 4 and max(late) <= 7
