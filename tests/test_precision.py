@@ -158,3 +158,28 @@ def test_render_gives_backends_float32_for_any_mix_of_dtypes(monkeypatch, field)
     out = render(g, cams, settings=RasterSettings(backend="gsplat"))
     assert seen and set(seen) == {torch.float32}
     assert out.rgb.dtype == torch.float32
+
+
+def test_label_teacher_seeds_are_computed_on_the_labels_device():
+    from ffsplat.teachers.label_teachers import _label_hash
+
+    labels = torch.randint(0, 9, (40, 50), generator=torch.Generator().manual_seed(0))
+    assert _label_hash(labels.to("meta")).device.type == "meta"  # no CPU tensor mixed in (CUDA contract)
+    expected = int((labels.flatten().long() * torch.arange(1, labels.numel() + 1)).sum())
+    assert int(_label_hash(labels)) == expected
+
+
+def test_field_decoder_reduction_gives_every_rendered_pixel_gradient():
+    from ffsplat.model.semantic_heads import FieldDecoder, resize_field
+
+    x = torch.randn(2, 4, 32, 48, requires_grad=True)
+    resize_field(x, (8, 12)).square().sum().backward()
+    assert (x.grad != 0).all()  # plain bilinear would leave 75% of pixels without gradient
+    # a constant field stays constant; upsampling is plain bilinear
+    torch.testing.assert_close(resize_field(torch.ones(1, 1, 32, 48), (8, 12)), torch.ones(1, 1, 8, 12))
+    up = torch.randn(1, 2, 4, 4)
+    torch.testing.assert_close(resize_field(up, (8, 8)), torch.nn.functional.interpolate(up, size=(8, 8), mode="bilinear", align_corners=False))
+    dec = FieldDecoder(4, 6, 8)
+    rendered = torch.randn(1, 2, 4, 32, 48, requires_grad=True)
+    dec(rendered, (8, 12)).sum().backward()
+    assert (rendered.grad != 0).float().mean() > 0.99

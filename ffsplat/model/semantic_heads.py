@@ -5,7 +5,8 @@
 * :class:`FieldHead`: ``f -> f^S`` (segmentation) or ``f -> f^L`` (language), low-dimensional
   per-Gaussian features that are *rendered*.
 * :class:`FieldDecoder`: rendered low-dimensional maps -> teacher space (SAM 256-d, LSeg 512-d)
-  with a small CNN, after bilinear resizing to the teacher's grid (Feature 3DGS's speed-up module).
+  with a small CNN, after resizing to the teacher's grid (Feature 3DGS's speed-up module); the
+  reduction to a coarser grid is antialiased (area-weighted), so every rendered pixel gets gradient.
 """
 
 from __future__ import annotations
@@ -68,8 +69,18 @@ class FieldDecoder(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(in_dim, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, out_dim, 1))
 
     def forward(self, rendered: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """``size``: the teacher grid ``(h', w')``; None keeps the rendered size."""
         b = rendered.shape[0]
         x = rearrange(rendered, "b v c h w -> (b v) c h w")
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = resize_field(x, size)
         return rearrange(self.net(x), "(b v) c h w -> b v c h w", b=b)
+
+
+def resize_field(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``[N, C, H, W]`` maps to ``size``: antialiased bilinear (a triangle filter as wide as
+    the reduction, i.e. area-weighted) where the grid gets coarser, plain bilinear where it gets
+    finer. Plain bilinear reduction by 4 would read only 4 of every 16 rendered pixels (75% of the
+    field would get no gradient)."""
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)

@@ -47,11 +47,13 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 def _seeds(labels: Tensor, seed: int) -> list[int]:
     """One deterministic seed per image, from its labels (so a frame always gets the same draw)."""
-    out = []
-    for item in labels:
-        values = item.flatten()[:: max(1, item.numel() // 4096)].to(torch.int64)
-        out.append((seed * 1_000_003 + int((values * torch.arange(1, len(values) + 1)).sum())) % (2**31))
-    return out
+    return [(seed * 1_000_003 + int(_label_hash(item))) % (2**31) for item in labels]
+
+
+def _label_hash(item: Tensor) -> Tensor:
+    """0-d int64 hash of a label map, computed on the map's own device (CPU or CUDA)."""
+    values = item.flatten()[:: max(1, item.numel() // 4096)].to(torch.int64)
+    return (values * torch.arange(1, len(values) + 1, device=values.device)).sum()
 
 
 class LabelLanguageTeacher(nn.Module):
