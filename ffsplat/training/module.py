@@ -43,6 +43,7 @@ from ffsplat.data.views import build_eval_index, load_eval_index
 from ffsplat.objectives.losses import LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
+from ffsplat.model.semantic_heads import resize_field
 from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks, sample_prompt_points
 from ffsplat.render.renderer import render
 from ffsplat.teachers.features import load_teachers, teacher_features
@@ -240,8 +241,7 @@ class SemanticSplatModule(L.LightningModule):
         grid = getattr(self.prompt_decoder, "output_size", None)
         if grid is not None:  # SAM's decoder wants its own grid layout
             size = grid(h, w)
-            pred = nn.functional.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-            ref = nn.functional.interpolate(ref, size=size, mode="bilinear", align_corners=False)
+            pred, ref = resize_field(pred, size), resize_field(ref, size)
         gen = torch.Generator().manual_seed(int(self.global_step))
         points = sample_prompt_points(pred.shape[0], self.cfg.loss.num_prompts, (h, w), gen).to(pred)
         pred_logits = self.prompt_decoder.decode(pred, points, image_size=(h, w))[0]  # [N, P, 3, H, W]
