@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import ffsplat  # noqa: F401
     from ffsplat.core.atomic import atomic_open
     from ffsplat.data.shards import EvalIndexDataset
-    from ffsplat.data.views import load_eval_index
+    from ffsplat.data.sampling import load_eval_index
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 

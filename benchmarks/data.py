@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import ClipExamples, manifest_shards  # noqa: E402
-from ffsplat.data.views import ViewSamplerConfig  # noqa: E402
+from ffsplat.data.sampling import ViewSamplerConfig  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "hololens-office"
 

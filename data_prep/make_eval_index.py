@@ -8,7 +8,7 @@
         --num-context 2 --num-target 4 --min-gap 10 --max-gap 30 --seed 0 --out index/synthetic.json
 
 Frame ids are taken from the keyframes stored in the shards, so every indexed frame can be loaded.
-The schema is documented in ``ffsplat/data/views.py``.
+The schema is documented in ``ffsplat/data/sampling.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffsplat.data.shards import scene_frame_ids  # noqa: E402
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from ffsplat.baselines.fhgs import (
     sample_source_features,
     unit_teacher,
 )
-from ffsplat.baselines.scene import SceneConfig, SceneTrainer
+from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.render.renderer import RasterSettings, render
 from ffsplat.core.types import Views
 

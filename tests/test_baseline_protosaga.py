@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gsplat.strategy.ops import duplicate, split
 
 from ffsplat.baselines.protosaga import CosineClassifier, ProtoSaGa, associate_masks, instance_metrics, raw_mask_rows
-from ffsplat.baselines.scene import SceneConfig, SceneTrainer
+from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.core.geometry import project_points
 from ffsplat.core.types import Cameras, Views
 

@@ -11,7 +11,7 @@ import torch
 import evaluate
 from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, save_eval_index
 from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
 from ffsplat.model.network import ModelConfig
 from ffsplat.inference.predictor import Predictor

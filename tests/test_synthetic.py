@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ffsplat.data.labels import LabelMap
-from ffsplat.data.scene import RGBDSequence
+from ffsplat.data.sequence import RGBDSequence
 from ffsplat.synthetic.rooms import (
     CEILING,
     EVAL_TO_RAW,

@@ -29,7 +29,7 @@ from torch import nn
 from ffsplat.data.clip import Clip, decode_rgb, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
 from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
-from ffsplat.data.scene import Frame, RGBDSequence, jpeg_bytes
+from ffsplat.data.sequence import Frame, RGBDSequence, jpeg_bytes
 from ffsplat.teachers.features import clip_teacher_features, load_teachers
 
 @dataclass

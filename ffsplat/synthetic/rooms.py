@@ -19,7 +19,7 @@ Conventions (the same as the rest of ffsplat and ScanNet):
   several scales, checkers, stripes; random per surface) times Lambertian shading from a
   directional "sun", a point lamp under the ceiling and ambient light. No shadows, no specular.
 
-On disk a scene uses the exported-ScanNet layout of :mod:`ffsplat.data.scene`; ``label-filt``
+On disk a scene uses the exported-ScanNet layout of :mod:`ffsplat.data.sequence`; ``label-filt``
 holds ScanNet *raw* category ids (:data:`SCANNET_RAW_IDS`), so reading it back exercises the real
 raw -> nyu40 -> eval8 path of :class:`ffsplat.data.labels.LabelMap`.
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 from ffsplat.core.atomic import atomic_open
 from ffsplat.data.labels import EVAL_CLASSES
-from ffsplat.data.scene import write_frame, write_intrinsics
+from ffsplat.data.sequence import write_frame, write_intrinsics
 
 SCANNET_RAW_IDS = {"wall": 1, "floor": 3, "ceiling": 41, "chair": 2, "table": 4, "sofa": 6, "bed": 11, "other": 26}
 """Evaluation class name -> the ScanNet raw category id written to ``label-filt`` (ids of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ffsplat.data.views import ViewSamplerConfig
+from ffsplat.data.sampling import ViewSamplerConfig
 from ffsplat.model.network import ModelConfig
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
-from ffsplat.data.views import build_eval_index, load_eval_index
+from ffsplat.data.sampling import build_eval_index, load_eval_index
 from ffsplat.objectives.losses import cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
