@@ -34,7 +34,7 @@ from benchmarks._common import machine  # noqa: E402
 from ffsplat.core.config import to_dataclass  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene  # noqa: E402
+from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene  # noqa: E402
 from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index  # noqa: E402
 from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher  # noqa: E402
 from ffsplat.training.module import SemanticSplatModule, fit  # noqa: E402

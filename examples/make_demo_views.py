@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ffsplat.inference.cameras import CameraFile, CameraView, write_cameras  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame  # noqa: E402
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame  # noqa: E402
 
 OUT = ROOT / "examples" / "demo"
 H, W = 192, 256

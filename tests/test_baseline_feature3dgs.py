@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.feature3dgs import FEATURE, Feature3DGS
 from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
-from ffsplat.synthetic.rooms import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 from ffsplat.teachers.label_teachers import LabelSegmentationTeacher
 from ffsplat.core.types import Views
 

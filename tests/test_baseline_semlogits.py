@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import ffsplat  # noqa: F401
 from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.baselines.semlogits import SEMANTICS, SemanticLogits, entropy, normalised, warmup_weight
-from ffsplat.synthetic.rooms import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 from ffsplat.core.types import Cameras, Gaussians, Views
 
 S = 32

@@ -1,4 +1,4 @@
-"""Tests for ffsplat.synthetic.rooms and data_prep/make_synthetic.py: determinism, exact multi-view
+"""Tests for ffsplat.synthetic and data_prep/make_synthetic.py: determinism, exact multi-view
 consistency, conventions, the ScanNet label path, camera paths and the dataset CLI."""
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ import torch.nn.functional as F
 
 from ffsplat.data.labels import LabelMap
 from ffsplat.data.sequence import RGBDSequence
-from ffsplat.synthetic.rooms import (
-    CEILING,
+from ffsplat.synthetic import (
     EVAL_TO_RAW,
-    FLOOR,
     SCANNET_RAW_IDS,
-    WALL,
     SyntheticConfig,
     cast_rays,
     generate_room,
     make_scene,
     render_frame,
-    shade,
     write_synthetic_scene,
 )
+from ffsplat.synthetic.config import CEILING, FLOOR, WALL
+from ffsplat.synthetic.raycast import shade
 from ffsplat.core.geometry import project_points, unproject_depth
 from tests.conftest import shared_data
 
