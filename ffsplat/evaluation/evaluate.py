@@ -99,7 +99,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
     scores = _Scores()
     model, device = predictor.model, predictor.class_embeddings.device
     lpips = make_lpips(cfg.lpips_vgg_path).to(device) if cfg.lpips_vgg_path else None
-    conditioned = bool(predictor.cfg.model.conditioning.names)
+    conditioned = predictor.conditioned
     start, count = time.perf_counter(), 0
     for example in examples:
         if cfg.max_examples is not None and count >= cfg.max_examples:

@@ -66,7 +66,7 @@ def example_panels(predictor, example) -> dict[str, Tensor]:
     from ffsplat.model.network import LANG, SEG
     from ffsplat.render.renderer import render
 
-    conditioned = bool(predictor.cfg.model.conditioning.names)
+    conditioned = predictor.conditioned
     out = predictor(example.context, predictor.teacher_maps(example.context) if conditioned else None)
     target = example.target
     rendered = render(out.gaussians[:1], target.cameras[:1, :1], features=[SEG, LANG])
