@@ -26,8 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo" / "model.pt"
+def _demo_checkpoint() -> Path:
+    from ffsplat.core.config import DEMO_CHECKPOINT  # the checkout's, or bundled in an installed wheel
+
+    return DEMO_CHECKPOINT
+
+
+DEFAULT_CHECKPOINT = _demo_checkpoint()
 
 
 class InputError(ValueError):

@@ -18,13 +18,11 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402

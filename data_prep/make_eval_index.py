@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffsplat.data.shards import scene_frame_ids  # noqa: E402
 from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 
