@@ -20,7 +20,7 @@ S = 32
 GEOMETRY = ("means", "scales", "quats", "opacities")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with labels, instances and a stand-in SAM teacher
     (256-d unit features per instance on a stride-4 grid: 8x8)."""

@@ -128,7 +128,7 @@ def test_init_and_learning_rate():
 
 
 # ---------------------------------------------------------------------- short fit on a synthetic room
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with depth and 8-class labels."""
     views = synthetic_views(3, [0, 4, 8], S)

@@ -127,4 +127,4 @@ def test_unconditioned_sam_model_without_sam_weights_fails_clearly_only_when_pro
                       class_names=blob["class_names"], class_embeddings=blob["class_embeddings"], **meta)  # fmt: skip
     predictor = Predictor(path)  # loads: an unconditioned model needs nothing but images
     with pytest.raises(FileNotFoundError, match="missing_sam.pth"):
-        predictor.prompt_decoder
+        _ = predictor.prompt_decoder

@@ -14,13 +14,10 @@ import pytest
 import torch
 
 from ffsplat.core.config import group_file, to_dataclass
-from ffsplat.data.shard_writer import ShardConfig, write_shards
-from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
 from ffsplat.data.sampling import ViewSamplerConfig
 from ffsplat.model.network import ModelConfig
 from ffsplat.training.module import STAGE_GROUPS, SemanticSplatModule, export_slim, load_model_weights, lr_lambda
 from ffsplat.training.config import TrainConfig
-from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "scripts" / "train_driver.py"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffsplat.core.vocabulary import EVAL_CLASSES  # the 8 evaluation class names (also re-exported here)
+from ffsplat.core.vocabulary import EVAL_CLASSES as EVAL_CLASSES  # re-exported: the 8 evaluation class names
 
 _NYU40_TO_EVAL = {1: 1, 2: 2, 22: 3, 5: 4, 7: 5, 6: 6, 4: 7}
 OTHER = 8

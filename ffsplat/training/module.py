@@ -191,7 +191,7 @@ class SemanticSplatModule(L.LightningModule):
         if source == "labels":
             if target.labels is None or target.instances is None:
                 raise ValueError("teachers.masks=labels needs labels and instances in the shards")
-            return [label_hierarchy_masks(l, i) for l, i in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
+            return [label_hierarchy_masks(lab, ins) for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
         if source == "sam":
             sam = self.prompt_decoder if hasattr(self.prompt_decoder, "automatic_masks") else None
             if sam is None:
