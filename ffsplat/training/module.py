@@ -362,7 +362,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ffsplat.training.logs import ImageLogger
+    from ffsplat.training.logs import ImageLogger, ProgressLog
 
     L.seed_everything(cfg.trainer.seed, workers=True)
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
@@ -374,7 +374,8 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
-        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps)] + list(callbacks or []),
+        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
+                   ProgressLog(cfg.logging.progress_every_n_steps)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,
