@@ -18,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 
 def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
@@ -26,7 +25,7 @@ def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
     from PIL import Image
 
     from ffsplat.core.atomic import atomic_open
-    from ffsplat.evaluation.figures import example_panels, to_uint8
+    from ffsplat.evaluation.figures import example_panels, figure_row
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -34,7 +33,7 @@ def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
         if i >= count:
             break
         panels = example_panels(predictor, example.to(predictor.device))
-        row = np.concatenate([to_uint8(p).numpy() for p in panels.values()], axis=1)
+        row = figure_row(panels, predictor.class_names, scale=max(1, 128 // panels["target"].shape[-1]))  # titles + class legend
         path = folder / f"{i:03d}_{example.scenes[0]}.png"
         with atomic_open(path) as f:
             Image.fromarray(row).save(f, format="PNG")
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import ffsplat  # noqa: F401
     from ffsplat.core.atomic import atomic_open
     from ffsplat.data.shards import EvalIndexDataset
-    from ffsplat.data.views import load_eval_index
+    from ffsplat.data.sampling import load_eval_index
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
@@ -89,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = EvalConfig(prompt_grid=args.prompt_grid, source_views=not args.no_source_views, max_examples=args.max_examples,
-                     lpips_vgg_path=args.lpips_vgg)  # fmt: skip
+                     lpips_vgg_path=args.lpips_vgg, progress=True)  # fmt: skip
     results = {"model": evaluate_model(predictor, dataset(), cfg)}
-    if args.teacher_baseline:
-        results["teacher_2d"] = evaluate_teacher(predictor, dataset(), cfg)
+    if args.teacher_baseline:  # label-derived stand-ins are not SAM/LSeg: the row says so
+        stand_in = any(spec["name"].startswith("label_") for spec in predictor.cfg.roles.values())
+        results["teacher_2d (stand-in: label-derived)" if stand_in else "teacher_2d"] = evaluate_teacher(predictor, dataset(), cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(predictor, dataset(), args.out / "figures", args.figures)
     report = {"checkpoint": str(args.checkpoint), "shards": str(args.shards), "split": args.split, "index": str(args.index),

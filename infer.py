@@ -26,8 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo" / "model.pt"
+def _demo_checkpoint() -> Path:
+    from ffsplat.core.config import DEMO_CHECKPOINT  # the checkout's, or bundled in an installed wheel
+
+    return DEMO_CHECKPOINT
+
+
+DEFAULT_CHECKPOINT = _demo_checkpoint()
 
 
 class InputError(ValueError):
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace) -> None:
     context, size = prepare_views(images, ks, c2ws, near, far, args.size or predictor.meta.get("image_size") or 256, predictor.device)
     progress("prepare", f"{len(images)} views resized/cropped to {size}x{size} with their intrinsics")
 
-    teacher = predictor.teacher_maps(context) if predictor.cfg.model.conditioning.names else None
+    teacher = predictor.teacher_maps(context) if predictor.conditioned else None
     out = predictor(context, teacher)
     gaussians = out.gaussians
     progress("network", f"predicted {gaussians.num_gaussians} Gaussians")
@@ -236,12 +241,9 @@ def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
 
 def classify(lang, class_embeddings):
     """Per-pixel (= per-Gaussian, they are in pixel order) class ids 1..K and softmax confidence."""
-    import torch
+    from ffsplat.objectives.policy import classify as classify_pixels
 
-    feats = torch.nn.functional.normalize(lang, dim=1)
-    logits = torch.einsum("vchw,kc->vkhw", feats, torch.nn.functional.normalize(class_embeddings, dim=-1)) / 0.07
-    conf, idx = logits.softmax(dim=1).max(dim=1)
-    return idx + 1, conf
+    return classify_pixels(lang, class_embeddings)
 
 
 def novel_cameras(cam_file, size: int, device):
@@ -291,6 +293,7 @@ def write_queries(args, predictor, gaussians, lang, stem: Path) -> dict:
     from PIL import Image
 
     from ffsplat.core.atomic import atomic_open
+    from ffsplat.objectives.metrics import class_similarity
     from ffsplat.render.ply import write_ply
 
     names = predictor.class_names
@@ -306,8 +309,7 @@ def write_queries(args, predictor, gaussians, lang, stem: Path) -> dict:
             raise InputError(f"--query {query!r}: this model knows the classes {names}; other words need --clip-path (a local CLIP text model)")
         table = torch.cat([predictor.class_embeddings, embedding[None]]) if query not in names else predictor.class_embeddings
         q_index = len(names) if query not in names else names.index(query)
-        feats = torch.nn.functional.normalize(lang, dim=1)
-        cos = torch.einsum("vchw,kc->vkhw", feats, torch.nn.functional.normalize(table, dim=-1))
+        cos = class_similarity(lang, table)
         match = cos.argmax(dim=1) == q_index  # [V, H, W]
         relevance = cos.softmax(dim=1)[:, q_index]
         safe = "".join(c if c.isalnum() else "_" for c in query)

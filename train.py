@@ -15,11 +15,11 @@ import hydra
 from omegaconf import DictConfig
 
 import ffsplat  # noqa: F401  (installs the torchvision shim before Lightning imports torchvision)
-from ffsplat.core.config import to_dataclass
+from ffsplat.core.config import CONFIG_DIR, to_dataclass
 from ffsplat.training.config import TrainConfig
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="train")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")  # bundled configs when installed
 def main(cfg: DictConfig) -> None:
     from ffsplat.training.module import fit
 

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine  # noqa: E402
 
@@ -72,7 +71,7 @@ def main() -> None:
     import ffsplat  # noqa: F401
     from ffsplat.data.shard_writer import ShardConfig, write_shards
     from ffsplat.data.shards import scene_frame_ids
-    from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
+    from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, save_eval_index
 
     holo_shards = args.work / "holo_shards"
     write_shards({"test": [HOLO]}, holo_shards, ShardConfig(size=args.holo_size, clip_length=24, frame_skip=2), progress=False)

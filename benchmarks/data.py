@@ -18,20 +18,18 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import ClipExamples, manifest_shards  # noqa: E402
-from ffsplat.data.views import ViewSamplerConfig  # noqa: E402
+from ffsplat.data.sampling import ViewSamplerConfig  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "hololens-office"
 

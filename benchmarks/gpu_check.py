@@ -128,7 +128,7 @@ def step_parity(dry: bool) -> dict:
 
 def make_shards(root: Path, size: int, frames: int, teacher_size: tuple[int, int]) -> Path:
     from ffsplat.data.shard_writer import ShardConfig, write_shards
-    from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene
+    from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
 
     labels = ROOT.parent / "shared" / "data" / "scannet" / "scannetv2-labels.combined.tsv"
     if not labels.is_file():  # no shared data on this machine: the rows the synthetic rooms use
@@ -152,7 +152,7 @@ def step_train(dry: bool) -> dict:
 
     import ffsplat  # noqa: F401
     from ffsplat.core.config import group_file, to_dataclass
-    from ffsplat.data.views import ViewSamplerConfig
+    from ffsplat.data.sampling import ViewSamplerConfig
     from ffsplat.model.network import ModelConfig
     from ffsplat.render.renderer import BACKENDS, resolve_backend
     from ffsplat.training.config import TrainConfig

@@ -18,12 +18,10 @@ import contextlib
 import io
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import infer  # noqa: E402
 from benchmarks._common import machine  # noqa: E402

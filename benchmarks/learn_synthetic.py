@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -34,8 +32,8 @@ from benchmarks._common import machine  # noqa: E402
 from ffsplat.core.config import to_dataclass  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene  # noqa: E402
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index  # noqa: E402
+from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene  # noqa: E402
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index  # noqa: E402
 from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher  # noqa: E402
 from ffsplat.training.module import SemanticSplatModule, fit  # noqa: E402
 from ffsplat.training.config import TrainConfig  # noqa: E402

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import machine  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame  # noqa: E402
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame  # noqa: E402
 from ffsplat.teachers.label_teachers import LabelLanguageTeacher, LabelSegmentationTeacher  # noqa: E402
 from ffsplat.teachers.lseg import LSegNet, LSegTeacher  # noqa: E402
 from ffsplat.teachers.sam import SAMTeacher  # noqa: E402

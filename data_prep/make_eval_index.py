@@ -8,35 +8,34 @@
         --num-context 2 --num-target 4 --min-gap 10 --max-gap 30 --seed 0 --out index/synthetic.json
 
 Frame ids are taken from the keyframes stored in the shards, so every indexed frame can be loaded.
-The schema is documented in ``ffsplat/data/views.py``.
+The schema is documented in ``ffsplat/data/sampling.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffsplat.data.shards import scene_frame_ids  # noqa: E402
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--protocol", choices=["lsm", "sampled"], required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split", default="val", help="split of the shards to index")
+    parser.add_argument("--protocol", choices=["lsm", "sampled"], required=True,
+                        help="lsm: the LSM/Uni3R ScanNet protocol (one entry per target frame); sampled: seeded random entries")
+    parser.add_argument("--out", type=Path, required=True, help="evaluation index JSON to write")
     parser.add_argument("--lsm-frames", type=int, default=30, help="lsm: frames in the per-scene subsample")
-    parser.add_argument("--num-context", type=int, default=2)
-    parser.add_argument("--num-target", type=int, default=4)
-    parser.add_argument("--min-gap", type=int, default=10)
-    parser.add_argument("--max-gap", type=int, default=30)
-    parser.add_argument("--entries-per-scene", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-context", type=int, default=2, help="sampled: context views per entry")
+    parser.add_argument("--num-target", type=int, default=4, help="sampled: target views per entry")
+    parser.add_argument("--min-gap", type=int, default=10, help="sampled: smallest keyframe gap between the outer context views")
+    parser.add_argument("--max-gap", type=int, default=30, help="sampled: largest keyframe gap between the outer context views")
+    parser.add_argument("--entries-per-scene", type=int, default=1, help="sampled: entries per scene")
+    parser.add_argument("--seed", type=int, default=0, help="sampled: random seed (per scene, stable)")
     args = parser.parse_args(argv)
 
     scenes = scene_frame_ids(args.shards, args.split)

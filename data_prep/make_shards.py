@@ -26,9 +26,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
+from ffsplat.data.shard_writer import ShardConfig, scene_label_map, write_shards
 
 
 def parse_teacher(spec: str) -> tuple[str, dict]:
@@ -60,6 +59,24 @@ def read_split_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
+def check_label_maps(scenes: dict[str, list[Path]], labels_tsv: Path | None) -> None:
+    """Fail early, in one line: a given TSV must exist; labelled ScanNet scenes need one (synthetic
+    rooms bring their own label map)."""
+    problem = None
+    if labels_tsv is not None:
+        if not labels_tsv.is_file():
+            problem = f"{labels_tsv} not found (expected ScanNet's scannetv2-labels.combined.tsv)"
+    else:
+        for root in (r for roots in scenes.values() for r in roots):
+            if (root / "label-filt").is_dir() and scene_label_map(root) is None:
+                problem = (f"scene {root} has label-filt/ (ScanNet raw ids) but no label map was given; "
+                           "pass scannetv2-labels.combined.tsv from your ScanNet download")  # fmt: skip
+                break
+    if problem:
+        print(f"error: --labels-tsv: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes-root", type=Path, help="folder whose sub-folders are scenes")
@@ -67,21 +84,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", action="append", default=[], metavar="NAME=LIST",
                         help="split name and a file listing scene names (one per line); repeatable")  # fmt: skip
     parser.add_argument("--default-split", default="train", help="split for scenes not assigned by --split")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--labels-tsv", type=Path, help="scannetv2-labels.combined.tsv (needed when scenes have label-filt/)")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--clip-length", type=int, default=24)
-    parser.add_argument("--clip-stride", type=int)
-    parser.add_argument("--frame-skip", type=int, default=1)
-    parser.add_argument("--keyframe-translation", type=float, default=0.05)
-    parser.add_argument("--keyframe-rotation-deg", type=float, default=5.0)
-    parser.add_argument("--max-shard-mb", type=float, default=256)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True, help="output folder: <split>/*.tar shards + manifest.json")
+    parser.add_argument("--labels-tsv", type=Path,
+                        help="scannetv2-labels.combined.tsv (needed for ScanNet scenes with label-filt/; synthetic rooms ship their own)")
+    parser.add_argument("--size", type=int, default=256, help="square frame size in pixels (resize + centre crop, intrinsics follow)")
+    parser.add_argument("--clip-length", type=int, default=24, help="keyframes per clip (one shard sample)")
+    parser.add_argument("--clip-stride", type=int, help="keyframes between clip starts (default: --clip-length, no overlap)")
+    parser.add_argument("--frame-skip", type=int, default=1, help="use every n-th source frame")
+    parser.add_argument("--keyframe-translation", type=float, default=0.05, help="metres the camera must move for a new keyframe")
+    parser.add_argument("--keyframe-rotation-deg", type=float, default=5.0, help="or degrees it must turn")
+    parser.add_argument("--max-shard-mb", type=float, default=256, help="start a new .tar shard beyond this size (MiB)")
+    parser.add_argument("--workers", type=int, default=1, help="scenes written in parallel (processes)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
                         help="cache this teacher's features (sam, lseg, label_lang, label_seg); repeatable")  # fmt: skip
     parser.add_argument("--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size")
-    parser.add_argument("--teacher-device", default="cpu")
-    parser.add_argument("--color-ext", default="jpg")
+    parser.add_argument("--teacher-device", default="cpu", help="device for --teacher models (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--color-ext", default="jpg", help="extension of the colour images in the scene folders")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="stored depth units per metre")
     args = parser.parse_args(argv)
 
@@ -108,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if not any(scenes.values()):
         raise SystemExit("no scenes: give --scenes-root (with scene folders containing pose/) or --scene")
 
+    check_label_maps(scenes, args.labels_tsv)
     cfg = ShardConfig(
         size=args.size,
         clip_length=args.clip_length,

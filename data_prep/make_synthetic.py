@@ -4,7 +4,7 @@
         [--frames 60] [--seed 0] [--workers 2] [--sens] [--split-val 0.2]
 
 Scene ``i`` goes to ``DIR/synth_<i:04d>/`` in the exported-ScanNet layout (see
-:func:`ffsplat.synthetic.rooms.write_synthetic_scene`; with ``--sens`` also
+:func:`ffsplat.synthetic.write_synthetic_scene`; with ``--sens`` also
 ``DIR/synth_<i>/synth_<i>.sens``); its seed is derived from ``(--seed, i)``, so scene ``i`` is the
 same whatever ``--scenes`` is. Each scene is written into ``DIR/.synth_<i>.tmp/`` and renamed into
 place when complete, so an interrupted run resumes: existing scenes are skipped (after checking
@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -31,7 +30,7 @@ from dataclasses import asdict  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ffsplat.core.atomic import atomic_open  # noqa: E402
-from ffsplat.synthetic.rooms import SCENE_META, SyntheticConfig, write_synthetic_scene  # noqa: E402
+from ffsplat.synthetic import SCENE_META, SyntheticConfig, write_synthetic_scene  # noqa: E402
 
 
 def scene_name(index: int) -> str:

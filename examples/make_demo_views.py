@@ -6,17 +6,14 @@ in any training set) as PNGs at 192x256, their cameras JSON, and two novel camer
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ffsplat.inference.cameras import CameraFile, CameraView, write_cameras  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame  # noqa: E402
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame  # noqa: E402
 
 OUT = ROOT / "examples" / "demo"
 H, W = 192, 256

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_shards(tmp_path_factory):
     """Three tiny synthetic rooms (32x32) as shards (train: 2, val: 1) with both label teachers cached."""
     from ffsplat.data.shard_writer import ShardConfig, write_shards
-    from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene
+    from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
 
     root = tmp_path_factory.mktemp("train_data")
     for i in range(3):

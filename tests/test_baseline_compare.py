@@ -10,10 +10,10 @@ import torch
 
 from ffsplat.baselines.__main__ import main as baselines_main
 from ffsplat.baselines.compare import BASELINES, dense_index, run_baseline
-from ffsplat.baselines.scene import SceneConfig
+from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.data.shards import scene_frame_ids
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, save_eval_index
 from ffsplat.model.network import ModelConfig
 from ffsplat.inference.predictor import Predictor
 from ffsplat.training.module import SemanticSplatModule, export_slim

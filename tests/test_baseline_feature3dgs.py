@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import ffsplat  # noqa: F401
 from ffsplat.baselines.feature3dgs import FEATURE, Feature3DGS
-from ffsplat.baselines.scene import SceneConfig, SceneTrainer
-from ffsplat.synthetic.rooms import synthetic_views
+from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
+from tests.synthetic_fixtures import synthetic_views
 from ffsplat.teachers.label_teachers import LabelSegmentationTeacher
 from ffsplat.core.types import Views
 
@@ -20,7 +20,7 @@ S = 32
 GEOMETRY = ("means", "scales", "quats", "opacities")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with labels, instances and a stand-in SAM teacher
     (256-d unit features per instance on a stride-4 grid: 8x8)."""

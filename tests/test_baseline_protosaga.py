@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gsplat.strategy.ops import duplicate, split
 
 from ffsplat.baselines.protosaga import CosineClassifier, ProtoSaGa, associate_masks, instance_metrics, raw_mask_rows
-from ffsplat.baselines.scene import SceneConfig, SceneTrainer
+from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.core.geometry import project_points
 from ffsplat.core.types import Cameras, Views
 
@@ -26,7 +26,7 @@ def _one_thread():
 def tiny_views() -> tuple[Views, torch.Tensor]:
     """3 views (32x32) of a synthetic room and raw masks: GT instances with ids shuffled per view
     (like SAM's automatic masks, unassociated across views)."""
-    from ffsplat.synthetic.rooms import synthetic_views
+    from tests.synthetic_fixtures import synthetic_views
 
     views = synthetic_views(3, [0, 3, 6], S)
     img, depth, inst, cams = views.images, views.depths, views.instances, views.cameras

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import ffsplat  # noqa: F401
-from ffsplat.baselines.scene import SceneConfig, SceneTrainer
+from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.baselines.semlogits import SEMANTICS, SemanticLogits, entropy, normalised, warmup_weight
-from ffsplat.synthetic.rooms import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 from ffsplat.core.types import Cameras, Gaussians, Views
 
 S = 32
@@ -128,7 +128,7 @@ def test_init_and_learning_rate():
 
 
 # ---------------------------------------------------------------------- short fit on a synthetic room
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene() -> Views:
     """3 views (32x32) of synthetic room 3 with depth and 8-class labels."""
     views = synthetic_views(3, [0, 4, 8], S)

@@ -16,7 +16,7 @@ from ffsplat.data import shard_writer
 from ffsplat.data.clip import Clip, decode_clip, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
 from ffsplat.data.labels import EVAL_CLASSES, LabelMap
-from ffsplat.data.scene import RGBDSequence, write_frame, write_intrinsics
+from ffsplat.data.sequence import RGBDSequence, write_frame, write_intrinsics
 from ffsplat.data.shard_writer import ShardConfig, write_shards
 from ffsplat.core.geometry import project_points, unproject_depth
 from tests.conftest import shared_data

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import evaluate
 from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index, save_eval_index
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, save_eval_index
 from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
 from ffsplat.model.network import ModelConfig
 from ffsplat.inference.predictor import Predictor
@@ -45,17 +46,25 @@ def test_predictor_reproduces_the_training_module_numbers(tiny_shards, setup):
     assert teacher["target_miou"] > a["target_miou"]  # the untrained field is worse than its teacher
 
 
-def test_evaluate_cli_writes_report_and_figures(tiny_shards, setup):
+def test_evaluate_cli_writes_report_and_figures(tiny_shards, setup, capsys):
     _, slim, _, tmp = setup
     out = tmp / "report"
     code = evaluate.main(["--checkpoint", str(slim), "--shards", str(tiny_shards), "--split", "val", "--index", str(tmp / "index.json"),
                           "--out", str(out), "--prompt-grid", "4", "--figures", "1", "--teacher-baseline", "--device", "cpu"])  # fmt: skip
     assert code == 0
+    err = capsys.readouterr().err
+    assert "[eval model] example 1 " in err and "[eval model] example 2 " in err and "[eval teacher] example 2 " in err
     report = json.loads((out / "report.json").read_text())
-    assert {"model", "teacher_2d"} <= set(report["results"])
+    assert {"model", "teacher_2d (stand-in: label-derived)"} <= set(report["results"])  # label teachers are marked
+    assert "| teacher_2d (stand-in: label-derived) |" in (out / "report.md").read_text()
     assert 0 <= report["results"]["model"]["target_miou"] <= 1
     assert "| model |" in (out / "report.md").read_text()
-    assert len(list((out / "figures").glob("*.png"))) == 1
+    figures = list((out / "figures").glob("*.png"))
+    assert len(figures) == 1
+    from PIL import Image
+
+    figure = np.asarray(Image.open(figures[0]))
+    assert figure.shape[0] > 128 + 14  # panels (enlarged to >= 128 px) under titles, class legend below
     assert evaluate.main(["--checkpoint", str(tmp / "missing.pt"), "--shards", str(tiny_shards), "--index", str(tmp / "index.json"),
                           "--out", str(out)]) == 2  # fmt: skip
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import infer
 from ffsplat.inference.cameras import CameraFile, CameraView, read_cameras, write_cameras
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame
 from ffsplat.render.ply import read_ply
 from ffsplat.inference.pose import PoseEstimationError, estimate_relative_pose
 

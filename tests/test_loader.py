@@ -14,7 +14,7 @@ from ffsplat.data import shards as shards_module
 from ffsplat.data.clip import encode_clip
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards
 from ffsplat.data.shard_writer import build_manifest, ShardConfig
-from ffsplat.data.views import ViewSamplerConfig
+from ffsplat.data.sampling import ViewSamplerConfig
 from tests.test_data import random_clip, write_tar
 
 SAMPLER = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=3)
@@ -128,7 +128,7 @@ def test_make_eval_index_cli_indexes_stored_keyframes(tmp_path):
     import sys
 
     from ffsplat.data.shards import scene_frame_ids
-    from ffsplat.data.views import load_eval_index
+    from ffsplat.data.sampling import load_eval_index
 
     make_shards(tmp_path / "shards", num_shards=2)
     frames = scene_frame_ids(tmp_path / "shards", "train")

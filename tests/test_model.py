@@ -3,7 +3,6 @@ volume on a textured plane, the Gaussian adapter's geometry, SH rotation, config
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

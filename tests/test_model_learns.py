@@ -8,7 +8,7 @@ import torch
 
 from ffsplat.render import render
 from ffsplat.core.config import group_file, to_dataclass
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame
 from ffsplat.model.network import ModelConfig, build_model
 from ffsplat.core.types import Cameras, Views
 

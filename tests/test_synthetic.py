@@ -1,4 +1,4 @@
-"""Tests for ffsplat.synthetic.rooms and data_prep/make_synthetic.py: determinism, exact multi-view
+"""Tests for ffsplat.synthetic and data_prep/make_synthetic.py: determinism, exact multi-view
 consistency, conventions, the ScanNet label path, camera paths and the dataset CLI."""
 
 from __future__ import annotations
@@ -13,21 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from ffsplat.data.labels import LabelMap
-from ffsplat.data.scene import RGBDSequence
-from ffsplat.synthetic.rooms import (
-    CEILING,
+from ffsplat.data.sequence import RGBDSequence
+from ffsplat.synthetic import (
     EVAL_TO_RAW,
-    FLOOR,
     SCANNET_RAW_IDS,
-    WALL,
     SyntheticConfig,
     cast_rays,
     generate_room,
     make_scene,
     render_frame,
-    shade,
     write_synthetic_scene,
 )
+from ffsplat.synthetic.config import CEILING, FLOOR, WALL
+from ffsplat.synthetic.raycast import shade
 from ffsplat.core.geometry import project_points, unproject_depth
 from tests.conftest import shared_data
 
@@ -229,3 +227,39 @@ def test_cli_writes_splits_and_resumes(tmp_path):
     assert second.stdout.count("exists, skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert (out / "splits" / "val.txt").read_text().split() == val
+
+
+def test_shipped_synthetic_label_map_equals_the_scannet_tsv_rows():
+    """Synthetic rooms need no ScanNet download: their shipped label map agrees with the real TSV."""
+    from ffsplat.synthetic.config import synthetic_label_map
+
+    shipped = synthetic_label_map()
+    np.testing.assert_array_equal(shipped.eval8(EVAL_TO_RAW), np.arange(9))
+    tsv = shared_data("scannet/scannetv2-labels.combined.tsv")
+    real = LabelMap.from_tsv(tsv)
+    raw = np.array(sorted(SCANNET_RAW_IDS.values()))
+    np.testing.assert_array_equal(shipped.nyu40(raw), real.nyu40(raw))
+
+
+def test_make_shards_on_synthetic_rooms_without_tsv_and_clear_error_for_scannet(tmp_path):
+    import json
+    import shutil
+
+    import data_prep.make_shards as make_shards
+
+    write_synthetic_scene(tmp_path / "rooms" / "synth0", 0, SyntheticConfig(height=24, width=24, frames=8))
+    make_shards.main(["--scene", str(tmp_path / "rooms" / "synth0"), "--out", str(tmp_path / "shards"), "--size", "16",
+                      "--clip-length", "8", "--keyframe-translation", "0", "--keyframe-rotation-deg", "0"])  # fmt: skip
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] >= 1  # labelled clips written with the shipped label map
+
+    scannet = tmp_path / "scannet" / "scene0000_00"
+    shutil.copytree(tmp_path / "rooms" / "synth0", scannet)
+    (scannet / "synthetic.json").unlink()  # a real ScanNet scene: label-filt with raw ids, no label map
+    root = Path(__file__).resolve().parents[1]
+    for extra in ([], ["--labels-tsv", str(tmp_path / "missing.tsv")]):
+        result = subprocess.run([sys.executable, "data_prep/make_shards.py", "--scene", str(scannet), "--out", str(tmp_path / "s2"), *extra],
+                                capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --labels-tsv:"), result.stderr
+        assert not (tmp_path / "s2").exists()

@@ -12,7 +12,7 @@ import webdataset as wds
 
 from ffsplat.data.clip import decode_clip
 from ffsplat.data.shard_writer import ShardConfig, write_shards
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame, write_synthetic_scene
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame, write_synthetic_scene
 from ffsplat.teachers.features import teacher_features
 from ffsplat.teachers.label_teachers import LabelLanguageTeacher, LabelSegmentationTeacher
 

@@ -14,13 +14,10 @@ import pytest
 import torch
 
 from ffsplat.core.config import group_file, to_dataclass
-from ffsplat.data.shard_writer import ShardConfig, write_shards
-from ffsplat.synthetic.rooms import SyntheticConfig, write_synthetic_scene
-from ffsplat.data.views import ViewSamplerConfig
+from ffsplat.data.sampling import ViewSamplerConfig
 from ffsplat.model.network import ModelConfig
 from ffsplat.training.module import STAGE_GROUPS, SemanticSplatModule, export_slim, load_model_weights, lr_lambda
 from ffsplat.training.config import TrainConfig
-from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "scripts" / "train_driver.py"
@@ -169,9 +166,10 @@ def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
 
 def test_wandb_offline_run_and_slim_export(shards, tmp_path):
     cfg = tiny_config(shards, tmp_path, "seg", logging__wandb_mode="offline", optim__max_steps=2,
-                      trainer__val_every_n_steps=2, logging__images_every_n_steps=1)  # fmt: skip
+                      trainer__val_every_n_steps=2, logging__images_every_n_steps=1, logging__progress_every_n_steps=1)  # fmt: skip
     done = run_driver(cfg, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "[train] step 1/2 (50.0%) loss " in done.stderr and "[train] step 2/2 (100.0%)" in done.stderr  # plain progress lines
     runs = list((tmp_path / "outputs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     slim = Path(cfg.checkpoint.dir) / cfg.run_name / "model.pt"
@@ -184,6 +182,7 @@ def test_wandb_offline_run_and_slim_export(shards, tmp_path):
     load_model_weights(model, slim)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, blob["state_dict"][name])
+    load_model_weights(model, Path(cfg.checkpoint.dir) / cfg.run_name / "last.ckpt")  # Lightning's file, weights_only=True
     # the next stage starts from it
     module = SemanticSplatModule(tiny_config(shards, tmp_path, "lang", stage__init_from=str(slim)))
     torch.testing.assert_close(module.model.state_dict()["seg_head.net.0.weight"], blob["state_dict"]["seg_head.net.0.weight"])

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import ffsplat.data.shards as shards_module
 import ffsplat.training.module as module_lib
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
-from ffsplat.data.views import ViewSamplerConfig, build_eval_index
+from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index
 from ffsplat.training.module import SemanticSplatModule, export_slim
 from tests.test_training import tiny_config
 
@@ -77,13 +77,15 @@ def test_online_teachers_run_only_for_what_the_stage_uses(tiny_shards, tmp_path,
     cfg.model.conditioning.use_lseg = False  # the network is conditioned on SAM only
     module = SemanticSplatModule(cfg)
     calls = []
-    real = module_lib.teacher_features
+    import ffsplat.teachers.features as features_lib
+
+    real = features_lib.teacher_features
 
     def recording(teachers, images, *args, **kwargs):
         calls.append(sorted(teachers))
         return real(teachers, images, *args, **kwargs)
 
-    monkeypatch.setattr(module_lib, "teacher_features", recording)
+    monkeypatch.setattr(features_lib, "teacher_features", recording)
     module.compute_losses(first_batch(module, tiny_shards))
     # context: the conditioning teacher only; targets: the stage's own teacher only
     assert calls == [["label_seg"], [target_teacher]]

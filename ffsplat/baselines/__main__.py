@@ -24,9 +24,9 @@ from pathlib import Path
 
 import ffsplat  # noqa: F401  (torchvision shim first)
 from ffsplat.baselines.compare import BASELINES, run_baseline, save_json, write_table
-from ffsplat.baselines.scene import SceneConfig
+from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
-from ffsplat.data.views import load_eval_index
+from ffsplat.data.sampling import load_eval_index
 
 
 def scene_config(args) -> SceneConfig:

@@ -28,7 +28,7 @@ import torch
 from ffsplat.baselines.feature3dgs import Feature3DGS
 from ffsplat.baselines.fhgs import FHGS
 from ffsplat.baselines.protosaga import ProtoSaGa, instance_metrics
-from ffsplat.baselines.scene import SceneConfig, SceneMethod, SceneTrainer
+from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer
 from ffsplat.baselines.semlogits import SemanticLogits
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids

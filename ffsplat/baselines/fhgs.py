@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffsplat.baselines.scene import SceneMethod, SceneTrainer
+from ffsplat.baselines.trainer import SceneMethod, SceneTrainer
 from ffsplat.core.geometry import project_points
 from ffsplat.render.rasterizer.projection import project_gaussians
 from ffsplat.render.rasterizer.tiles import blend_weights, tile_intersections

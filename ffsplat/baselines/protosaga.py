@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ffsplat.baselines.scene import SceneMethod, SceneTrainer
+from ffsplat.baselines.trainer import SceneMethod, SceneTrainer
 from ffsplat.core.geometry import project_points
 from ffsplat.objectives.metrics import instance_matching_miou
 from ffsplat.render.renderer import RenderOutput, render

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffsplat.baselines.scene import SceneMethod, SceneTrainer
+from ffsplat.baselines.trainer import SceneMethod, SceneTrainer
 from ffsplat.render.renderer import RenderOutput, render
 from ffsplat.core.types import Cameras, Gaussians, Views
 

@@ -13,8 +13,21 @@ from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The repository's ``configs/`` folder (ffsplat is used from a checkout / editable install)."""
+
+def resource_path(installed: str, checkout: str) -> Path:
+    """A file/folder shipped with ffsplat: ``ffsplat/<installed>`` inside an installed wheel (copied
+    there at build time by ``setup.py``), else ``<checkout>`` in the source tree (editable install or
+    a plain checkout)."""
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / installed
+    return bundled if bundled.exists() else package.parent / checkout
+
+
+CONFIG_DIR = resource_path("_configs", "configs")
+"""The ``configs/`` folder: bundled in the wheel as ``ffsplat/_configs``, else the checkout's ``configs/``."""
+
+DEMO_CHECKPOINT = resource_path("_demo/model.pt", "checkpoints/demo/model.pt")
+"""The demo ``model.pt``: bundled as ``ffsplat/_demo/model.pt``, else the checkout's ``checkpoints/demo/model.pt``."""
 
 
 def to_dataclass(schema: type[T], *sources: DictConfig | dict[str, Any] | str | Path) -> T:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ffsplat.data.scene import jpeg_bytes, png_bytes
+from ffsplat.data.sequence import jpeg_bytes, png_bytes
 
 FORMAT_VERSION = 1
 

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-EVAL_CLASSES = ("wall", "floor", "ceiling", "chair", "table", "sofa", "bed", "other")
-"""The 8 evaluation class names; class index ``i + 1`` is ``EVAL_CLASSES[i]`` and 0 is ignored."""
+from ffsplat.core.vocabulary import EVAL_CLASSES as EVAL_CLASSES  # re-exported: the 8 evaluation class names
 
 _NYU40_TO_EVAL = {1: 1, 2: 2, 22: 3, 5: 4, 7: 5, 6: 6, 4: 7}
 OTHER = 8

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ffsplat.core.atomic import atomic_open
-from ffsplat.data.scene import jpeg_bytes, png_bytes, read_image, write_bytes, write_matrix
+from ffsplat.data.sequence import jpeg_bytes, png_bytes, read_image, write_bytes, write_matrix
 
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
 DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_ushort"}

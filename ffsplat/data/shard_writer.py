@@ -29,7 +29,7 @@ from torch import nn
 from ffsplat.data.clip import Clip, decode_rgb, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
 from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
-from ffsplat.data.scene import Frame, RGBDSequence, jpeg_bytes
+from ffsplat.data.sequence import Frame, RGBDSequence, jpeg_bytes
 from ffsplat.teachers.features import clip_teacher_features, load_teachers
 
 @dataclass
@@ -251,9 +251,17 @@ def write_scene(
     return {**record, "skipped": False}
 
 
+def scene_label_map(root: Path) -> LabelMap | None:
+    """The label map a scene brings along without a TSV: synthetic rooms (``synthetic.json``) ship
+    theirs (:func:`ffsplat.synthetic.config.synthetic_label_map`); other scenes have none."""
+    from ffsplat.synthetic.config import SCENE_META, synthetic_label_map
+
+    return synthetic_label_map() if (root / SCENE_META).is_file() else None
+
+
 def _write_scene_job(args: tuple) -> dict:
     root, out_dir, split, cfg, tsv, sequence_kwargs = args
-    label_map = LabelMap.from_tsv(tsv) if tsv else None
+    label_map = LabelMap.from_tsv(tsv) if tsv else scene_label_map(Path(root))
     teachers = load_teachers(cfg.teachers, cfg.teacher_device) if cfg.teachers else None
     return write_scene(RGBDSequence(Path(root), **sequence_kwargs), Path(out_dir), split, cfg, label_map, teachers)
 

@@ -3,7 +3,7 @@
 Training: shards are split by rank (``torch.distributed``) and by DataLoader worker, shuffled,
 decoded to :class:`~ffsplat.data.clip.Clip`, and each clip yields one
 :class:`~ffsplat.core.types.Example` with context and target views drawn by
-:func:`ffsplat.data.views.sample_views`. With ``resampled=False`` each epoch covers every sample
+:func:`ffsplat.data.sampling.sample_views`. With ``resampled=False`` each epoch covers every sample
 exactly once across all ranks and workers (needs at least ranks x workers shards); with
 ``resampled=True`` every rank draws shards with replacement and ``epoch_length`` samples make an
 epoch, which keeps DDP ranks in step however uneven the shards are.
@@ -40,7 +40,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ffsplat.data.clip import Clip, decode_clip
-from ffsplat.data.views import ViewSamplerConfig, sample_views
+from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, Views
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class EvalIndexDataset(IterableDataset):
         root: shard folder with ``manifest.json``.
         split: split whose shards hold the index's scenes.
         index: ``{scene: [{"context": [frame ids], "target": [frame ids]}, ...]}`` (see
-            :mod:`ffsplat.data.views`).
+            :mod:`ffsplat.data.sampling`).
     """
 
     def __init__(self, root: str | Path, split: str, index: dict[str, list[dict]]):

@@ -44,12 +44,26 @@ class EvalConfig:
         source_views: also score segmentation at the context (source) views.
         max_examples: stop after this many examples (None: all).
         lpips_vgg_path: local torchvision VGG16 weights for LPIPS; None skips LPIPS.
+        progress: print one flushed line per example to stderr (works in a terminal and in a log).
     """
 
     prompt_grid: int = 32
     source_views: bool = True
     max_examples: int | None = None
     lpips_vgg_path: str | None = None
+    progress: bool = False
+
+
+def report_progress(cfg: EvalConfig, what: str, count: int, example: Example, start: float) -> None:
+    """``[eval model] example 3/40 scene0011_00 | 1.2 s/example | elapsed 0:00:04`` on stderr."""
+    if not cfg.progress:
+        return
+    import sys
+
+    elapsed = time.perf_counter() - start
+    total = f"/{cfg.max_examples}" if cfg.max_examples is not None else ""
+    print(f"[eval {what}] example {count}{total} {example.scenes[0]} | {elapsed / count:.2f} s/example | elapsed {elapsed:.1f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 class _Scores:
@@ -99,7 +113,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
     scores = _Scores()
     model, device = predictor.model, predictor.class_embeddings.device
     lpips = make_lpips(cfg.lpips_vgg_path).to(device) if cfg.lpips_vgg_path else None
-    conditioned = bool(predictor.cfg.model.conditioning.names)
+    conditioned = predictor.conditioned
     start, count = time.perf_counter(), 0
     for example in examples:
         if cfg.max_examples is not None and count >= cfg.max_examples:
@@ -128,6 +142,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
                 scores.add("depth_delta_1.25", depth["delta_1.25"])
             if views.instances is not None and cfg.prompt_grid:
                 _promptable(scores, predictor.prompt_decoder, decoded["sam"].flatten(0, 1), views.instances.flatten(0, 1), cfg.prompt_grid)
+        report_progress(cfg, "model", count, example, start)
     result = scores.result()
     result["examples"] = count
     result["seconds"] = time.perf_counter() - start
@@ -141,6 +156,7 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
     cfg = cfg or EvalConfig()
     scores = _Scores()
     device = predictor.class_embeddings.device
+    start = time.perf_counter()
     for i, example in enumerate(examples):
         if cfg.max_examples is not None and i >= cfg.max_examples:
             break
@@ -152,4 +168,5 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
             scores.target_seg.update(classify_by_embeddings(lang, predictor.class_embeddings), target.labels.flatten(0, 1))
         if target.instances is not None and cfg.prompt_grid:
             _promptable(scores, predictor.prompt_decoder, feats["segmentation"].flatten(0, 1), target.instances.flatten(0, 1), cfg.prompt_grid)
+        report_progress(cfg, "teacher", i + 1, example, start)
     return scores.result()

@@ -1,10 +1,12 @@
-"""A trained model ready for inference and evaluation, loaded from a slim ``model.pt``.
+"""A trained model ready for inference and evaluation, loaded from a ``model.pt`` (:mod:`ffsplat.checkpoint`).
 
-It offers what :mod:`ffsplat.evaluation.evaluate` and ``infer.py`` need (the same interface as the training
-module): ``predictor(context, teacher_maps) -> NetworkOutput``, ``teacher_maps(views)``,
-``prompt_decoder``, ``class_embeddings`` and ``cfg.model``. Teachers are only built when the
-network is conditioned on them (their weights come from local paths stored in the checkpoint or
-given as overrides); a model trained without conditioning needs nothing but images.
+It implements :class:`ffsplat.objectives.policy.SemanticModel`, the interface evaluation needs
+(as the training module does, on the same helpers): ``predictor(context, teacher_maps) ->
+NetworkOutput``, ``teacher_maps(views)``, ``prompt_decoder``, ``class_embeddings``, ``conditioned``.
+Teachers are only built when the network is conditioned on them (their weights come from local
+paths stored in the checkpoint or given as overrides); a model trained without conditioning needs
+nothing but images. The prompt decoder is built on first use (SAM's decoder for a model distilled
+from SAM, which then needs SAM's weights; the similarity stand-in otherwise).
 """
 
 from __future__ import annotations
@@ -15,16 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_model
 from ffsplat.core.config import to_dataclass
-from ffsplat.model.network import ModelConfig, NetworkOutput, build_model
-from ffsplat.objectives.prompting import SimilarityPromptDecoder
-from ffsplat.teachers.features import load_teachers, teacher_features
-from ffsplat.training.module import SLIM_FORMAT, ROLE_CONDITION
 from ffsplat.core.types import Views
+from ffsplat.model.network import ModelConfig, NetworkOutput, build_model
+from ffsplat.objectives import policy
+from ffsplat.teachers.features import load_teachers
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, not an ffsplat model, or inconsistent with its config."""
+__all__ = ["CheckpointError", "Predictor", "teacher_overrides"]
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Predictor(nn.Module):
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", teacher_overrides: dict[str, dict] | None = None):
         super().__init__()
-        blob = load_slim(path)
+        blob = load_model(path)
         self.meta = {k: v for k, v in blob.items() if k not in ("state_dict", "class_embeddings")}
         model_cfg = to_dataclass(ModelConfig, blob["model_config"])
         model_cfg.pretrained = None
@@ -63,9 +63,22 @@ class Predictor(nn.Module):
         if model_cfg.conditioning.names:
             needed = {roles[r]["name"]: roles[r].get("kwargs", {}) for r in ("segmentation", "language")}
             self._teachers = load_teachers(needed, device)
-        seg_name = roles["segmentation"]["name"]
-        self.prompt_decoder = self._teachers.get("sam") if seg_name == "sam" else SimilarityPromptDecoder()
+        self.prompt_decoder_name = policy.resolve_prompt_decoder(blob.get("prompt_decoder", "auto"), roles["segmentation"]["name"])
+        self._lazy: dict[str, nn.Module] = {}
         self.to(device)
+
+    @property
+    def conditioned(self) -> bool:
+        return bool(self.cfg.model.conditioning.names)
+
+    @property
+    def prompt_decoder(self) -> nn.Module:
+        """Point prompts -> masks (``policy.build_prompt_decoder``), built on first use."""
+        if "prompt_decoder" not in self._lazy:
+            seg = self.cfg.roles["segmentation"]
+            decoder = policy.build_prompt_decoder(self.prompt_decoder_name, seg["name"], seg.get("kwargs", {}), self._teachers)
+            self._lazy["prompt_decoder"] = decoder.to(self.device)
+        return self._lazy["prompt_decoder"]
 
     @property
     def device(self) -> torch.device:
@@ -79,20 +92,13 @@ class Predictor(nn.Module):
 
     def teacher_maps(self, views: Views) -> dict[str, Tensor]:
         """Teacher features by role: cached in ``views.teacher`` (shards) or computed online."""
-        names = {role: self.cfg.roles[role]["name"] for role in ("segmentation", "language")}
-        if all(name in views.teacher for name in names.values()):
-            return {role: views.teacher[name] for role, name in names.items()}
-        if not self._teachers:
-            raise KeyError(f"no cached {sorted(names.values())} features in the views and no teachers loaded")
-        b, v = views.images.shape[:2]
-        flat = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
-        feats = teacher_features(self._teachers, views.images.flatten(0, 1), flat(views.labels), flat(views.instances))
-        return {role: feats[name].unflatten(0, (b, v)) for role, name in names.items()}
+        names = {role: self.cfg.roles[role]["name"] for role in policy.ROLES}
+        return policy.teacher_maps(views, names, self._teachers)
 
     @torch.no_grad()
     def forward(self, context: Views, teacher: dict[str, Tensor] | None = None) -> NetworkOutput:
         conditions = {ROLE_CONDITION[role]: f for role, f in (teacher or {}).items()}
-        return self.model(context, conditions if self.cfg.model.conditioning.names else None)
+        return self.model(context, conditions if self.conditioned else None)
 
 
 def teacher_overrides(sam_checkpoint: str | None = None, lseg_checkpoint: str | None = None) -> dict[str, dict]:
@@ -103,21 +109,3 @@ def teacher_overrides(sam_checkpoint: str | None = None, lseg_checkpoint: str | 
     if lseg_checkpoint:
         overrides["language"] = {"checkpoint": lseg_checkpoint}
     return overrides
-
-
-def load_slim(path: str | Path) -> dict:
-    """Read and check a slim checkpoint; errors name the file and what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != SLIM_FORMAT:
-        hint = " (a Lightning last.ckpt? use the run's model.pt)" if isinstance(blob, dict) and "state_dict" in blob else ""
-        raise CheckpointError(f"{path}: not an ffsplat model file{hint}")
-    for key in ("model_config", "state_dict", "teachers", "class_names", "class_embeddings"):
-        if key not in blob:
-            raise CheckpointError(f"{path}: ffsplat model file without {key!r}")
-    return blob

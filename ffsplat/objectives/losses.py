@@ -75,7 +75,7 @@ class LPIPSLoss(nn.Module):
         self.model.net.load_state_dict(_lpips_vgg_state(state, self.model.net), strict=True)
         self.model.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "LPIPSLoss":
+    def train(self, mode: bool = True) -> LPIPSLoss:
         """Stays in eval mode (no dropout) whatever its parent does."""
         return super().train(False)
 

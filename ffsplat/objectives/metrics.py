@@ -154,9 +154,14 @@ def classify_by_embeddings(features: Tensor, class_embeddings: Tensor) -> Tensor
     Returns:
         ``[N, H, W]`` int64 class ids in ``1..K`` (``argmax_k cos + 1``; 0 stays "ignored").
     """
+    return class_similarity(features, class_embeddings).argmax(1) + 1
+
+
+def class_similarity(features: Tensor, class_embeddings: Tensor) -> Tensor:
+    """Cosine ``[N, K, H, W]`` between per-pixel features ``[N, C, H, W]`` and class embeddings ``[K, C]``."""
     f = F.normalize(features.float(), dim=1)
     e = F.normalize(class_embeddings.to(f), dim=-1)
-    return torch.einsum("nchw,kc->nkhw", f, e).argmax(1) + 1
+    return torch.einsum("nchw,kc->nkhw", f, e)
 
 
 class SegmentationMeter:

@@ -84,7 +84,7 @@ class ClipTextEncoder(nn.Module):
         return int(self.model.config.projection_dim)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None, **kwargs) -> "ClipTextEncoder":
+    def from_pretrained(cls, path: str | Path | None, **kwargs) -> ClipTextEncoder:
         """Load model and tokenizer from the local directory ``path`` (``teachers.clip.path``)."""
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
         from transformers.utils import logging as hf_logging

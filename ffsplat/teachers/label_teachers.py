@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ffsplat.data.labels import EVAL_CLASSES
+from ffsplat.core.vocabulary import EVAL_CLASSES
 from ffsplat.teachers.base import register_teacher
 
 

@@ -216,7 +216,7 @@ def _read_checkpoint(path: Path) -> Mapping[str, Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # Lightning pickles hyper-parameters; the file is the user's own local path
-        warnings.warn(f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); loading with weights_only=False")
+        warnings.warn(f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); loading with weights_only=False", stacklevel=2)
         blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping):
@@ -273,7 +273,7 @@ class LSegTeacher(nn.Module):
         self.register_buffer("mean", torch.tensor(LSEG_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LSEG_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "LSegTeacher":
+    def train(self, mode: bool = True) -> LSegTeacher:
         return super().train(False)  # frozen teacher: BatchNorm always uses running statistics
 
     @property

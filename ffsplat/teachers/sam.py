@@ -68,7 +68,7 @@ class SAMTeacher(nn.Module):
         builder: Callable[[], Sam] | None = None,
         device: str | torch.device = "cpu",
         **kw,
-    ) -> "SAMTeacher":
+    ) -> SAMTeacher:
         """Load an official SAM state dict (``sam_vit_b_01ec64.pth`` ...) from a local path.
 
         ``builder`` (no arguments -> randomly initialised ``Sam``) overrides
@@ -86,7 +86,7 @@ class SAMTeacher(nn.Module):
         sam.load_state_dict(state)
         return cls(sam, **kw).to(device)
 
-    def train(self, mode: bool = True) -> "SAMTeacher":
+    def train(self, mode: bool = True) -> SAMTeacher:
         """The teacher stays in eval mode whatever its parent does."""
         return super().train(False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ffsplat.data.views import ViewSamplerConfig
+from ffsplat.data.sampling import ViewSamplerConfig
 from ffsplat.model.network import ModelConfig
 
 
@@ -172,12 +172,15 @@ class LoggingConfig:
         project: wandb project.
         save_dir: where wandb (and Hydra) write run files.
         images_every_n_steps: log renders, depth, feature PCA and class maps this often (0: never).
+        progress_every_n_steps: print a plain progress line (step, loss, steps/s, ETA) to stderr
+            this often, readable in a redirected log (0: never).
     """
 
     wandb_mode: str = "offline"
     project: str = "ffsplat"
     save_dir: str = "outputs"
     images_every_n_steps: int = 500
+    progress_every_n_steps: int = 50
 
 
 @dataclass

@@ -37,24 +37,23 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ffsplat.checkpoint import ROLE_CONDITION, load_weights, save_model
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
-from ffsplat.data.views import build_eval_index, load_eval_index
+from ffsplat.data.sampling import build_eval_index, load_eval_index
 from ffsplat.objectives.losses import LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
 from ffsplat.model.semantic_heads import resize_field
-from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks, sample_prompt_points
+from ffsplat.objectives import policy
+from ffsplat.objectives.prompting import label_hierarchy_masks, sample_prompt_points
 from ffsplat.render.renderer import render
-from ffsplat.teachers.features import load_teachers, teacher_features
+from ffsplat.teachers.features import load_teachers
 from ffsplat.training.config import TrainConfig
 from ffsplat.core.types import Example, Views
 
 STAGE_GROUPS = {"geometry": ("geometry",), "seg": ("geometry", "segmentation"), "lang": ("language",)}
 """Stage -> parameter groups (``SemanticSplatNet.parameter_groups``) that are trained."""
-
-ROLE_CONDITION = {"segmentation": "sam", "language": "lseg"}
-"""Teacher role -> the conditioning input name of the network."""
 
 STAGE_TARGET_ROLE = {"seg": "segmentation", "lang": "language"}
 """Stage -> the teacher role whose target-view features it distils."""
@@ -66,8 +65,6 @@ def photometric_loss_name(cfg: TrainConfig, have_lpips: bool) -> str:
     if cfg.stage.name == "lang":
         return "none"
     return f"l1+{cfg.loss.lpips_weight:g}*lpips" if have_lpips else "l1"
-
-SLIM_FORMAT = "ffsplat-model"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -143,17 +140,12 @@ class SemanticSplatModule(L.LightningModule):
         return module
 
     def _make_prompt_decoder(self):
-        choice = self.cfg.teachers.prompt_decoder
-        seg_name = self.cfg.teachers.segmentation.name
-        if choice == "auto":
-            choice = "sam" if seg_name == "sam" else "similarity"
-        if choice == "similarity":
-            return SimilarityPromptDecoder()
-        if choice == "sam":
-            if seg_name != "sam":
-                raise ValueError("teachers.prompt_decoder=sam needs teachers.segmentation.name=sam")
-            return self._online.get("sam") or load_teachers({"sam": self.cfg.teachers.segmentation.kwargs})["sam"]
-        raise ValueError(f"teachers.prompt_decoder={choice!r}; choose auto, sam or similarity")
+        seg = self.cfg.teachers.segmentation
+        return policy.build_prompt_decoder(self.cfg.teachers.prompt_decoder, seg.name, seg.kwargs, self._online)
+
+    @property
+    def conditioned(self) -> bool:
+        return bool(self.cfg.model.conditioning.names)
 
     def _move_helpers(self) -> None:
         for module in list(self._online.values()) + [self._lpips, self.prompt_decoder]:
@@ -174,25 +166,13 @@ class SemanticSplatModule(L.LightningModule):
     def teacher_maps(self, views: Views, roles: Sequence[str] = ("segmentation", "language")) -> dict[str, Tensor]:
         """Teacher features of the requested roles (``segmentation``/``language``) -> ``[B, V, C, h, w]``;
         online teachers run only for those roles."""
-        b, v = views.images.shape[:2]
-        names = {"segmentation": self.cfg.teachers.segmentation.name, "language": self.cfg.teachers.language.name}
-        roles = {role: names[role] for role in roles}
-        if not roles:
+        all_names = {"segmentation": self.cfg.teachers.segmentation.name, "language": self.cfg.teachers.language.name}
+        names = {role: all_names[role] for role in roles}
+        if not names:
             return {}
         if self.cfg.teachers.source == "online":
-            flat = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
-            feats = teacher_features(
-                {name: self._online[name] for name in roles.values()},
-                views.images.flatten(0, 1), flat(views.labels), flat(views.instances),
-            )  # fmt: skip
-            return {role: feats[name].unflatten(0, (b, v)) for role, name in roles.items()}
-        missing = [name for name in roles.values() if name not in views.teacher]
-        if missing:
-            raise KeyError(
-                f"teachers.source=cached but the shards hold no {missing} features (have {sorted(views.teacher)}); "
-                "write shards with --teacher ... or set teachers.source=online"
-            )
-        return {role: views.teacher[name] for role, name in roles.items()}
+            return policy.teacher_maps(views, names, self._online, prefer_cached=False)
+        return policy.teacher_maps(views, names)
 
     def forward(self, context: Views, teacher: dict[str, Tensor] | None = None):
         conditions = {ROLE_CONDITION[role]: feats for role, feats in (teacher or {}).items()}
@@ -259,7 +239,7 @@ class SemanticSplatModule(L.LightningModule):
         if source == "labels":
             if target.labels is None or target.instances is None:
                 raise ValueError("teachers.masks=labels needs labels and instances in the shards")
-            return [label_hierarchy_masks(l, i) for l, i in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
+            return [label_hierarchy_masks(lab, ins) for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
         if source == "sam":
             sam = self.prompt_decoder if hasattr(self.prompt_decoder, "automatic_masks") else None
             if sam is None:
@@ -341,38 +321,29 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.init_from: no checkpoint at {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if blob.get("format") == SLIM_FORMAT:
-        state = blob["state_dict"]
-    else:
-        state = {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+    state = load_weights(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)")
 
 
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
-    """Write the weights + model config + teacher/class metadata that ``infer.py`` loads (atomically)."""
-    from ffsplat.core.atomic import atomic_open
-
+    """Write the weights + model config + teacher/class metadata that ``infer.py`` loads (``ffsplat.checkpoint``)."""
     cfg = module.cfg
-    blob = {
-        "format": SLIM_FORMAT,
-        "version": 1,
-        "model_config": asdict(cfg.model),
-        "state_dict": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
-        "stage": cfg.stage.name,
-        "teachers": {"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
-        "class_names": list(EVAL_CLASSES),
-        "class_embeddings": module.class_embeddings.detach().cpu(),
-        "trained_on": cfg.data.name,
-        "image_size": getattr(module, "image_size", None),
-        "global_step": int(module.global_step),
-        "photometric_loss": getattr(module, "photometric_loss", None),
-    }
-    with atomic_open(path) as f:
-        torch.save(blob, f)
-    return Path(path)
+    return save_model(
+        path,
+        model_config=asdict(cfg.model),
+        state_dict=module.model.state_dict(),
+        teachers={"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
+        class_names=list(EVAL_CLASSES),
+        class_embeddings=module.class_embeddings,
+        stage=cfg.stage.name,
+        trained_on=cfg.data.name,
+        image_size=getattr(module, "image_size", None),
+        global_step=int(module.global_step),
+        photometric_loss=getattr(module, "photometric_loss", None),
+        prompt_decoder=policy.resolve_prompt_decoder(cfg.teachers.prompt_decoder, cfg.teachers.segmentation.name),
+    )
 
 
 class ClipDataModule(L.LightningDataModule):
@@ -468,7 +439,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ffsplat.training.logs import ImageLogger
+    from ffsplat.training.logs import ImageLogger, ProgressLog
 
     L.seed_everything(cfg.trainer.seed, workers=True)
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
@@ -480,7 +451,8 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
-        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps)] + list(callbacks or []),
+        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
+                   ProgressLog(cfg.logging.progress_every_n_steps)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,

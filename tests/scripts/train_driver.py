@@ -15,10 +15,8 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import ffsplat  # noqa: F401,E402
 import lightning as L  # noqa: E402

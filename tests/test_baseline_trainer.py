@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffsplat.baselines.scene import SceneConfig, SceneMethod, SceneTrainer, scene_scale
-from ffsplat.synthetic.rooms import synthetic_views
+from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer, scene_scale
+from tests.synthetic_fixtures import synthetic_views
 from ffsplat.core.types import Views
 
 

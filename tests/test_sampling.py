@@ -1,4 +1,4 @@
-"""Tests for ffsplat.data.views: training view sampler, curriculum, evaluation index builders and JSON I/O."""
+"""Tests for ffsplat.data.sampling: training view sampler, curriculum, evaluation index builders and JSON I/O."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffsplat.data.views import (
+from ffsplat.data.sampling import (
     ViewSamplerConfig,
     build_eval_index,
     build_lsm_index,
@@ -141,7 +141,7 @@ def test_build_eval_index_short_scene() -> None:
 
 def test_build_eval_index_same_across_processes_and_hash_seeds() -> None:
     code = (
-        "import json; from ffsplat.data.views import ViewSamplerConfig, build_eval_index; "
+        "import json; from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index; "
         f"print(json.dumps(build_eval_index({SCENES!r}, ViewSamplerConfig(num_context=3), seed=11)))"
     )
     outs = []

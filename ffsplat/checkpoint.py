@@ -1,0 +1,170 @@
+"""The ``model.pt`` format: one home for writing, reading and checking a trained model (no Lightning).
+
+A ``model.pt`` is a ``torch.save``'d dict, read back with ``torch.load(..., weights_only=True)``
+(nothing in it needs arbitrary unpickling):
+
+==================  ==========================================================================
+key                 value
+==================  ==========================================================================
+format              ``"ffsplat-model"`` (:data:`SLIM_FORMAT`)
+version             :data:`FORMAT_VERSION` (2: with checksum; 1: written before checksums)
+model_config        ``dataclasses.asdict(ModelConfig)``
+state_dict          network weights, ``{name: Tensor}`` on CPU
+teachers            ``{"segmentation": {"name", "kwargs"}, "language": {"name", "kwargs"}}``
+class_names         the evaluation classes (``ffsplat.data.labels.EVAL_CLASSES``), ``list[str]``
+class_embeddings    ``[K, C]`` float, the classes in the language teacher's space
+checksum            ``{"algorithm": "sha256", "tensors": hex}`` over ``state_dict`` + ``class_embeddings``
+prompt_decoder      ``"sam"`` or ``"similarity"`` (``ffsplat.objectives.policy.resolve_prompt_decoder``)
+stage, trained_on,  metadata (str / int / None)
+image_size,
+global_step
+==================  ==========================================================================
+
+The checksum (:func:`tensor_checksum`) hashes every tensor's name, dtype, shape and raw bytes in
+sorted key order, so a flipped byte inside a weight is caught on load. :func:`save_model` refuses
+non-finite weights and writes atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SLIM_FORMAT = "ffsplat-model"
+FORMAT_VERSION = 2
+REQUIRED_KEYS = ("model_config", "state_dict", "teachers", "class_names", "class_embeddings")
+
+ROLE_CONDITION = {"segmentation": "sam", "language": "lseg"}
+"""Teacher role -> the conditioning input name of the network."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, not an ffsplat model, corrupted or inconsistent with its config."""
+
+
+def _checksum_items(blob: Mapping[str, Any]) -> dict[str, Tensor]:
+    items = {f"state_dict/{k}": v for k, v in blob["state_dict"].items()}
+    items["class_embeddings"] = blob["class_embeddings"]
+    return items
+
+
+def tensor_checksum(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 hex digest over ``name, dtype, shape, raw bytes`` of every tensor, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def non_finite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def save_model(
+    path: str | Path,
+    *,
+    model_config: dict,
+    state_dict: Mapping[str, Tensor],
+    teachers: dict[str, dict],
+    class_names: list[str],
+    class_embeddings: Tensor,
+    **meta: Any,
+) -> Path:
+    """Write a ``model.pt`` atomically (see the module docstring for the fields).
+
+    Args:
+        meta: extra plain fields (``stage``, ``trained_on``, ``image_size``, ``global_step``).
+    Raises:
+        CheckpointError: if a weight or the class embeddings are not finite (names them).
+    """
+    from ffsplat.core.atomic import atomic_open
+
+    blob = {
+        "format": SLIM_FORMAT,
+        "version": FORMAT_VERSION,
+        "model_config": model_config,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "teachers": teachers,
+        "class_names": list(class_names),
+        "class_embeddings": class_embeddings.detach().cpu(),
+        **meta,
+    }
+    bad = non_finite_tensors(_checksum_items(blob))
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+        raise CheckpointError(f"{path}: refusing to save non-finite weights in {len(bad)} tensor(s): {shown}")
+    blob["checksum"] = {"algorithm": "sha256", "tensors": tensor_checksum(_checksum_items(blob))}
+    with atomic_open(path) as f:
+        torch.save(blob, f)
+    return Path(path)
+
+
+def validate(blob: Any, path: str | Path) -> dict:
+    """Check a loaded blob: format, required keys, types and (version >= 2) the checksum."""
+    if not isinstance(blob, dict) or blob.get("format") != SLIM_FORMAT:
+        hint = " (a Lightning last.ckpt? use the run's model.pt)" if isinstance(blob, dict) and "state_dict" in blob else ""
+        raise CheckpointError(f"{path}: not an ffsplat model file{hint}")
+    for key in REQUIRED_KEYS:
+        if key not in blob:
+            raise CheckpointError(f"{path}: ffsplat model file without {key!r}")
+    if not isinstance(blob["state_dict"], dict) or not all(isinstance(v, Tensor) for v in blob["state_dict"].values()):
+        raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
+    if not isinstance(blob["class_embeddings"], Tensor) or blob["class_embeddings"].ndim != 2:
+        raise CheckpointError(f"{path}: 'class_embeddings' must be a [K, C] tensor")
+    if len(blob["class_names"]) != blob["class_embeddings"].shape[0]:
+        raise CheckpointError(
+            f"{path}: {len(blob['class_names'])} class_names but {blob['class_embeddings'].shape[0]} class_embeddings"
+        )
+    for role in ROLE_CONDITION:
+        if role not in blob["teachers"] or "name" not in blob["teachers"][role]:
+            raise CheckpointError(f"{path}: 'teachers' has no {role!r} entry with a 'name'")
+    version = blob.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: model file version {version!r}; this ffsplat reads versions 1..{FORMAT_VERSION}")
+    if version >= 2:
+        stored = blob.get("checksum") or {}
+        if stored.get("algorithm") != "sha256" or not isinstance(stored.get("tensors"), str):
+            raise CheckpointError(f"{path}: model file without a sha256 'checksum'")
+        if tensor_checksum(_checksum_items(blob)) != stored["tensors"]:
+            raise CheckpointError(f"{path}: checksum mismatch: the weights are corrupted (file damaged or edited)")
+    else:
+        warnings.warn(f"{path}: version-1 model file has no checksum; its weights are not verified", stacklevel=3)
+    return blob
+
+
+def load_model(path: str | Path) -> dict:
+    """Read (``weights_only=True``) and :func:`validate` a ``model.pt``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    return validate(blob, path)
+
+
+def load_weights(path: str | Path) -> dict[str, Tensor]:
+    """Network weights from a ``model.pt`` or a Lightning checkpoint (keys under ``model.``), read with
+    ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); use the run's model.pt") from exc
+    if isinstance(blob, dict) and blob.get("format") == SLIM_FORMAT:
+        return validate(blob, path)["state_dict"]
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: neither an ffsplat model file nor a Lightning checkpoint")
+    return {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}

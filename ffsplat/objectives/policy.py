@@ -1,0 +1,140 @@
+"""Inference policy shared by the training module and the inference :class:`~ffsplat.inference.predictor.Predictor`.
+
+What evaluation needs from a model is declared once (:class:`SemanticModel`), and the decisions
+behind it are made once, here, for both implementations:
+
+* :func:`teacher_maps` -- teacher features by role, cached in the views (shards) or computed online;
+* :func:`resolve_prompt_decoder` / :func:`build_prompt_decoder` -- which decoder turns point
+  prompts on segmentation embeddings into masks (SAM's own decoder for models distilled from SAM,
+  whether or not the network is conditioned on SAM; the similarity stand-in otherwise);
+* :func:`classify` -- per-pixel classes and confidences by cosine against class embeddings
+  (ids from :func:`ffsplat.objectives.metrics.classify_by_embeddings`, confidences at
+  :data:`CLASS_LOGIT_SCALE`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ffsplat.core.types import Views
+from ffsplat.objectives.metrics import class_similarity
+from ffsplat.objectives.prompting import SimilarityPromptDecoder
+
+ROLES = ("segmentation", "language")
+PROMPT_DECODERS = ("auto", "sam", "similarity")
+
+CLASS_LOGIT_SCALE = 1.0 / 0.07
+"""Temperature of the class softmax behind per-pixel confidences: CLIP's / LSeg's logit scale
+(``ffsplat.teachers.lseg.LOGIT_SCALE``); confidences only, class ids are the plain cosine argmax."""
+
+
+@runtime_checkable
+class SemanticModel(Protocol):
+    """What evaluation (``ffsplat.evaluation``), figures and the baselines comparison need from a model.
+
+    Implemented by :class:`ffsplat.inference.predictor.Predictor` (a loaded ``model.pt``) and by
+    ``ffsplat.training.module.SemanticSplatModule`` (during training).
+
+    Attributes:
+        model: the network (``SemanticSplatNet``: ``decode_fields``, ...).
+        prompt_decoder: point prompts on segmentation embeddings -> masks (``decode``).
+        class_embeddings: ``[K, C]`` classes in the language teacher's space.
+        conditioned: whether the network takes teacher maps as input.
+    """
+
+    model: nn.Module
+    class_embeddings: Tensor
+
+    @property
+    def prompt_decoder(self) -> nn.Module: ...
+
+    @property
+    def conditioned(self) -> bool: ...
+
+    def teacher_maps(self, views: Views) -> dict[str, Tensor]:
+        """Teacher features by role -> ``[B, V, C, h, w]``."""
+        ...
+
+    def __call__(self, context: Views, teacher: dict[str, Tensor] | None = None):
+        """Context views (+ teacher maps when conditioned) -> ``NetworkOutput``."""
+        ...
+
+
+def teacher_maps(
+    views: Views, names: dict[str, str], teachers: dict[str, nn.Module] | None = None, prefer_cached: bool = True
+) -> dict[str, Tensor]:
+    """Teacher features by role (``segmentation``/``language``) -> ``[B, V, C, h, w]``.
+
+    Args:
+        views: ``[B, V]`` views; ``views.teacher`` holds cached features by teacher name.
+        names: role -> teacher name (e.g. ``{"segmentation": "sam", "language": "lseg"}``).
+        teachers: loaded teachers by name, used when the features are not cached (or always when
+            ``prefer_cached`` is False); None/empty: cached features are required.
+    Raises:
+        KeyError: naming the missing features when they are neither cached nor computable.
+    """
+    cached = all(name in views.teacher for name in names.values())
+    if cached and (prefer_cached or not teachers):
+        return {role: views.teacher[name] for role, name in names.items()}
+    if teachers and all(name in teachers for name in names.values()):
+        from ffsplat.teachers.features import teacher_features
+
+        b, v = views.images.shape[:2]
+        flat = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
+        feats = teacher_features(
+            {name: teachers[name] for name in names.values()}, views.images.flatten(0, 1), flat(views.labels), flat(views.instances)
+        )
+        return {role: feats[name].unflatten(0, (b, v)) for role, name in names.items()}
+    missing = sorted(name for name in names.values() if name not in views.teacher)
+    raise KeyError(
+        f"no cached {missing} teacher features in the views (have {sorted(views.teacher)}) and no such teachers loaded: "
+        "write shards with --teacher ..., set teachers.source=online, or give the teachers' weights"
+    )
+
+
+def resolve_prompt_decoder(choice: str, segmentation_teacher: str) -> str:
+    """``auto``/``sam``/``similarity`` + the segmentation teacher's name -> ``"sam"`` or ``"similarity"``.
+
+    ``auto`` is SAM's decoder whenever the segmentation field was distilled from SAM (conditioned
+    or not), the similarity stand-in otherwise.
+    """
+    if choice not in PROMPT_DECODERS:
+        raise ValueError(f"teachers.prompt_decoder={choice!r}; choose one of {', '.join(PROMPT_DECODERS)}")
+    if choice == "auto":
+        return "sam" if segmentation_teacher == "sam" else "similarity"
+    if choice == "sam" and segmentation_teacher != "sam":
+        raise ValueError("teachers.prompt_decoder=sam needs teachers.segmentation.name=sam")
+    return choice
+
+
+def build_prompt_decoder(
+    choice: str, segmentation_teacher: str, segmentation_kwargs: dict, loaded: dict[str, nn.Module] | None = None
+) -> nn.Module:
+    """The prompt decoder :func:`resolve_prompt_decoder` picks: an already ``loaded`` SAM teacher, SAM
+    built from ``segmentation_kwargs`` (its local ``checkpoint``), or :class:`SimilarityPromptDecoder`."""
+    if resolve_prompt_decoder(choice, segmentation_teacher) == "similarity":
+        return SimilarityPromptDecoder()
+    if loaded and "sam" in loaded:
+        return loaded["sam"]
+    from ffsplat.teachers.features import load_teachers
+
+    return load_teachers({"sam": segmentation_kwargs})["sam"]
+
+
+@torch.no_grad()
+def classify(features: Tensor, class_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel class ids and confidences.
+
+    Args:
+        features: ``[N, C, H, W]`` language features (expanded to the teacher's space).
+        class_embeddings: ``[K, C]``.
+    Returns:
+        ids ``[N, H, W]`` int64 in ``1..K`` (the cosine argmax, as
+        :func:`~ffsplat.objectives.metrics.classify_by_embeddings`), confidence ``[N, H, W]``: the
+        softmax over classes of ``CLASS_LOGIT_SCALE * cos`` at that class.
+    """
+    conf, idx = (class_similarity(features, class_embeddings) * CLASS_LOGIT_SCALE).softmax(dim=1).max(dim=1)
+    return idx + 1, conf
