@@ -86,7 +86,7 @@ def test_each_stage_trains_exactly_its_parameters(shards, tmp_path, stage):
     module._move_helpers()
     loss, logs = module.compute_losses(batch)
     assert torch.isfinite(loss) and loss > 0
-    expected_terms = {"geometry": {"rgb_l1"}, "seg": {"rgb_l1", "sam_cos", "sam_mask"}, "lang": {"clip_plain", "clip_total"}}[stage]
+    expected_terms = {"geometry": {"rgb_l1"}, "seg": {"rgb_l1", "sam_cos", "sam_mask"}, "lang": {"lang_plain", "lang_total"}}[stage]
     assert expected_terms <= set(logs), logs.keys()
     loss.backward()
     optimizer.step()

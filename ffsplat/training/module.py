@@ -8,7 +8,7 @@ stage      loss                                                  trained
 =========  ====================================================  ================================
 geometry   L_rgb = L1 + 0.05 LPIPS on target views               geometry (backbone ... Gaussians)
 seg        L_rgb + (1 - cos(expand(S), SAM)) + 0.2 L_mask        geometry + segmentation branch
-lang       L_clip = 1 - cos(HCAM-pooled expand(L), LSeg)         language head + decoder only
+lang       L_lang = 1 - cos(HCAM-pooled expand(L), LSeg)         language head + decoder only
 =========  ====================================================  ================================
 
 Frozen parameters get ``requires_grad = False`` and are left out of the optimiser.
@@ -209,7 +209,7 @@ class SemanticSplatModule(L.LightningModule):
             expanded = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
             masks = self.hcam_masks(target) if self.cfg.loss.hcam else None
             lang = language_loss(expanded.flatten(0, 1), teacher.flatten(0, 1), masks)
-            logs.update({f"clip_{k}": v for k, v in lang.items()})
+            logs.update({f"lang_{k}": v for k, v in lang.items()})
             total = lang["total"]
         logs["total"] = total
         return total, logs
