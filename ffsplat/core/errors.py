@@ -10,6 +10,7 @@ The checks here raise :class:`InputError` with messages of the form ``--option: 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import shutil
@@ -43,6 +44,14 @@ def run_command(body: Callable[[], int | None], errors: tuple[type[BaseException
     except errors as exc:
         return report(exc)
     return 0 if code is None else int(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors keep the contract: one ``error:`` line, exit 2
+    (``--help`` still prints the full usage)."""
+
+    def error(self, message: str):  # noqa: D102
+        raise SystemExit(report(f"{self.prog}: {message} (see --help)"))
 
 
 def check_number(
