@@ -27,7 +27,10 @@ class InputError(ValueError):
 
 
 def one_line(message: object) -> str:
-    """``message`` as a single line (newlines folded), so every error is exactly one ``error:`` line."""
+    """``message`` as a single line (newlines folded), so every error is exactly one ``error:`` line.
+    A ``KeyError`` gives its message, not its quoted repr."""
+    if isinstance(message, KeyError) and message.args:
+        message = message.args[0]
     return " ".join(str(message).split("\n")).strip()
 
 
