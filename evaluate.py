@@ -116,22 +116,14 @@ def check_args(args) -> None:
 
 
 def check_index_frames(shards: Path, split: str, index: dict) -> dict:
-    """Refuse an index naming frames the (readable) shards do not hold; returns the bad-data summary
-    of the shards that could not be read (their entries are skipped later, and reported)."""
+    """:func:`ffsplat.data.shards.check_index_frames` with its error as an ``--index`` input error."""
     from ffsplat.core.errors import InputError
-    from ffsplat.data.shards import CorruptCounter, manifest_split, scene_frame_ids
+    from ffsplat.data.shards import check_index_frames as check
 
-    corrupt = CorruptCounter()
-    frames = scene_frame_ids(shards, split, corrupt)
-    damaged_scenes = {s["scene"] for s in manifest_split(shards, split)["shards"] if str(shards / s["path"]) in corrupt.by_shard}
-    for scene, entries in index.items():
-        have = set(frames.get(scene, []))
-        for n, entry in enumerate(entries):
-            absent = [i for i in list(entry["context"]) + list(entry["target"]) if i not in have]
-            if absent and scene not in damaged_scenes:
-                raise InputError(f"--index: scene {scene!r} entry {n} names frames {absent[:5]} that are not keyframes in the "
-                                 f"{split!r} shards of {shards} (make the index with data_prep/make_eval_index.py)")  # fmt: skip
-    return corrupt.summary()
+    try:
+        return check(shards, split, index)
+    except ValueError as exc:
+        raise InputError(f"--index: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

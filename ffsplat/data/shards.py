@@ -88,6 +88,25 @@ def scene_frame_ids(root: str | Path, split: str, corrupt: "CorruptCounter | Non
     return {scene: sorted(ids) for scene, ids in sorted(frames.items())}
 
 
+def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]]) -> dict:
+    """Raise ``ValueError`` when an evaluation index names frames the readable shards do not hold.
+
+    Frames of scenes with damaged shards are not refused (those entries are skipped and reported by
+    :class:`EvalIndexDataset`); returns the bad-data summary of the shards that could not be read.
+    """
+    corrupt = CorruptCounter()
+    frames = scene_frame_ids(root, split, corrupt)
+    damaged = {s["scene"] for s in manifest_split(root, split)["shards"] if str(Path(root) / s["path"]) in corrupt.by_shard}
+    for scene, entries in index.items():
+        have = set(frames.get(scene, []))
+        for n, entry in enumerate(entries):
+            absent = [i for i in list(entry["context"]) + list(entry["target"]) if i not in have]
+            if absent and scene not in damaged:
+                raise ValueError(f"scene {scene!r} entry {n} names frames {absent[:5]} that are not keyframes in the "
+                                 f"{split!r} shards of {root} (make the index with data_prep/make_eval_index.py)")  # fmt: skip
+    return corrupt.summary()
+
+
 def verify_shards(root: str | Path, splits: list[str] | None = None) -> dict:
     """Check every shard of ``splits`` (default: all) against ``manifest.json``: exists, size, SHA-256.
 
