@@ -153,6 +153,10 @@ def _shard_of(exc: BaseException) -> str:
     return found.group(1) if found else "?"
 
 
+class TrainingDataError(RuntimeError):
+    """The training stream found no usable sample (every one was damaged)."""
+
+
 @dataclass
 class CorruptCounter:
     """Counts, logs and lists bad data by shard and member; the pipeline continues.
@@ -293,6 +297,9 @@ class ClipExamples(IterableDataset):
         self.epoch = 0
         self.step = 0  # training step, for the view-gap curriculum; set by the trainer
         self.corrupt = CorruptCounter()
+        self.max_consecutive_bad = 200
+        """This many unusable samples in a row (and none usable) stop the stream with an error instead of
+        looping forever over damaged shards."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -317,8 +324,12 @@ class ClipExamples(IterableDataset):
         if self.shuffle_buffer:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=int(rng.integers(2**31))))
         pipeline = wds.DataPipeline(*stages)
-        produced = 0
+        produced, bad_before, consecutive = 0, self.corrupt.count, 0
         for sample in pipeline:
+            if consecutive >= self.max_consecutive_bad:
+                raise TrainingDataError(f"training data: {consecutive} unusable samples in a row ({self.corrupt.examples[-1]}); "
+                                   "check the shards with data_prep/verify_shards.py")  # fmt: skip
+            consecutive += 1
             try:
                 clip = decode_clip(sample)
             except ValueError as exc:
@@ -329,10 +340,14 @@ class ClipExamples(IterableDataset):
             except ValueError as exc:
                 self.corrupt.record(sample.get("__url__"), str(sample.get("__key__")), f"cannot sample views: {exc}")
                 continue
+            consecutive = 0
             yield Example(clip_to_views(clip, context), clip_to_views(clip, target), [clip.scene])
             produced += 1
             if count is not None and produced >= count:
                 return
+        if produced == 0 and self.corrupt.count > bad_before:
+            raise TrainingDataError(f"training data: no usable sample in this pass, {self.corrupt.count - bad_before} bad "
+                               f"({self.corrupt.examples[-1] if self.corrupt.examples else '?'}); check the shards with data_prep/verify_shards.py")  # fmt: skip
 
 
 class EvalIndexDataset(IterableDataset):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     kill during saving never leaves a truncated ``last.ckpt``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        from ffsplat.training.guards import NonFiniteCheckpointError, nonfinite_tensors
+
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if bad:  # never write a checkpoint that resumes into NaN
+            raise NonFiniteCheckpointError(f"refusing to write {path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]})")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -285,7 +291,13 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.init_from: no checkpoint at {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # a user-named file: never unpickle code from it
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"stage.init_from={path}: not loadable with weights_only=True ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}); give a model.pt or a Lightning checkpoint of ffsplat") from exc  # fmt: skip
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise ValueError(f"stage.init_from={path}: no state_dict in the file (expected a model.pt or a Lightning checkpoint)")
     if blob.get("format") == SLIM_FORMAT:
         state = blob["state_dict"]
     else:
@@ -330,6 +342,7 @@ class ClipDataModule(L.LightningDataModule):
         d = self.cfg.data
         urls = manifest_shards(d.root, d.train_split)
         self.train_set = ClipExamples(urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed)
+        self.train_set.corrupt.sink = str(Path(self.cfg.checkpoint.dir) / self.cfg.run_name / "bad_samples")
         return DataLoader(self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples)
 
     def val_dataloader(self) -> DataLoader:
@@ -365,8 +378,12 @@ def resume_path(cfg: TrainConfig) -> str | None:
     if resume is None:
         return None
     if resume == "auto":
-        last = Path(cfg.checkpoint.dir) / cfg.run_name / "last.ckpt"
-        return str(last) if last.is_file() else None
+        from ffsplat.training.guards import find_resume
+
+        path, note = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name)
+        if note:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+        return path
     if not Path(resume).is_file():
         raise FileNotFoundError(f"checkpoint.resume: no checkpoint at {resume}")
     return resume
@@ -391,6 +408,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from ffsplat.training.guards import NonFiniteGuard, print_data_report
     from ffsplat.training.logs import ImageLogger
 
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -403,14 +421,20 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
-        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps)] + list(callbacks or []),
+        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
+                   NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,
         default_root_dir=cfg.logging.save_dir,
     )  # fmt: skip
     module = SemanticSplatModule(cfg)
-    trainer.fit(module, datamodule=ClipDataModule(cfg), ckpt_path=resume_path(cfg))
+    data = ClipDataModule(cfg)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg))
+    finally:
+        if trainer.is_global_zero and data.train_set is not None:  # the run's list of skipped bad shard data
+            print_data_report(data.train_set.corrupt.summary(), run_dir / "bad_samples.json")
     if trainer.is_global_zero:
         export_slim(module, run_dir / "model.pt")
     return module
