@@ -167,6 +167,7 @@ def run(args) -> int:
     cfg = ShardConfig(
         size=args.size,
         clip_length=args.clip_length,
+        min_clip_length=min(ShardConfig.min_clip_length, args.clip_length),
         clip_stride=args.clip_stride,
         frame_skip=args.frame_skip,
         keyframe_translation=args.keyframe_translation,

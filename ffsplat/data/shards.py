@@ -88,6 +88,22 @@ def scene_frame_ids(root: str | Path, split: str, corrupt: "CorruptCounter | Non
     return {scene: sorted(ids) for scene, ids in sorted(frames.items())}
 
 
+def decode_check(root: str | Path, splits: list[str] | None = None) -> dict:
+    """Decode every sample of ``splits`` (default: all) with :func:`decode_clip`'s member checks;
+    returns :meth:`CorruptCounter.summary` plus ``"samples"`` (the number that decoded)."""
+    names = splits or sorted(read_manifest(root)["splits"])
+    corrupt, good = CorruptCounter(), 0
+    for split in names:
+        pipeline = wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), wds.tarfile_to_samples(handler=corrupt))
+        for sample in pipeline:
+            try:
+                decode_clip(sample)
+                good += 1
+            except ValueError as exc:
+                corrupt.record_decode(sample, exc)
+    return {"samples": good, **corrupt.summary()}
+
+
 def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]]) -> dict:
     """Raise ``ValueError`` when an evaluation index names frames the readable shards do not hold.
 
