@@ -312,30 +312,38 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+POOL_PARENT = """
+import multiprocessing as mp, sys, time
+from pathlib import Path
+from ffsplat.data.shard_writer import _die_with_parent
+if __name__ == "__main__":
+    with mp.get_context("spawn").Pool(1, initializer=_die_with_parent) as pool:
+        pool.apply(Path.touch, (Path(sys.argv[1]),))  # the initializer has run in the worker
+        pool.apply_async(time.sleep, (300,))          # the worker is busy, as when writing a scene
+        print("ready", flush=True)
+        time.sleep(300)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
-def test_kill_9_of_make_shards_takes_its_workers_along(room, tmp_path):
-    scenes = tmp_path / "scenes"
-    for i in range(6):
-        shutil.copytree(room, scenes / f"room{i}")
-    proc = subprocess.Popen([sys.executable, str(REPO / "data_prep" / "make_shards.py"), "--scenes-root", str(scenes), "--out",
-                             str(tmp_path / "out"), "--workers", "2", "--size", "16", "--clip-length", "4", "--keyframe-translation", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+def test_kill_9_of_the_parent_takes_busy_pool_workers_along(tmp_path):
+    """make_shards.py's pool workers run :func:`_die_with_parent`: a kill -9 of the parent ends them
+    even in the middle of a long task (without it, the busy worker keeps running)."""
+    script = tmp_path / "parent.py"
+    script.write_text(POOL_PARENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "started")], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     try:
-        deadline = time.time() + 300
-        workers: list[int] = []
-        out = tmp_path / "out"
-        while time.time() < deadline and not (len(workers) >= 2 and out.is_dir() and list(out.glob("train/*.ta*"))):
-            # the pool's workers: the parent's children running multiprocessing's spawn_main (not its resource tracker)
-            workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-            time.sleep(0.1)
-        assert len(workers) >= 2 and list(out.glob("train/*.ta*")), "workers did not start writing"
+        assert proc.stdout.readline().strip() == "ready"
+        workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 1 and _alive(workers[0])
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 30
-        while time.time() < deadline and any(_alive(p) for p in workers):
-            time.sleep(0.2)
-        assert not any(_alive(p) for p in workers)
+        deadline = time.time() + 20
+        while time.time() < deadline and _alive(workers[0]):
+            time.sleep(0.1)
+        assert not _alive(workers[0])
     finally:
         if proc.poll() is None:
             proc.kill()
