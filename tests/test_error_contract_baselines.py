@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from ffsplat.baselines.__main__ import main as baselines_main
 from tests.test_baseline_compare import setup  # noqa: F401  (fixture)

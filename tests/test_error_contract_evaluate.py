@@ -105,7 +105,7 @@ def test_bad_input_gives_one_error_line_exit_2_and_no_report(tiny_shards, setup,
 
 
 def test_damaged_shard_is_skipped_and_named_and_resolution_stated(tiny_shards, setup, tmp_path, capsys):  # noqa: F811
-    module, _, _, tmp = setup
+    module = setup[0]
     from ffsplat.data.shards import scene_frame_ids
     from ffsplat.data.views import save_eval_index
     from ffsplat.training.module import export_slim

@@ -15,9 +15,9 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 EXIT_BAD_INPUT = 2
 
@@ -53,13 +53,13 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors keep the contract: one ``error:`` line, exit 2
     (``--help`` still prints the full usage)."""
 
-    def error(self, message: str):  # noqa: D102
+    def error(self, message: str):
         raise SystemExit(report(f"{self.prog}: {message} (see --help)"))
 
 
 def check_number(
     option: str,
-    value: float | int | None,
+    value: float | None,
     *,
     low: float | None = None,
     high: float | None = None,
