@@ -43,13 +43,28 @@ def run(cfg: TrainConfig) -> int:
     return 0
 
 
+def _remove_hydra_run_dir() -> None:
+    """Bad input writes nothing: drop the run folder Hydra made for this run (its config copy and log)."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+    except ValueError:  # not running under Hydra
+        pass
+
+
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         config = to_dataclass(TrainConfig, cfg)
     except Exception as exc:  # noqa: BLE001  (wrong types / unknown keys in the user's config)
+        _remove_hydra_run_dir()
         sys.exit(report(InputError(f"config: {exc}")))
     code = run(config)
+    if code == 2:
+        _remove_hydra_run_dir()
     if code:
         sys.exit(code)
 

@@ -147,3 +147,17 @@ def test_nan_teacher_shards_never_train(tiny_shards, tmp_path, capsys):
     report = __import__("json").loads((run_dir / "bad_samples.json").read_text())
     assert report["bad"] >= 1 and all(Path(s).parent.name == "train" for s in report["by_shard"])
     assert any(".teacher." in m["member"] for v in report["by_shard"].values() for m in v["members"])
+
+
+def test_train_py_through_hydra_gives_one_error_line_and_leaves_no_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "train.py"), f"data.root={tmp_path / 'nope'}", f"logging.save_dir={tmp_path / 'out'}",
+                           f"checkpoint.dir={tmp_path / 'ck'}", "logging.wandb_mode=disabled"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == f"error: data.root: shard folder not found: {tmp_path / 'nope'}\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.yaml"))
+    assert not (tmp_path / "ck").exists()
