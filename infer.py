@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ffsplat.core.errors import InputError, check_device, check_number, cleanup_on_error, run_command  # noqa: E402
+
+
 def _demo_checkpoint() -> Path:
     from ffsplat.core.config import DEMO_CHECKPOINT  # the checkout's, or bundled in an installed wheel
 
@@ -33,10 +36,10 @@ def _demo_checkpoint() -> Path:
 
 
 DEFAULT_CHECKPOINT = _demo_checkpoint()
-
-
-class InputError(ValueError):
-    """Bad user input; the message names the file/option and what was expected."""
+MIN_IMAGE_SIDE = 16
+"""Images with a side shorter than this (pixels) are refused: upscaling them invents the scene."""
+MAX_UPSCALE = 4.0
+"""Upscaling an image by more than this to the working size prints a warning."""
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -110,14 +113,22 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Range checks of every numeric option and the device (before anything is loaded or written)."""
+    check_number("--fov", args.fov, low=1.0, high=170.0)
+    check_number("--focal", args.focal, low=0.0, low_open=True)
+    check_number("--baseline", args.baseline, low=0.0, low_open=True, high=1000.0)
+    check_number("--size", args.size, low=16, high=4096, integer=True, multiple_of=4)
+    check_number("--near", args.near, low=0.0, low_open=True)
+    check_number("--far", args.far, low=0.0, low_open=True)
+    if args.near is not None and args.far is not None and not args.near < args.far:
+        raise InputError(f"--near/--far: need near < far, got {args.near:g}, {args.far:g}")
+    check_device("--device", args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> None:
     from ffsplat.inference.pose import PoseEstimationError, default_intrinsics, estimate_relative_pose
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
+    check_options(args)
     progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query))
     if len(args.views) < 2:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
@@ -144,6 +156,8 @@ def run(args: argparse.Namespace) -> None:
     progress("load", f"loaded {args.checkpoint} (trained on {predictor.meta.get('trained_on', '?')}, stage {predictor.meta.get('stage', '?')})")
 
     images = [load_image(p) for p in args.views]
+    size = _first(args.size, predictor.meta.get("image_size"), 256)
+    check_image_sizes(images, args.views, size)
     novel = None
     try:
         novel = read_cameras(args.render_cameras) if args.render_cameras else None
@@ -157,7 +171,8 @@ def run(args: argparse.Namespace) -> None:
                 if view.image and Path(view.image).name != path.name:
                     raise InputError(f"--cameras: views[{i}] names {view.image} but the image given is {path.name}")
             ks, c2ws = [v.k for v in cams.views], np.stack([v.c2w for v in cams.views])
-            near, far = args.near or cams.near or 0.5, args.far or cams.far or 10.0
+            check_distinct_poses(c2ws, f"--cameras: {args.cameras}")
+            near, far = _first(args.near, cams.near, 0.5), _first(args.far, cams.far, 10.0)
             how = f"cameras from {args.cameras}"
         else:
             if len(images) != 2:
@@ -165,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
             ks = [default_intrinsics(*im.shape[:2], args.fov) if args.focal is None else
                   np.array([[args.focal, 0, im.shape[1] / 2], [0, args.focal, im.shape[0] / 2], [0, 0, 1.0]]) for im in images]  # fmt: skip
             pose = estimate_relative_pose(images[0], images[1], ks[0], ks[1], baseline=args.baseline)
-            c2ws, near, far = pose.c2w, args.near or 0.5, args.far or 10.0
+            c2ws, near, far = pose.c2w, _first(args.near, 0.5), _first(args.far, 10.0)
             how = (f"estimated relative pose ({pose.matches} matches, {pose.inliers} inliers; "
                    f"intrinsics from {'--focal' if args.focal else f'{args.fov:g} deg FOV'}; baseline scaled to {args.baseline} m)")  # fmt: skip
     except (CameraFileError, PoseEstimationError) as exc:
@@ -174,7 +189,8 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"--near/--far: need 0 < near < far, got {near}, {far}")
     progress("cameras", how)
 
-    context, size = prepare_views(images, ks, c2ws, near, far, args.size or predictor.meta.get("image_size") or 256, predictor.device)
+    queries = query_embeddings(args, predictor)  # before anything is written: a bad query writes nothing
+    context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device)
     progress("prepare", f"{len(images)} views resized/cropped to {size}x{size} with their intrinsics")
 
     teacher = predictor.teacher_maps(context) if predictor.conditioned else None
@@ -191,11 +207,21 @@ def run(args: argparse.Namespace) -> None:
     class_id, class_conf = classify(lang, predictor.class_embeddings)
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes")
 
+    with cleanup_on_error(created_dir=args.out.parent) as written:
+        write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
+                      progress, written)  # fmt: skip
+
+
+def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
+                  progress, written: list[Path]) -> None:  # fmt: skip
+    """Write the .ply, renders, query results and the summary JSON; every path goes into ``written``
+    (removed again by the caller if anything fails)."""
     from ffsplat.core.atomic import atomic_open
     from ffsplat.render.ply import write_ply
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     g0 = gaussians[0].to("cpu")
+    written.append(args.out)
     write_ply(args.out, g0, extra={"class_id": class_id.reshape(-1).cpu().numpy().astype(np.int32),
                                    "class_conf": class_conf.reshape(-1).cpu().numpy().astype(np.float32)})  # fmt: skip
     summary = {
@@ -208,13 +234,16 @@ def run(args: argparse.Namespace) -> None:
     stem = args.out.with_suffix("")
     if args.render or novel is not None:
         targets = context.cameras if novel is None else novel_cameras(novel, size, predictor.device)
+        written.append(Path(f"{stem}_render"))
         paths = write_renders(predictor, gaussians, targets, stem)
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
     if args.query:
-        summary["queries"] = write_queries(args, predictor, g0, lang, stem)
-        progress("query", f"wrote relevance maps and matching Gaussians for {len(args.query)} quer{'y' if len(args.query) == 1 else 'ies'}")
+        summary["queries"] = write_queries(queries, predictor, g0, lang, stem, written)
+        matched = sum(1 for r in summary["queries"].values() if r["gaussians"])
+        progress("query", f"{matched} of {len(queries)} quer{'y' if len(queries) == 1 else 'ies'} matched Gaussians")
     summary["seconds"] = {**{k: round(v, 3) for k, v in progress.times.items()}, "total": round(time.perf_counter() - progress.start, 3)}
+    written.append(Path(f"{stem}.json"))
     with atomic_open(Path(f"{stem}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"done in {summary['seconds']['total']:.2f}s")
@@ -287,8 +316,62 @@ def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
     return paths
 
 
-def write_queries(args, predictor, gaussians, lang, stem: Path) -> dict:
-    """Relevance map per view and a .ply of the Gaussians whose best label is the query."""
+def _first(*values):
+    """The first value that is not None (an explicit 0 is kept, so that range checks see it)."""
+    return next(v for v in values if v is not None)
+
+
+def check_distinct_poses(c2ws: np.ndarray, where: str, min_baseline: float = 1e-6) -> None:
+    """Refuse cameras that all sit at one point: two views with no baseline give no depth from parallax."""
+    centres = np.asarray(c2ws)[:, :3, 3]
+    spread = np.linalg.norm(centres[:, None] - centres[None], axis=-1).max()
+    if spread < min_baseline:
+        raise InputError(f"{where}: all views have the same camera position (zero baseline); the views must be taken from different places")
+
+
+def check_image_sizes(images: list[np.ndarray], paths: list[Path], size: int) -> None:
+    """Refuse images too small to reconstruct from; warn when one is upscaled a lot to ``size``."""
+    for image, path in zip(images, paths):
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise InputError(f"--views: {path} is {w}x{h}; images need at least {MIN_IMAGE_SIDE} pixels per side")
+        if size / min(h, w) > MAX_UPSCALE:
+            print(f"warning: {path} ({w}x{h}) is upscaled {size / min(h, w):.1f}x to the working size {size}; "
+                  "expect blurry results", file=sys.stderr)  # fmt: skip
+
+
+def query_embeddings(args, predictor) -> dict:
+    """``{query: embedding [C]}`` for every ``--query``, checked before anything is written."""
+    names = predictor.class_names
+    queries, unknown = {}, []
+    for query in args.query:
+        if not query.strip():
+            raise InputError("--query: empty query text")
+        if query in names:
+            queries[query] = predictor.class_embeddings[names.index(query)]
+        else:
+            unknown.append(query)
+    if unknown and not args.clip_path:
+        raise InputError(f"--query {unknown[0]!r}: this model knows the classes {names}; other words need --clip-path (a local CLIP text model)")
+    if unknown:
+        from ffsplat.teachers.clip_text import ClipTextEncoder
+
+        try:
+            encoder = ClipTextEncoder.from_pretrained(args.clip_path)
+            encoded = encoder(unknown)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"--clip-path: cannot load a CLIP text model from {args.clip_path}: {exc}") from exc
+        if encoded.shape[-1] != predictor.class_embeddings.shape[-1]:
+            raise InputError(f"--clip-path: {args.clip_path} gives {encoded.shape[-1]}-d text embeddings, the model's language field is {predictor.class_embeddings.shape[-1]}-d")
+        for query, emb in zip(unknown, encoded):
+            queries[query] = emb.to(predictor.device)
+    return queries
+
+
+def write_queries(queries: dict, predictor, gaussians, lang, stem: Path, written: list[Path]) -> dict:
+    """Relevance map per view and a .ply of the Gaussians whose best label is the query.
+
+    A query that no Gaussian matches writes nothing and says so."""
     import torch
     from PIL import Image
 
@@ -298,33 +381,33 @@ def write_queries(args, predictor, gaussians, lang, stem: Path) -> dict:
 
     names = predictor.class_names
     results = {}
-    for query in args.query:
-        if query in names:
-            embedding = predictor.class_embeddings[names.index(query)]
-        elif args.clip_path:
-            from ffsplat.teachers.clip_text import ClipTextEncoder
-
-            embedding = ClipTextEncoder.from_pretrained(args.clip_path)([query])[0].to(predictor.device)
-        else:
-            raise InputError(f"--query {query!r}: this model knows the classes {names}; other words need --clip-path (a local CLIP text model)")
-        table = torch.cat([predictor.class_embeddings, embedding[None]]) if query not in names else predictor.class_embeddings
-        q_index = len(names) if query not in names else names.index(query)
+    for query, embedding in queries.items():
+        known = query in names
+        table = predictor.class_embeddings if known else torch.cat([predictor.class_embeddings, embedding[None]])
+        q_index = names.index(query) if known else len(names)
         cos = class_similarity(lang, table)
         match = cos.argmax(dim=1) == q_index  # [V, H, W]
+        keep = match.reshape(-1).cpu()
+        count = int(keep.sum())
+        if count == 0:
+            print(f"query {query!r}: no Gaussian matched (its best label is never {query!r}); nothing written for it", flush=True)
+            results[query] = {"relevance_maps": [], "ply": None, "gaussians": 0}
+            continue
         relevance = cos.softmax(dim=1)[:, q_index]
         safe = "".join(c if c.isalnum() else "_" for c in query)
         maps = []
         for v in range(len(relevance)):
             path = Path(f"{stem}_{safe}_view_{v}.png")
             heat = (relevance[v].clamp(0, 1) * 255).round().byte().cpu().numpy()
+            written.append(path)
             with atomic_open(path) as f:
                 Image.fromarray(heat).save(f, format="PNG")
             maps.append(str(path))
-        keep = match.reshape(-1).cpu()
         ply = Path(f"{stem}_{safe}.ply")
-        if keep.any():
-            write_ply(ply, gaussians.select(keep))
-        results[query] = {"relevance_maps": maps, "ply": str(ply) if keep.any() else None, "gaussians": int(keep.sum())}
+        written.append(ply)
+        write_ply(ply, gaussians.select(keep))
+        print(f"query {query!r}: {count} of {len(keep)} Gaussians matched -> {ply}", flush=True)
+        results[query] = {"relevance_maps": maps, "ply": str(ply), "gaussians": count}
     return results
 
 

@@ -263,7 +263,7 @@ def run_step(name: str, cmd: list[str], timeout: float, out: Path, env: dict, su
 
 
 def pytest_summary(log_text: str) -> str | None:
-    lines = [l for l in log_text.splitlines() if " passed" in l or " failed" in l or " skipped" in l or " error" in l]
+    lines = [ln for ln in log_text.splitlines() if " passed" in ln or " failed" in ln or " skipped" in ln or " error" in ln]
     return lines[-1].strip("= ") if lines else None
 
 

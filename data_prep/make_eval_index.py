@@ -8,22 +8,25 @@
         --num-context 2 --num-target 4 --min-gap 10 --max-gap 30 --seed 0 --out index/synthetic.json
 
 Frame ids are taken from the keyframes stored in the shards, so every indexed frame can be loaded.
-The schema is documented in ``ffsplat/data/sampling.py``.
+The schema is documented in ``ffsplat/data/sampling.py``. Bad options, a missing manifest or split, and
+an index that would be empty end with one ``error:`` line and exit code 2, nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
-from ffsplat.data.shards import scene_frame_ids  # noqa: E402
+from ffsplat.core.errors import ArgumentParser, InputError, check_number, check_output_file, one_line, run_command  # noqa: E402
+from ffsplat.data.shards import CorruptCounter, scene_frame_ids  # noqa: E402
 from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
     parser.add_argument("--split", default="val", help="split of the shards to index")
     parser.add_argument("--protocol", choices=["lsm", "sampled"], required=True,
@@ -37,8 +40,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries-per-scene", type=int, default=1, help="sampled: entries per scene")
     parser.add_argument("--seed", type=int, default=0, help="sampled: random seed (per scene, stable)")
     args = parser.parse_args(argv)
+    return run_command(lambda: run(args))
 
-    scenes = scene_frame_ids(args.shards, args.split)
+
+def run(args) -> int:
+    check_number("--lsm-frames", args.lsm_frames, low=3, integer=True)
+    check_number("--num-context", args.num_context, low=1, integer=True)
+    check_number("--num-target", args.num_target, low=1, integer=True)
+    check_number("--min-gap", args.min_gap, low=1, integer=True)
+    check_number("--max-gap", args.max_gap, low=args.min_gap, integer=True)
+    check_number("--entries-per-scene", args.entries_per_scene, low=1, integer=True)
+    check_output_file("--out", args.out, ".json")
+    corrupt = CorruptCounter()
+    try:
+        scenes = scene_frame_ids(args.shards, args.split, corrupt)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise InputError(f"--shards/--split: {one_line(exc)}") from exc
     if args.protocol == "lsm":
         index = build_lsm_index(scenes, num_frames=args.lsm_frames, skip_short=True)
     else:
@@ -46,12 +63,15 @@ def main(argv: list[str] | None = None) -> None:
             num_context=args.num_context, num_target=args.num_target, min_gap=args.min_gap, max_gap=args.max_gap
         )
         index = build_eval_index(scenes, config, seed=args.seed, entries_per_scene=args.entries_per_scene, skip_short=True)
+    skipped = sorted(set(scenes) - set(index))
+    if not index:
+        raise InputError(f"--shards: no scene of split {args.split!r} is long enough for this protocol ({len(scenes)} scenes, all too short); nothing written")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_eval_index(args.out, index)
-    skipped = sorted(set(scenes) - set(index))
     print(json.dumps({"out": str(args.out), "scenes": len(index), "entries": sum(map(len, index.values())),
-                      "skipped_too_short": skipped}, indent=1))  # fmt: skip
+                      "skipped_too_short": skipped, "bad_shard_data": corrupt.summary()}, indent=1))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

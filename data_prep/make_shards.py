@@ -14,7 +14,11 @@
         --teacher-size 32 32 --teacher-device cuda
 
 Scene folders use the exported-ScanNet layout (``data_prep/export_sens.py`` makes it from
-``.sens`` files). Re-running resumes: finished scenes are skipped. See
+``.sens`` files). Re-running resumes: finished scenes are skipped, scenes whose source changed
+(e.g. re-exported from a fixed ``.sens``) are rebuilt, and a run with other settings than the
+shards already in ``--out`` is refused unless ``--overwrite`` (the manifest never describes shards
+it did not build). Frames with unusable poses are skipped and named in the summary. Bad options
+end with one ``error:`` line and exit code 2 before anything is written. See
 ``ffsplat/data/shard_writer.py`` for the sample format and ``ffsplat/data/clip.py`` for the
 fields of a sample.
 """
@@ -27,7 +31,8 @@ import sys
 from pathlib import Path
 
 
-from ffsplat.data.shard_writer import ShardConfig, scene_label_map, write_shards
+from ffsplat.core.errors import ArgumentParser, InputError, check_input_dir, check_input_file, check_number, check_output_dir, run_command  # noqa: E402
+from ffsplat.data.shard_writer import ShardConfig, ShardSettingsError, scene_label_map, write_shards  # noqa: E402
 
 
 def parse_teacher(spec: str) -> tuple[str, dict]:
@@ -37,7 +42,7 @@ def parse_teacher(spec: str) -> tuple[str, dict]:
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
-            raise SystemExit(f"--teacher {spec!r}: expected key=value, got {item!r}")
+            raise InputError(f"--teacher {spec!r}: expected key=value, got {item!r}")
         lowered = value.lower()
         if lowered in ("true", "false"):
             kwargs[key] = lowered == "true"
@@ -54,31 +59,12 @@ def parse_teacher(spec: str) -> tuple[str, dict]:
 
 
 def read_split_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise SystemExit(f"--split: list file {path} does not exist")
+    check_input_file("--split", path, "scene list file")
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def check_label_maps(scenes: dict[str, list[Path]], labels_tsv: Path | None) -> None:
-    """Fail early, in one line: a given TSV must exist; labelled ScanNet scenes need one (synthetic
-    rooms bring their own label map)."""
-    problem = None
-    if labels_tsv is not None:
-        if not labels_tsv.is_file():
-            problem = f"{labels_tsv} not found (expected ScanNet's scannetv2-labels.combined.tsv)"
-    else:
-        for root in (r for roots in scenes.values() for r in roots):
-            if (root / "label-filt").is_dir() and scene_label_map(root) is None:
-                problem = (f"scene {root} has label-filt/ (ScanNet raw ids) but no label map was given; "
-                           "pass scannetv2-labels.combined.tsv from your ScanNet download")  # fmt: skip
-                break
-    if problem:
-        print(f"error: --labels-tsv: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes-root", type=Path, help="folder whose sub-folders are scenes")
     parser.add_argument("--scene", type=Path, nargs="*", default=[], help="individual scene folders (split --default-split)")
     parser.add_argument("--split", action="append", default=[], metavar="NAME=LIST",
@@ -101,52 +87,111 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-device", default="cpu", help="device for --teacher models (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--color-ext", default="jpg", help="extension of the colour images in the scene folders")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="stored depth units per metre")
+    parser.add_argument("--pixel-center", type=float, choices=[0.0, 0.5],
+                        help="first pixel centre in the scenes' intrinsics files: 0 (ScanNet/OpenCV) or 0.5 (ffsplat); "
+                             "default: intrinsic/pixel_center.txt of each scene, else 0.5")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="rebuild shards in --out made with other settings")
     args = parser.parse_args(argv)
+    return run_command(lambda: run(args))
+
+
+def check_options(args) -> None:
+    check_number("--size", args.size, low=8, high=4096, integer=True)
+    check_number("--clip-length", args.clip_length, low=2, integer=True)
+    check_number("--clip-stride", args.clip_stride, low=1, integer=True)
+    check_number("--frame-skip", args.frame_skip, low=1, integer=True)
+    check_number("--keyframe-translation", args.keyframe_translation, low=0)
+    check_number("--keyframe-rotation-deg", args.keyframe_rotation_deg, low=0, high=180)
+    check_number("--max-shard-mb", args.max_shard_mb, low=0, low_open=True)
+    check_number("--workers", args.workers, low=1, high=256, integer=True)
+    check_number("--depth-scale", args.depth_scale, low=0, low_open=True)
+    if args.teacher_size:
+        for value in args.teacher_size:
+            check_number("--teacher-size", value, low=1, high=4096, integer=True)
+    check_output_dir("--out", args.out)
+    if args.labels_tsv is not None:
+        check_input_file("--labels-tsv", args.labels_tsv, "label TSV")
+
+
+def check_scene(path: Path, option: str, labels_tsv: Path | None, color_ext: str) -> None:
+    """A scene folder in the exported layout (colour, depth, poses, intrinsics); labels need the TSV."""
+    check_input_dir(option, path, "scene folder")
+    missing = [sub for sub in ("color", "depth", "pose") if not (path / sub).is_dir()]
+    if missing:
+        raise InputError(f"{option}: {path} is not a scene folder (no {', '.join(m + '/' for m in missing)}); see data_prep/export_sens.py")
+    if not (path / "intrinsic" / "intrinsic_color.txt").is_file():
+        raise InputError(f"{option}: {path} has no intrinsic/intrinsic_color.txt")
+    if (path / "label-filt").is_dir() and labels_tsv is None and scene_label_map(path) is None:  # synthetic rooms bring their own
+        raise InputError(f"--labels-tsv: {path} has label-filt/ (ScanNet raw ids) but no label map; pass the ScanNet "
+                         "label map (scannetv2-labels.combined.tsv from your ScanNet download)")  # fmt: skip
+
+
+def run(args) -> int:
+    check_options(args)
+    teachers = dict(parse_teacher(spec) for spec in args.teacher)
+    if teachers:
+        from ffsplat.teachers.base import BUILTIN_TEACHER_MODULES, TEACHERS
+
+        for module in BUILTIN_TEACHER_MODULES:
+            __import__(module)
+        unknown = sorted(set(teachers) - set(TEACHERS))
+        if unknown:
+            raise InputError(f"--teacher: unknown teacher {unknown[0]!r}; choose from {sorted(TEACHERS)}")
 
     scenes: dict[str, list[Path]] = {}
     if args.scenes_root:
-        if not args.scenes_root.is_dir():
-            raise SystemExit(f"--scenes-root {args.scenes_root} is not a folder")
-        available = {p.name: p for p in sorted(args.scenes_root.iterdir()) if (p / "pose").is_dir()}
+        check_input_dir("--scenes-root", args.scenes_root, "scenes folder")
+        available = {p.name: p for p in sorted(args.scenes_root.iterdir()) if (p / "pose").is_dir() and not p.name.startswith(".")}
         assigned: set[str] = set()
         for item in args.split:
             name, _, list_path = item.partition("=")
-            if not list_path:
-                raise SystemExit(f"--split expects NAME=LIST, got {item!r}")
+            if not list_path or not name:
+                raise InputError(f"--split: expected NAME=LIST, got {item!r}")
             wanted = read_split_list(Path(list_path))
             missing = [s for s in wanted if s not in available]
             if missing:
-                print(f"warning: split {name}: {len(missing)} listed scenes not under {args.scenes_root} (e.g. {missing[:3]})")
+                print(f"warning: split {name}: {len(missing)} listed scenes not under {args.scenes_root} (e.g. {missing[:3]})", file=sys.stderr)
             scenes[name] = [available[s] for s in wanted if s in available]
             assigned.update(wanted)
         if not args.split:
             scenes.setdefault(args.default_split, []).extend(p for n, p in available.items() if n not in assigned)
+    elif args.split:
+        raise InputError("--split needs --scenes-root (the folder the listed scene names are in)")
     if args.scene:
         scenes.setdefault(args.default_split, []).extend(args.scene)
     if not any(scenes.values()):
-        raise SystemExit("no scenes: give --scenes-root (with scene folders containing pose/) or --scene")
+        raise InputError("no scenes: give --scenes-root (with scene folders containing pose/) or --scene")
+    for roots in scenes.values():
+        for root in roots:
+            check_scene(root, "--scene" if root in args.scene else "--scenes-root", args.labels_tsv, args.color_ext)
 
-    check_label_maps(scenes, args.labels_tsv)
     cfg = ShardConfig(
         size=args.size,
         clip_length=args.clip_length,
+        min_clip_length=min(ShardConfig.min_clip_length, args.clip_length),
         clip_stride=args.clip_stride,
         frame_skip=args.frame_skip,
         keyframe_translation=args.keyframe_translation,
         keyframe_rotation_deg=args.keyframe_rotation_deg,
         max_shard_bytes=int(args.max_shard_mb * 2**20),
-        teachers=dict(parse_teacher(spec) for spec in args.teacher),
+        teachers=teachers,
         teacher_size=tuple(args.teacher_size) if args.teacher_size else None,
         teacher_device=args.teacher_device,
     )
-    manifest = write_shards(
-        scenes, args.out, cfg, args.labels_tsv, workers=args.workers,
-        sequence_kwargs={"color_ext": args.color_ext, "depth_scale": args.depth_scale},
-    )  # fmt: skip
+    sequence_kwargs = {"color_ext": args.color_ext, "depth_scale": args.depth_scale}
+    if args.pixel_center is not None:
+        sequence_kwargs["pixel_center"] = args.pixel_center
+    try:
+        manifest = write_shards(scenes, args.out, cfg, args.labels_tsv, workers=args.workers, sequence_kwargs=sequence_kwargs,
+                                overwrite=args.overwrite)  # fmt: skip
+    except ShardSettingsError as exc:
+        raise InputError(str(exc)) from exc
     summary = {split: {k: v for k, v in entry.items() if k != "shards"} | {"shards": len(entry["shards"])}
                for split, entry in manifest["splits"].items()}  # fmt: skip
-    print(json.dumps({"out": str(args.out), "run": manifest["run"], "splits": summary}, indent=1))
+    skipped = {name: s["skipped_frames"] for name, s in manifest["scenes"].items() if s.get("skipped_frames")}
+    print(json.dumps({"out": str(args.out), "run": manifest["run"], "splits": summary, "skipped_frames": skipped}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

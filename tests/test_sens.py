@@ -140,7 +140,7 @@ def test_export_and_back(sens_file, tmp_path):
     path, frames = sens_file
     out = tmp_path / "exported"
     stats = export_sens(path, out)
-    assert stats == {"frames": 5, "exported": 4, "skipped_invalid_pose": 1}
+    assert stats == {"frames": 5, "exported": 4, "skipped_invalid_pose": 1, "skipped_frames": {NAN_FRAME: "inf/NaN in the pose"}}
     kept = [i for i in range(5) if i != NAN_FRAME]
     for sub, ext in [("color", "jpg"), ("depth", "png"), ("pose", "txt")]:
         assert sorted(int(p.stem) for p in (out / sub).glob(f"*.{ext}")) == kept
@@ -181,7 +181,7 @@ def test_export_frame_skip_and_depth_shift(tmp_path):
         depth_shift=4000.0,
     )
     stats = export_sens(path, tmp_path / "out", frame_skip=2)
-    assert stats == {"frames": 5, "exported": 2, "skipped_invalid_pose": 1}  # 0 and 4 kept, 2 has a NaN pose
+    assert stats["exported"] == 2 and stats["skipped_frames"] == {2: "inf/NaN in the pose"}  # 0 and 4 kept, 2 has a NaN pose
     assert sorted(int(p.stem) for p in (tmp_path / "out" / "depth").glob("*.png")) == [0, 4]
     png = cv2.imread(str(tmp_path / "out" / "depth" / "4.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(png, np.rint(frames[4][2] / 4.0).astype(np.uint16))  # millimetres
@@ -288,7 +288,7 @@ def test_real_scene_round_trip(tmp_path):
 
     assert folder_to_sens(scene, tmp_path / "holo.sens") == 10
     stats = export_sens(tmp_path / "holo.sens", tmp_path / "out")
-    assert stats == {"frames": 10, "exported": 10, "skipped_invalid_pose": 0}
+    assert stats == {"frames": 10, "exported": 10, "skipped_invalid_pose": 0, "skipped_frames": {}}
     for new, i in enumerate(ids):  # the .sens renumbers frames 0..n-1
         assert (tmp_path / "out" / "color" / f"{new}.jpg").read_bytes() == (src / "color" / f"{i}.jpg").read_bytes()
         depth = cv2.imread(str(tmp_path / "out" / "depth" / f"{new}.png"), cv2.IMREAD_UNCHANGED)

@@ -316,3 +316,25 @@ def test_clip_text_disk_cache_round_trip(tmp_path, clip_dirs):
     third = ClipTextEncoder.from_pretrained(clip_dirs[0][0], cache_dir=cache)
     assert torch.allclose(third(LABELS), emb, atol=1e-6)
     assert torch.equal(torch.load(files[0], weights_only=True)["embeddings"], third(LABELS))
+
+
+class _Hyper:
+    """A pickled class, as Lightning stores hyper-parameters: weights_only=True refuses it."""
+
+    backbone = "clip_vitl16_384"
+
+
+def test_full_unpickle_of_an_lseg_checkpoint_is_an_explicit_opt_in(tmp_path):
+    from ffsplat.teachers.lseg import _read_checkpoint
+
+    state = official_state_dict(small_net(seed=1))
+    ckpt = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": _Hyper()}, ckpt)
+    with pytest.raises(ValueError, match="allow_pickle=true"):
+        _read_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="allow_pickle=true"):
+        build_lseg_teacher(checkpoint=ckpt, **SMALL)
+    with pytest.warns(UserWarning, match="allow_pickle=true"):
+        assert set(_read_checkpoint(ckpt, allow_pickle=True)) == set(state)
+    teacher = build_lseg_teacher(checkpoint=ckpt, allow_pickle=True, **SMALL)
+    assert all(torch.equal(v, teacher.net.state_dict()[k]) for k, v in small_net(seed=1).state_dict().items())

@@ -9,7 +9,10 @@
         --index index.json --out reports/compare
 
 ``--checkpoint`` is the feed-forward model whose class embeddings, prompt decoder and teacher names
-both sides are scored with. Per-scene settings come from ``configs/baseline/default.yaml``
+both sides are scored with. ``--split`` defaults to ``val``, as in ``evaluate.py``. Each scene fit
+shows a progress bar (``--no-progress`` hides it). Bad input (shards, split, index, frames,
+checkpoint, ``--scene-config``, numeric options, device) ends with one ``error:`` line and exit
+code 2 before anything is written. Per-scene settings come from ``configs/baseline/default.yaml``
 (Inria/gsplat defaults; ``--scene-config`` another YAML, ``--iterations`` to shorten). ``compare``
 runs each (method, setting) in its own process so that its peak memory is its own.
 """
@@ -26,20 +29,65 @@ import ffsplat  # noqa: F401  (torchvision shim first)
 from ffsplat.baselines.compare import BASELINES, run_baseline, save_json, write_table
 from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
+from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir,
+                                 check_output_file, one_line, run_command)  # fmt: skip
 from ffsplat.data.sampling import load_eval_index
 
 
 def scene_config(args) -> SceneConfig:
-    cfg = to_dataclass(SceneConfig, args.scene_config)
+    try:
+        cfg = to_dataclass(SceneConfig, args.scene_config)
+    except Exception as exc:  # noqa: BLE001  (YAML syntax, unknown keys, wrong types: all the user's file)
+        raise InputError(f"--scene-config: {args.scene_config}: {one_line(exc)}") from exc
     if args.iterations is not None:
         cfg.iterations = args.iterations
     return cfg
 
 
+def check_inputs(args):
+    """Every check that can fail on user input, before any work; returns (index, scene config)."""
+    from ffsplat.data.shards import EvalIndexDataset, check_index_frames
+
+    check_number("--iterations", args.iterations, low=1, integer=True)
+    check_number("--prompt-grid", args.prompt_grid, low=0, high=256, integer=True)
+    check_number("--dense-views", args.dense_views, low=2, integer=True)
+    check_number("--max-examples", args.max_examples, low=1, integer=True)
+    check_device("--device", args.device)
+    check_input_file("--checkpoint", args.checkpoint, "checkpoint")
+    check_input_file("--index", args.index, "evaluation index")
+    check_input_file("--scene-config", args.scene_config, "scene config YAML")
+    if args.command == "run":
+        check_output_file("--out", args.out, ".json")
+    else:
+        check_output_dir("--out", args.out)
+    cfg = scene_config(args)
+    try:
+        index = load_eval_index(args.index)
+    except ValueError as exc:
+        raise InputError(f"--index: {one_line(exc)}") from exc
+    if not index or not any(index.values()):
+        raise InputError(f"--index: {args.index} has no entries; nothing to run")
+    try:
+        EvalIndexDataset(args.shards, args.split, index)
+        check_index_frames(args.shards, args.split, index)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise InputError(f"--shards/--split/--index: {one_line(exc)}") from exc
+    return index, cfg
+
+
+def load_predictor(args):
+    from ffsplat.inference.predictor import CheckpointError, Predictor
+
+    try:
+        return Predictor(args.checkpoint, args.device)
+    except CheckpointError as exc:
+        raise InputError(f"--checkpoint: {exc}") from exc
+
+
 def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="feed-forward model.pt (references for scoring)")
     p.add_argument("--shards", type=Path, required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="val", help="split of the shards holding the index's scenes (default val, as evaluate.py)")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--scene-config", type=Path, default=CONFIG_DIR / "baseline" / "default.yaml")
     p.add_argument("--iterations", type=int)
@@ -47,10 +95,11 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-views", type=int, default=16)
     p.add_argument("--max-examples", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-scene progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ffsplat.baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m ffsplat.baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one baseline, one setting")
     common(run)
@@ -63,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--settings", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
     cmp.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args(argv)
+    return run_command(lambda: execute(args))
 
-    from ffsplat.inference.predictor import Predictor
 
-    index = load_eval_index(args.index)
+def execute(args) -> int:
+    index, cfg = check_inputs(args)
     if args.command == "run":
-        predictor = Predictor(args.checkpoint, args.device)
-        result = run_baseline(args.method, predictor, args.shards, args.split, index, args.setting, scene_config(args),
-                              args.prompt_grid, args.dense_views, args.max_examples)  # fmt: skip
+        predictor = load_predictor(args)
+        result = run_baseline(args.method, predictor, args.shards, args.split, index, args.setting, cfg,
+                              args.prompt_grid, args.dense_views, args.max_examples, progress=not args.no_progress)  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         save_json(args.out, result)
         print(json.dumps(result, indent=2))
@@ -81,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model
     from ffsplat.data.shards import EvalIndexDataset
 
+    predictor = load_predictor(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(args.checkpoint, args.device)
     start = time.perf_counter()
     ff = evaluate_model(predictor, EvalIndexDataset(args.shards, args.split, index),
                         EvalConfig(prompt_grid=args.prompt_grid, source_views=False, max_examples=args.max_examples))  # fmt: skip
@@ -99,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--iterations", str(args.iterations)]
             if args.max_examples is not None:
                 cmd += ["--max-examples", str(args.max_examples)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            if args.no_progress:
+                cmd += ["--no-progress"]
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)  # stderr (progress bar, errors) goes to the user
             if done.returncode != 0:
-                print(f"error: baseline {method} ({setting}) failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                print(f"error: baseline {method} ({setting}) failed with exit code {done.returncode} (its output is above)", file=sys.stderr)
                 return 1
             results.append(json.loads(out.read_text()))
             print(f"[compare] {method} ({setting}) done: {results[-1]['seconds_per_scene']:.1f} s/scene", flush=True)

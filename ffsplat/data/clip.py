@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,48 +114,92 @@ def _decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im).copy()
 
 
+_DTYPES = {"depths": np.uint16, "labels": np.uint8, "nyu40": np.uint8, "instances": np.uint16}
+"""Clip attribute -> the dtype its decoded PNGs must have."""
+
+
 def decode_clip(sample: dict[str, bytes | str]) -> Clip:
-    """Inverse of :func:`encode_clip`. Raises ``ValueError`` naming the sample key and the field."""
+    """Inverse of :func:`encode_clip`, verifying every member on decode.
+
+    Checked: the JSON, the ``cameras.npz`` archive (a damaged zip is caught), every image decodes,
+    arrays have the shape and dtype the meta and the format declare, cameras, near/far and teacher
+    features are finite. Raises ``ValueError`` naming the sample key and the member.
+    """
     key = sample.get("__key__", "?")
+    member = "meta.json"
     try:
         meta = json.loads(sample["meta.json"])
         if meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"format version {meta.get('version')}, expected {FORMAT_VERSION}")
-        length = len(meta["frame_ids"])
-        with np.load(io.BytesIO(sample["cameras.npz"])) as cams:
+        length, height, width = len(meta["frame_ids"]), int(meta["height"]), int(meta["width"])
+        member = "cameras.npz"
+        with np.load(io.BytesIO(sample["cameras.npz"]), allow_pickle=False) as cams:
             intrinsics, extrinsics = cams["intrinsics"], cams["extrinsics"]
+        for name, array, shape in (("intrinsics", intrinsics, (length, 3, 3)), ("extrinsics", extrinsics, (length, 4, 4))):
+            _check_array(array, shape, np.float64, name)
 
-        def frames(name: str, ext: str, required: bool) -> np.ndarray | None:
+        def frames(name: str, ext: str, required: bool, dtype=None) -> np.ndarray | None:
+            nonlocal member
             keys = [f"{name}.{j:03d}.{ext}" for j in range(length)]
             if not required and keys[0] not in sample:
                 return None
             missing = [k for k in keys if k not in sample]
             if missing:
+                member = missing[0]
                 raise ValueError(f"missing fields {missing[:3]}")
-            arrays = [_decode_png(sample[k]) if ext == "png" else decode_rgb(sample[k]) for k in keys]
+            arrays = []
+            for k in keys:
+                member = k
+                array = _decode_png(sample[k]) if ext == "png" else decode_rgb(sample[k])
+                shape = (height, width, 3) if ext == "jpg" else (height, width)
+                _check_array(array, shape, dtype or np.uint8, "image", finite=False)
+                arrays.append(array)
             return np.stack(arrays)
 
         images = frames("rgb", "jpg", True)
+        member = "meta.json"
+        near, far = float(meta["near"]), float(meta["far"])
+        if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+            raise ValueError(f"near/far must be finite with 0 < near < far, got {near}, {far}")
+        teacher = {}
+        for name, shape in meta["teacher"].items():
+            member = f"teacher.{name}.npy"
+            teacher[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+            _check_array(teacher[name], (length, *shape), np.float16, "teacher features")
         clip = Clip(
             scene=meta["scene"],
             frame_ids=np.asarray(meta["frame_ids"], dtype=np.int64),
             images=images,
-            depths=frames("depth", "png", True),
+            depths=frames("depth", "png", True, _DTYPES["depths"]),
             intrinsics=intrinsics,
             extrinsics=extrinsics,
-            near=float(meta["near"]),
-            far=float(meta["far"]),
-            labels=frames("label", "png", False),
-            nyu40=frames("nyu40", "png", False),
-            instances=frames("inst", "png", False),
-            teacher={name: np.load(io.BytesIO(sample[f"teacher.{name}.npy"])) for name in meta["teacher"]},
+            near=near,
+            far=far,
+            labels=frames("label", "png", False, _DTYPES["labels"]),
+            nyu40=frames("nyu40", "png", False, _DTYPES["nyu40"]),
+            instances=frames("inst", "png", False, _DTYPES["instances"]),
+            teacher=teacher,
         )
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"corrupt clip sample {key!r}: {type(exc).__name__}: {exc}") from exc
-    expected = (length, meta["height"], meta["width"])
-    if images.shape[:3] != expected or intrinsics.shape != (length, 3, 3) or extrinsics.shape != (length, 4, 4):
-        raise ValueError(f"corrupt clip sample {key!r}: arrays do not match meta (L, H, W) = {expected}")
+    except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ClipDecodeError(key, member, f"{type(exc).__name__}: {exc}") from exc
     return clip
+
+
+class ClipDecodeError(ValueError):
+    """A sample that fails verification; names the sample ``key`` and the ``member`` (file in the sample)."""
+
+    def __init__(self, key: str, member: str, reason: str):
+        super().__init__(f"corrupt clip sample {key!r}, member {member}: {reason}")
+        self.key, self.member, self.reason = key, member, reason
+
+
+def _check_array(array: np.ndarray, shape: tuple, dtype, what: str, finite: bool = True) -> None:
+    if array.dtype != np.dtype(dtype):
+        raise ValueError(f"{what} have dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{what} have shape {tuple(array.shape)}, expected {tuple(shape)}")
+    if finite and not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or inf")
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -33,6 +33,7 @@ uint8 RGB and decoded depth ``[Hd, Wd]`` uint16. Some real ScanNet poses are inf
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zlib
@@ -44,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from ffsplat.core.atomic import atomic_open
-from ffsplat.data.sequence import jpeg_bytes, png_bytes, read_image, write_bytes, write_matrix
+from ffsplat.data.sequence import PIXEL_CENTER_FILE, jpeg_bytes, png_bytes, pose_problem, read_image, write_bytes, write_matrix
 
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
 DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_ushort"}
@@ -146,8 +147,9 @@ def _shaped(array: np.ndarray, shape: tuple[int, ...], header: SensHeader, index
 
 
 def valid_pose(frame: SensFrame) -> bool:
-    """True when the frame's camera-to-world matrix is all finite (ScanNet marks lost tracking with inf/NaN)."""
-    return bool(np.isfinite(frame.camera_to_world).all())
+    """True when the frame's camera-to-world matrix is a usable pose (ScanNet marks lost tracking with
+    inf/NaN; zero, reflected or far-away matrices are refused too: :func:`ffsplat.data.sequence.pose_problem`)."""
+    return pose_problem(frame.camera_to_world) is None
 
 
 def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
@@ -303,15 +305,18 @@ def write_sens(
     return n
 
 
-def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_skip: int = 1) -> dict[str, int]:
+def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0) -> dict:
     """Export a ``.sens`` file to the exported-ScanNet layout under ``out_dir``; return counts.
 
     Writes ``color/<i>.jpg`` (JPEG payloads copied byte for byte, others encoded at quality 95),
     ``depth/<i>.png`` (uint16 millimetres), ``pose/<i>.txt`` (4x4 camera-to-world) and
     ``intrinsic/{intrinsic,extrinsic}_{color,depth}.txt``. ``<i>`` is the frame's index in the
-    ``.sens`` file; every ``frame_skip``-th frame is exported and those with inf/NaN poses are
-    skipped. Every file is written atomically. Returns ``{"frames": total frames in the file,
-    "exported": n, "skipped_invalid_pose": k}``.
+    ``.sens`` file; every ``frame_skip``-th frame is exported and those with unusable poses
+    (inf/NaN, not a proper rotation, implausibly far: :func:`ffsplat.data.sequence.pose_problem`) are
+    skipped. ``intrinsic/pixel_center.txt`` records ``pixel_center`` (default 0: ScanNet's
+    calibration puts the first pixel centre at (0, 0); readers shift it to ffsplat's (0.5, 0.5)). Every file is written
+    atomically. Returns ``{"frames": total frames in the file, "exported": n,
+    "skipped_invalid_pose": k, "skipped_frames": {frame id: reason}}``.
     """
     reader = SensReader(sens_path)
     header = reader.header
@@ -320,10 +325,13 @@ def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_
         (out / sub).mkdir(parents=True, exist_ok=True)
     for name in ("intrinsic_color", "intrinsic_depth", "extrinsic_color", "extrinsic_depth"):
         write_matrix(out / "intrinsic" / f"{name}.txt", getattr(header, name))
-    exported = skipped = 0
+    write_bytes(out / PIXEL_CENTER_FILE, f"{pixel_center:g}\n".encode())
+    exported = 0
+    skipped: dict[int, str] = {}
     for frame in reader.frames(frame_skip):
-        if not valid_pose(frame):
-            skipped += 1
+        problem = pose_problem(frame.camera_to_world)
+        if problem is not None:
+            skipped[frame.index] = problem
             continue
         color = frame.color_bytes if header.color_compression == "jpeg" else jpeg_bytes(frame.decode_color(header), 95)
         depth = frame.decode_depth(header)
@@ -333,7 +341,7 @@ def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_
         write_bytes(out / "depth" / f"{frame.index}.png", png_bytes(depth))
         write_matrix(out / "pose" / f"{frame.index}.txt", frame.camera_to_world)
         exported += 1
-    return {"frames": header.num_frames, "exported": exported, "skipped_invalid_pose": skipped}
+    return {"frames": header.num_frames, "exported": exported, "skipped_invalid_pose": len(skipped), "skipped_frames": skipped}
 
 
 def folder_to_sens(scene_dir: str | os.PathLike, sens_path: str | os.PathLike) -> int:
@@ -377,3 +385,65 @@ def folder_to_sens(scene_dir: str | os.PathLike, sens_path: str | os.PathLike) -
         depth_hw=depth_png(indices[0]).shape,
         depth_shift=1000.0,
     )
+
+
+EXPORT_MARKER = "export.json"
+"""Written last into an exported scene folder: what it was exported from and what was skipped."""
+
+
+def source_stamp(sens_path: str | os.PathLike, frame_skip: int, pixel_center: float) -> dict:
+    """Provenance of an export: the ``.sens`` file (resolved path, size, mtime) and the settings."""
+    path = Path(sens_path).resolve()
+    st = path.stat()
+    return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "frame_skip": frame_skip, "pixel_center": pixel_center}
+
+
+def export_scene(sens_path: str | os.PathLike, out_root: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0) -> dict:
+    """Export ``sens_path`` to ``out_root/<file stem>/``, completely or not at all.
+
+    The frames go to ``out_root/.<stem>.tmp/`` (removed on any failure, and when left by a killed
+    run), which is renamed into place once :data:`EXPORT_MARKER` (``{"source": source_stamp,
+    "stats": ...}``) is written into it. A scene whose marker matches the file's current size, mtime
+    and the settings is skipped; one whose ``.sens`` changed is exported again and replaced.
+
+    Returns the export stats plus ``"status"``: ``"exported"``, ``"re-exported (source changed)"``
+    or ``"exists, skipped"``.
+    """
+    import shutil
+
+    sens_path, out_root = Path(sens_path), Path(out_root)
+    stem = sens_path.stem
+    final, tmp = out_root / stem, out_root / f".{stem}.tmp"
+    stamp = source_stamp(sens_path, frame_skip, pixel_center)
+    marker = final / EXPORT_MARKER
+    status = "exported"
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        if old.get("source") == stamp:
+            return {**old.get("stats", {}), "status": "exists, skipped"}
+        status = "re-exported (source changed)"
+    elif final.exists():
+        status = "re-exported (previous export incomplete)"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted run
+    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        stats = export_sens(sens_path, tmp, frame_skip, pixel_center)
+        stats["skipped_frames"] = {int(k): v for k, v in stats["skipped_frames"].items()}
+        with atomic_open(tmp / EXPORT_MARKER, "w") as f:
+            json.dump({"source": stamp, "stats": stats}, f, indent=1)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old_dir = out_root / f".{stem}.old"
+        shutil.rmtree(old_dir, ignore_errors=True)
+        os.rename(final, old_dir)
+        os.rename(tmp, final)
+        shutil.rmtree(old_dir, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return {**stats, "status": status}

@@ -13,7 +13,15 @@ Layout of one scene folder (what ScanNet's SensReader exports, and ``data/holole
 Colour and depth may differ in size (ScanNet: 1296x968 colour, 640x480 depth); labels and
 instances are at colour resolution in ScanNet's 2D exports but any size is accepted.
 :class:`RGBDSequence` takes other folder names, extensions and depth scales for generic sequences.
-Poses with inf/NaN occur in real ScanNet: :meth:`RGBDSequence.valid_frames` skips and counts them.
+Poses with inf/NaN occur in real ScanNet: :meth:`RGBDSequence.valid_frames` skips and counts them,
+and :meth:`RGBDSequence.check_frames` names them with the reason; finite but impossible poses (not a
+proper rotation, last row not ``[0, 0, 0, 1]``, more than ``MAX_TRANSLATION`` metres from the origin)
+are skipped the same way (:func:`pose_problem`).
+
+Pixel centres: ffsplat puts the centre of the first pixel at ``(0.5, 0.5)``. ScanNet's (and
+OpenCV's) calibrations put it at ``(0, 0)``. ``intrinsic/pixel_center.txt`` (one number, 0 or 0.5;
+written by ``export_sens``) or :attr:`RGBDSequence.pixel_center` says which convention a folder's
+intrinsics files use; ``0`` shifts the principal point by +0.5 px at ingest.
 """
 
 from __future__ import annotations
@@ -27,6 +35,38 @@ import numpy as np
 from PIL import Image
 
 from ffsplat.core.atomic import atomic_open
+
+
+MAX_TRANSLATION = 1000.0
+"""Camera positions farther than this (metres) from the origin are refused as impossible poses."""
+ROTATION_TOLERANCE = 1e-2
+"""Largest allowed ``|R^T R - I|`` entry of a pose's rotation part."""
+PIXEL_CENTER_FILE = "intrinsic/pixel_center.txt"
+
+
+def pose_problem(c2w: np.ndarray, max_translation: float = MAX_TRANSLATION) -> str | None:
+    """Why ``c2w`` ``[4, 4]`` is not a usable camera-to-world pose, or None if it is.
+
+    A pose must be finite, have a proper rotation (orthonormal within ``ROTATION_TOLERANCE``,
+    determinant +1: no reflection, no scale, not all zero), last row ``[0, 0, 0, 1]`` and a position
+    within ``max_translation`` metres of the origin.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.shape != (4, 4):
+        return f"shape {c2w.shape}, expected (4, 4)"
+    if not np.isfinite(c2w).all():
+        return "inf/NaN in the pose"
+    rot = c2w[:3, :3]
+    if np.abs(rot.T @ rot - np.eye(3)).max() > ROTATION_TOLERANCE:
+        return "rotation part is not orthonormal (zero, scaled or sheared)"
+    if np.linalg.det(rot) <= 0:
+        return "rotation part is a reflection (determinant < 0)"
+    if np.abs(c2w[3] - [0, 0, 0, 1]).max() > 1e-6:
+        return "last row is not [0, 0, 0, 1]"
+    distance = float(np.linalg.norm(c2w[:3, 3]))
+    if distance > max_translation:
+        return f"camera {distance:.3g} m from the origin (more than {max_translation:g} m)"
+    return None
 
 
 @dataclass
@@ -87,6 +127,9 @@ class RGBDSequence:
         color_ext, depth_ext: file extensions (frames are ``<int>.<ext>``).
         color_intrinsics_file, depth_intrinsics_file: paths relative to ``root``.
         depth_scale: stored depth units per metre (1000 for millimetres).
+        pixel_center: where the intrinsics files put the centre of the first pixel: 0.5 (ffsplat's
+            convention, used as is) or 0.0 (ScanNet / OpenCV calibrations: 0.5 is added to the
+            principal point at ingest). ``intrinsic/pixel_center.txt`` in the folder overrides it.
     """
 
     root: Path
@@ -100,15 +143,25 @@ class RGBDSequence:
     color_intrinsics_file: str = "intrinsic/intrinsic_color.txt"
     depth_intrinsics_file: str = "intrinsic/intrinsic_depth.txt"
     depth_scale: float = 1000.0
+    pixel_center: float = 0.5
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         for sub in (self.color_dir, self.depth_dir, self.pose_dir):
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(f"RGB-D sequence {self.root}: missing folder {sub}/")
-        self.color_intrinsics = read_matrix(self.root / self.color_intrinsics_file, 3)
+        marker = self.root / PIXEL_CENTER_FILE
+        if marker.is_file():
+            try:
+                self.pixel_center = float(marker.read_text().split()[0])
+            except (ValueError, IndexError) as exc:
+                raise ValueError(f"{marker}: expected 0 or 0.5") from exc
+        if self.pixel_center not in (0.0, 0.5):
+            raise ValueError(f"RGB-D sequence {self.root}: pixel_center must be 0 or 0.5, got {self.pixel_center}")
+        shift = np.array([[0, 0, 0.5 - self.pixel_center], [0, 0, 0.5 - self.pixel_center], [0, 0, 0]])
+        self.color_intrinsics = read_matrix(self.root / self.color_intrinsics_file, 3) + shift
         depth_k = self.root / self.depth_intrinsics_file
-        self.depth_intrinsics = read_matrix(depth_k, 3) if depth_k.exists() else self.color_intrinsics
+        self.depth_intrinsics = read_matrix(depth_k, 3) + shift if depth_k.exists() else self.color_intrinsics
 
     @property
     def name(self) -> str:
@@ -130,10 +183,24 @@ class RGBDSequence:
         return read_matrix(self.root / self.pose_dir / f"{index}.txt", 4)
 
     def valid_frames(self) -> tuple[list[int], int]:
-        """Frame ids whose pose is finite, and how many were skipped for inf/NaN poses."""
-        ids = self.frame_ids()
-        valid = [i for i in ids if np.isfinite(self.read_pose(i)).all()]
-        return valid, len(ids) - len(valid)
+        """Frame ids with a usable pose (:func:`pose_problem`), and how many were skipped."""
+        valid, skipped = self.check_frames()
+        return valid, len(skipped)
+
+    def check_frames(self) -> tuple[list[int], dict[int, str]]:
+        """Frame ids with a usable pose, and ``{frame id: why it was skipped}`` for the others
+        (inf/NaN, not a proper rotation, implausibly far, unreadable pose file)."""
+        valid, skipped = [], {}
+        for i in self.frame_ids():
+            try:
+                problem = pose_problem(self.read_pose(i))
+            except ValueError as exc:
+                problem = str(exc)
+            if problem is None:
+                valid.append(i)
+            else:
+                skipped[i] = problem
+        return valid, skipped
 
     def read_frame(self, index: int, with_labels: bool = True) -> Frame:
         color = read_image(self.root / self.color_dir / f"{index}.{self.color_ext}")

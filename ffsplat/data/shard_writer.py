@@ -5,9 +5,15 @@ frames at ``size`` with updated intrinsics; depth, labels and instances resample
 neighbour into the colour camera -> clips of ``clip_length`` keyframes -> shards
 ``<out>/<split>/<scene>-<k>.tar`` of at most ``max_shard_bytes``. Each shard is written to a
 temporary file and renamed, then a per-scene marker ``<out>/<split>/.done/<scene>.json`` records
-the scene's shards; re-running skips scenes with a marker, so an interrupted run resumes and never
-leaves a half-written shard behind. ``manifest.json`` lists every shard with its sample and frame
-counts, size and SHA-256, per split.
+the scene's shards, the settings they were built with (:func:`shard_settings`), what they were built
+from (:func:`scene_source`: frame count, and the ``.sens`` file's size/mtime when the scene was
+exported by ``export_sens``) and the frames skipped for unusable poses (ids and why). Re-running
+skips a scene whose marker matches; a scene whose source changed is rebuilt (its old shards
+removed); a run with other settings than the shards already in ``out`` is refused
+(:class:`ShardSettingsError`) unless ``overwrite`` removes the old shards first, so shards of two
+settings never mix. Temporary files left by a killed run are removed at the start of the next, and
+worker processes die with the parent. ``manifest.json`` lists every shard with its sample and
+frame counts, size and SHA-256, per split, and every scene's settings and source.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import os
+import signal
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -77,6 +87,34 @@ class ShardConfig:
     teachers: dict[str, dict] = field(default_factory=dict)
     teacher_size: tuple[int, int] | None = None
     teacher_device: str = "cpu"
+
+
+SETTINGS_IGNORED = ("teacher_device", "max_shard_bytes")
+"""ShardConfig fields that do not change what a shard holds (not compared on resume)."""
+
+
+class ShardSettingsError(ValueError):
+    """``out`` already holds shards built with other settings; the message names the fields."""
+
+
+def shard_settings(cfg: ShardConfig) -> dict:
+    """The settings that determine a shard's contents, JSON-normalised (compared on resume)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in SETTINGS_IGNORED}))
+
+
+def scene_source(sequence: RGBDSequence) -> dict:
+    """What a scene's shards are built from: its frame count, pixel-centre convention, and the
+    ``export.json`` provenance (``.sens`` size/mtime) when ``export_sens`` made the folder."""
+    from ffsplat.data.sens import EXPORT_MARKER
+
+    source = {"frames": len(sequence.frame_ids()), "pixel_center": sequence.pixel_center}
+    marker = sequence.root / EXPORT_MARKER
+    if marker.is_file():
+        try:
+            source["export"] = json.loads(marker.read_text()).get("source")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            source["export"] = "unreadable export.json"
+    return source
 
 
 def select_keyframes(frame_ids: list[int], poses: np.ndarray, cfg: ShardConfig) -> list[int]:
@@ -230,11 +268,21 @@ def write_scene(
     label_map: LabelMap | None,
     teachers: dict[str, nn.Module] | None = None,
 ) -> dict:
-    """Write one scene's shards and its done-marker; skip it if the marker exists. Returns the marker."""
+    """Write one scene's shards and its done-marker. Returns the marker plus ``"status"``.
+
+    Skipped (``status`` "skipped") when the marker's settings and source match; rebuilt ("rebuilt:
+    source changed") when the source changed; the old shards are removed before the new are written.
+    """
     split_dir = Path(out_dir) / split
     marker = split_dir / ".done" / f"{sequence.name}.json"
+    settings, source = shard_settings(cfg), scene_source(sequence)
+    status = "written"
     if marker.exists():
-        return {**json.loads(marker.read_text()), "skipped": True}
+        old = _read_marker(marker)
+        if old is not None and old.get("settings") == settings and old.get("source") == source:
+            return {**old, "skipped": True, "status": "skipped"}
+        _remove_scene(marker, old)
+        status = "rebuilt: source changed" if old is not None and old.get("settings") == settings else "rebuilt"
     marker.parent.mkdir(parents=True, exist_ok=True)
     sink = _ShardSink(split_dir, sequence.name, cfg.max_shard_bytes)
     try:
@@ -244,11 +292,82 @@ def write_scene(
     except BaseException as exc:
         sink.abort(exc)
         raise
-    _, skipped = sequence.valid_frames()
-    record = {"scene": sequence.name, "split": split, "shards": sink.done, "skipped_invalid_pose": skipped}
+    _, skipped = sequence.check_frames()
+    record = {
+        "scene": sequence.name, "split": split, "shards": sink.done, "skipped_invalid_pose": len(skipped),
+        "skipped_frames": {str(i): why for i, why in skipped.items()}, "settings": settings, "source": source,
+    }  # fmt: skip
     with atomic_open(marker, "w") as f:
         json.dump(record, f)
-    return {**record, "skipped": False}
+    return {**record, "skipped": False, "status": status}
+
+
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+
+
+def _remove_scene(marker: Path, record: dict | None) -> None:
+    """Delete a scene's marker and the shards it lists (the marker first: never a marker without shards)."""
+    marker.unlink(missing_ok=True)
+    for shard in (record or {}).get("shards", []):
+        (marker.parent.parent / shard["path"]).unlink(missing_ok=True)
+
+
+def check_existing(out_dir: Path, cfg: ShardConfig, overwrite: bool = False) -> list[str]:
+    """Refuse (or, with ``overwrite``, remove) shards in ``out_dir`` built with other settings.
+
+    Returns the scenes removed. Raises :class:`ShardSettingsError` naming the scene and the fields.
+    """
+    settings = shard_settings(cfg)
+    removed = []
+    for marker in sorted(Path(out_dir).glob("*/.done/*.json")):
+        record = _read_marker(marker)
+        old = (record or {}).get("settings")
+        if old == settings:
+            continue
+        if not overwrite:
+            if old is None:
+                why = "its marker records no settings (made by an older version) or is unreadable"
+            else:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                why = ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff[:4])
+            raise ShardSettingsError(
+                f"--out {out_dir} already holds shards of scene {marker.stem!r} built with other settings ({why}); "
+                "use another --out, or --overwrite to rebuild them"
+            )
+        _remove_scene(marker, record)
+        removed.append(marker.stem)
+    return removed
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete ``.<name>.<id>.tmp`` files that a killed run left in ``out_dir`` and its split folders."""
+    stale = [p for pattern in (".*.tmp", "*/.*.tmp", "*/.done/.*.tmp") for p in Path(out_dir).glob(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: the worker exits when the parent process dies (even by ``kill -9``)."""
+    parent = os.getppid()
+    try:  # Linux: the kernel sends SIGKILL when the parent dies
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere (and as a fallback): poll the parent
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def scene_label_map(root: Path) -> LabelMap | None:
@@ -274,26 +393,33 @@ def write_shards(
     workers: int = 1,
     progress: bool = True,
     sequence_kwargs: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write shards for ``{split: [scene folders]}`` with ``workers`` processes; returns the manifest.
 
-    Scenes that already have a done-marker are skipped (resume). The manifest is rebuilt from all
-    markers and written atomically to ``<out_dir>/manifest.json``. ``sequence_kwargs`` are passed
-    to :class:`RGBDSequence` (folder names, extensions, depth scale of generic sequences).
+    Scenes whose done-marker matches are skipped (resume); see the module docstring for changed
+    sources and settings (``overwrite``). The manifest is rebuilt from all markers and written
+    atomically to ``<out_dir>/manifest.json``. ``sequence_kwargs`` are passed to
+    :class:`RGBDSequence` (folder names, extensions, depth scale, pixel centre of generic sequences).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_existing(out_dir, cfg, overwrite)
+    remove_stale_temporaries(out_dir)
     tsv = str(label_tsv) if label_tsv else None
     jobs = [(str(root), str(out_dir), split, cfg, tsv, sequence_kwargs or {}) for split, roots in scenes.items() for root in roots]
     results = []
     if workers > 1 and len(jobs) > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
             iterator = pool.imap_unordered(_write_scene_job, jobs)
             results = list(_progress(iterator, len(jobs), progress))
     else:
         results = list(_progress(map(_write_scene_job, jobs), len(jobs), progress))
     manifest = build_manifest(out_dir, cfg)
-    manifest["run"] = {"scenes": len(results), "skipped_existing": sum(r["skipped"] for r in results)}
+    manifest["run"] = {
+        "scenes": len(results), "skipped_existing": sum(r["skipped"] for r in results),
+        "rebuilt": sorted(r["scene"] for r in results if r.get("status", "").startswith("rebuilt")),
+    }  # fmt: skip
     with atomic_open(out_dir / "manifest.json", "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
@@ -311,8 +437,10 @@ def _progress(iterator, total: int, enabled: bool):
 def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
     """Collect every split's done-markers into one manifest dict."""
     splits: dict[str, dict] = {}
+    scenes: dict[str, dict] = {}
     for marker in sorted(Path(out_dir).glob("*/.done/*.json")):
         record = json.loads(marker.read_text())
+        scenes[record["scene"]] = {k: record.get(k) for k in ("split", "settings", "source", "skipped_frames")}
         entry = splits.setdefault(record["split"], {"shards": [], "samples": 0, "frames": 0, "scenes": 0, "skipped_invalid_pose": 0})
         for shard in record["shards"]:
             entry["shards"].append({**shard, "path": f"{record['split']}/{shard['path']}", "scene": record["scene"]})
@@ -320,4 +448,4 @@ def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
             entry["frames"] += shard["frames"]
         entry["scenes"] += 1
         entry["skipped_invalid_pose"] += record["skipped_invalid_pose"]
-    return {"format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits}
+    return {"format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits, "scenes": scenes}

@@ -13,8 +13,6 @@ Evaluation: :class:`EvalIndexDataset` reads the shards of the scenes named in an
 DDP each rank takes every ``world``-th entry, so ranks score disjoint shares that together cover
 the index once.
 
-A sample that fails to decode is skipped, counted and logged (never raised).
-
 Position in the stream (curriculum and resume): the DataLoader takes batches from its workers in
 turn, so the ``j``-th batch of worker ``w`` (of ``W``) is batch ``w + j W`` of the epoch. Each
 sample's training step is therefore known inside its worker, without any message from the main
@@ -24,12 +22,19 @@ Each sample's views are drawn from its own generator seeded by ``(seed, epoch, r
 position)``, so a resumed run that has consumed ``c`` batches of an epoch skips each worker's share
 of them (without decoding) and continues with exactly the examples an uninterrupted run would
 have seen (:meth:`ClipExamples.set_position`; exact as long as no skipped sample was corrupt).
+
+A sample that fails to decode or verify (:func:`ffsplat.data.clip.decode_clip` checks every
+member), and a shard that is missing, truncated or unreadable, is skipped, counted and logged with
+the shard and member named (never raised); :meth:`CorruptCounter.summary` is the run's list.
+:func:`verify_shards` checks every shard's SHA-256 against ``manifest.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,33 +44,123 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ffsplat.data.clip import Clip, decode_clip
+from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, Views
 
 log = logging.getLogger(__name__)
 
 
-def manifest_shards(root: str | Path, split: str) -> list[str]:
-    """Shard paths of ``split`` listed in ``<root>/manifest.json``."""
-    root = Path(root)
-    path = root / "manifest.json"
+def read_manifest(root: str | Path) -> dict:
+    """``<root>/manifest.json``, checked: raises FileNotFoundError / ValueError naming the file."""
+    path = Path(root) / "manifest.json"
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"shard folder not found: {root}")
     if not path.is_file():
         raise FileNotFoundError(f"no shard manifest at {path}; write shards with data_prep/make_shards.py first")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ValueError(f"{path}: not an ffsplat shard manifest (no \"splits\")")
+    return manifest
+
+
+def manifest_split(root: str | Path, split: str) -> dict:
+    """The manifest entry of ``split``; raises KeyError with a readable message if it is absent."""
+    manifest = read_manifest(root)
     if split not in manifest["splits"]:
-        raise KeyError(f"{path}: no split {split!r} (have {sorted(manifest['splits'])})")
-    return [str(root / s["path"]) for s in manifest["splits"][split]["shards"]]
+        raise KeyError(f"{Path(root) / 'manifest.json'}: no split {split!r} (have {sorted(manifest['splits'])})")
+    return manifest["splits"][split]
 
 
-def scene_frame_ids(root: str | Path, split: str) -> dict[str, list[int]]:
-    """Keyframe ids per scene stored in a split's shards (reads only each clip's ``meta.json``)."""
+def manifest_shards(root: str | Path, split: str) -> list[str]:
+    """Shard paths of ``split`` listed in ``<root>/manifest.json``."""
+    return [str(Path(root) / s["path"]) for s in manifest_split(root, split)["shards"]]
+
+
+def scene_frame_ids(root: str | Path, split: str, corrupt: CorruptCounter | None = None) -> dict[str, list[int]]:
+    """Keyframe ids per scene stored in a split's shards (reads only each clip's ``meta.json``).
+
+    With ``corrupt``, unreadable shards and samples are skipped and counted there instead of raising."""
     frames: dict[str, set[int]] = {}
-    stages = wds.tarfile_to_samples(select_files=lambda name: name.endswith("meta.json"))
+    stages = wds.tarfile_to_samples(select_files=lambda name: name.endswith("meta.json"), **({"handler": corrupt} if corrupt else {}))
     for sample in wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), stages):
-        meta = json.loads(sample["meta.json"])
-        frames.setdefault(meta["scene"], set()).update(meta["frame_ids"])
+        try:
+            meta = json.loads(sample["meta.json"])
+            ids = [int(i) for i in meta["frame_ids"]]
+            scene = meta["scene"]
+        except (KeyError, ValueError, TypeError) as exc:
+            if corrupt is None:
+                raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r}: unreadable meta.json ({exc})") from exc
+            corrupt.record(sample.get("__url__"), f"{sample.get('__key__')}.meta.json", f"{type(exc).__name__}: {exc}")
+            continue
+        frames.setdefault(scene, set()).update(ids)
     return {scene: sorted(ids) for scene, ids in sorted(frames.items())}
+
+
+def decode_check(root: str | Path, splits: list[str] | None = None) -> dict:
+    """Decode every sample of ``splits`` (default: all) with :func:`decode_clip`'s member checks;
+    returns :meth:`CorruptCounter.summary` plus ``"samples"`` (the number that decoded)."""
+    names = splits or sorted(read_manifest(root)["splits"])
+    corrupt, good = CorruptCounter(), 0
+    for split in names:
+        pipeline = wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), wds.tarfile_to_samples(handler=corrupt))
+        for sample in pipeline:
+            try:
+                decode_clip(sample)
+                good += 1
+            except ValueError as exc:
+                corrupt.record_decode(sample, exc)
+    return {"samples": good, **corrupt.summary()}
+
+
+def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]]) -> dict:
+    """Raise ``ValueError`` when an evaluation index names frames the readable shards do not hold.
+
+    Frames of scenes with damaged shards are not refused (those entries are skipped and reported by
+    :class:`EvalIndexDataset`); returns the bad-data summary of the shards that could not be read.
+    """
+    corrupt = CorruptCounter()
+    frames = scene_frame_ids(root, split, corrupt)
+    damaged = {s["scene"] for s in manifest_split(root, split)["shards"] if str(Path(root) / s["path"]) in corrupt.by_shard}
+    for scene, entries in index.items():
+        have = set(frames.get(scene, []))
+        for n, entry in enumerate(entries):
+            absent = [i for i in list(entry["context"]) + list(entry["target"]) if i not in have]
+            if absent and scene not in damaged:
+                raise ValueError(f"scene {scene!r} entry {n} names frames {absent[:5]} that are not keyframes in the "
+                                 f"{split!r} shards of {root} (make the index with data_prep/make_eval_index.py)")  # fmt: skip
+    return corrupt.summary()
+
+
+def verify_shards(root: str | Path, splits: list[str] | None = None) -> dict:
+    """Check every shard of ``splits`` (default: all) against ``manifest.json``: exists, size, SHA-256.
+
+    Returns ``{"checked": n, "ok": n, "bad": [{"shard", "split", "problem"}]}``.
+    """
+    from ffsplat.data.shard_writer import sha256
+
+    manifest = read_manifest(root)
+    names = splits or sorted(manifest["splits"])
+    bad, checked = [], 0
+    for split in names:
+        if split not in manifest["splits"]:
+            raise KeyError(f"{Path(root) / 'manifest.json'}: no split {split!r} (have {sorted(manifest['splits'])})")
+        for shard in manifest["splits"][split]["shards"]:
+            checked += 1
+            path = Path(root) / shard["path"]
+            if not path.is_file():
+                problem = "missing"
+            elif path.stat().st_size != shard.get("bytes", path.stat().st_size):
+                problem = f"size {path.stat().st_size} bytes, manifest says {shard['bytes']}"
+            elif "sha256" in shard and sha256(path) != shard["sha256"]:
+                problem = "SHA-256 differs from manifest.json (damaged or replaced)"
+            else:
+                continue
+            bad.append({"shard": shard["path"], "split": split, "problem": problem})
+    return {"checked": checked, "ok": checked - len(bad), "bad": bad}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -74,19 +169,79 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+_STREAM_NAME = re.compile(r"name='([^']+)'")
+
+
+def _shard_of(exc: BaseException) -> str:
+    """The shard a webdataset error is about (webdataset appends the url, or names the stream)."""
+    for arg in reversed(getattr(exc, "args", ())):
+        if isinstance(arg, str) and (arg.endswith(".tar") or "/" in arg) and arg != str(exc.args[0]):
+            return arg
+    found = _STREAM_NAME.search(str(exc))
+    return found.group(1) if found else "?"
+
+
+class TrainingDataError(RuntimeError):
+    """The training stream found no usable sample (every one was damaged)."""
+
+
 @dataclass
 class CorruptCounter:
-    """Counts and logs samples (or shards) that fail to read; the pipeline continues."""
+    """Counts, logs and lists bad data by shard and member; the pipeline continues.
+
+    Used as a webdataset ``handler`` (unreadable/missing/truncated shards) and through
+    :meth:`record` (samples that fail :func:`decode_clip`'s checks). With ``sink`` (a folder), each
+    record is also appended to ``<sink>/bad_samples-<pid>.jsonl``, so that records made in
+    DataLoader worker processes reach :meth:`summary` in the main process.
+    """
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
+    by_shard: dict[str, dict] = field(default_factory=dict)
+    sink: str | None = None
 
     def __call__(self, exc: BaseException) -> bool:
-        self.count += 1
-        if len(self.examples) < 20:
-            self.examples.append(str(exc))
-        log.warning("skipping corrupt shard data (%d so far): %s", self.count, exc)
+        shard = _shard_of(exc)
+        self.record(shard, "(shard)", f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}")
         return True  # continue
+
+    def record(self, shard: str | None, member: str, reason: str) -> None:
+        shard = str(shard or "?")
+        self.count += 1
+        entry = self.by_shard.setdefault(shard, {"count": 0, "members": []})
+        entry["count"] += 1
+        if len(entry["members"]) < 20:
+            entry["members"].append({"member": member, "reason": reason})
+        if len(self.examples) < 20:
+            self.examples.append(f"{shard}: {member}: {reason}")
+        log.warning("skipping bad shard data (%d so far): %s: %s: %s", self.count, shard, member, reason)
+        if self.sink:
+            Path(self.sink).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.sink) / f"bad_samples-{os.getpid()}.jsonl", "a") as f:
+                f.write(json.dumps({"shard": shard, "member": member, "reason": reason}) + "\n")
+
+    def record_decode(self, sample: dict, exc: ValueError) -> None:
+        member = f"{exc.key}.{exc.member}" if isinstance(exc, ClipDecodeError) else str(sample.get("__key__"))
+        self.record(sample.get("__url__"), member, exc.reason if isinstance(exc, ClipDecodeError) else str(exc))
+
+    def summary(self) -> dict:
+        """``{"bad": n, "by_shard": {shard: {"count", "members": [{"member", "reason"}]}}}`` (all processes with a sink)."""
+        if not self.sink or not Path(self.sink).is_dir():
+            return {"bad": self.count, "by_shard": self.by_shard}
+        merged: dict[str, dict] = {}
+        total = 0
+        for path in sorted(Path(self.sink).glob("bad_samples-*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                total += 1
+                entry = merged.setdefault(rec["shard"], {"count": 0, "members": []})
+                entry["count"] += 1
+                if len(entry["members"]) < 20:
+                    entry["members"].append({"member": rec["member"], "reason": rec["reason"]})
+        return {"bad": total, "by_shard": merged}
 
 
 def clip_to_views(clip: Clip, positions: np.ndarray) -> Views:
@@ -175,6 +330,9 @@ class ClipExamples(IterableDataset):
         self.consumed_batches = 0  # batches of this epoch already trained on (skipped on resume)
         self.batch_size = 1  # examples per DataLoader batch (to map samples to batches)
         self.corrupt = CorruptCounter()
+        self.max_consecutive_bad = 200
+        """This many unusable samples in a row (and none usable) stop the stream with an error instead of
+        looping forever over damaged shards."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -218,21 +376,34 @@ class ClipExamples(IterableDataset):
         produced = skip = self.skipped_samples(worker, workers)
         if count is not None and produced >= count:
             return
+        start, bad_before, consecutive = produced, self.corrupt.count, 0
         for sample in pipeline:
             if skip:  # consumed before a resume: no decoding
                 skip -= 1
                 continue
+            if consecutive >= self.max_consecutive_bad:
+                raise TrainingDataError(f"training data: {consecutive} unusable samples in a row ({self.corrupt.examples[-1]}); "
+                                   "check the shards with data_prep/verify_shards.py")  # fmt: skip
+            consecutive += 1
             try:
                 clip = decode_clip(sample)
+            except ValueError as exc:
+                self.corrupt.record_decode(sample, exc)
+                continue
+            try:
                 draw = np.random.default_rng([self.seed, self.epoch, rank, worker, produced])
                 context, target = sample_views(len(clip), self.sampler, draw, self.sample_step(worker, workers, produced))
             except ValueError as exc:
-                self.corrupt(exc)
+                self.corrupt.record(sample.get("__url__"), str(sample.get("__key__")), f"cannot sample views: {exc}")
                 continue
+            consecutive = 0
             yield Example(clip_to_views(clip, context), clip_to_views(clip, target), [clip.scene])
             produced += 1
             if count is not None and produced >= count:
                 return
+        if produced == start and self.corrupt.count > bad_before:
+            raise TrainingDataError(f"training data: no usable sample in this pass, {self.corrupt.count - bad_before} bad "
+                               f"({self.corrupt.examples[-1] if self.corrupt.examples else '?'}); check the shards with data_prep/verify_shards.py")  # fmt: skip
 
 
 class EvalIndexDataset(IterableDataset):
@@ -247,15 +418,16 @@ class EvalIndexDataset(IterableDataset):
 
     def __init__(self, root: str | Path, split: str, index: dict[str, list[dict]]):
         super().__init__()
-        manifest = json.loads((Path(root) / "manifest.json").read_text())
         by_scene: dict[str, list[str]] = {}
-        for shard in manifest["splits"][split]["shards"]:
+        for shard in manifest_split(root, split)["shards"]:
             by_scene.setdefault(shard["scene"], []).append(str(Path(root) / shard["path"]))
         missing = sorted(set(index) - set(by_scene))
         if missing:
             raise KeyError(f"evaluation index names scenes with no shards in split {split!r}: {missing[:5]}")
         self.index, self.by_scene = index, by_scene
         self.corrupt = CorruptCounter()
+        self.skipped_entries: list[dict] = []
+        """Index entries not evaluated because their frames were in damaged shards (scene, entry, shards)."""
 
     def __len__(self) -> int:
         """Examples this rank yields (the whole index in a single process)."""
@@ -281,13 +453,18 @@ class EvalIndexDataset(IterableDataset):
                 try:
                     clip = decode_clip(sample)
                 except ValueError as exc:
-                    self.corrupt(exc)
+                    self.corrupt.record_decode(sample, exc)
                     continue
                 for position, frame_id in enumerate(clip.frame_ids.tolist()):
                     frames.setdefault(frame_id, (clip, position))
             for entry in index[scene]:
                 wanted = list(entry["context"]) + list(entry["target"])
                 absent = [i for i in wanted if i not in frames]
+                damaged = sorted(set(self.by_scene[scene]) & set(self.corrupt.by_shard))
+                if absent and damaged:  # the frames were in shards that failed to read: skip, say why
+                    self.skipped_entries.append({"scene": scene, "entry": entry, "missing_frames": absent, "damaged_shards": damaged})
+                    log.warning("evaluation index: scene %r entry skipped, frames %s are in damaged shards %s", scene, absent[:5], damaged)
+                    continue
                 if absent:
                     raise KeyError(f"evaluation index: scene {scene!r} has no keyframes {absent[:5]} in its shards")
                 merged = _merge_frames([frames[i] for i in wanted], scene)

@@ -54,7 +54,10 @@ class Predictor(nn.Module):
             roles[role]["kwargs"] = {**roles[role].get("kwargs", {}), **kwargs}
         self.cfg = _Cfg(model_cfg, roles)
         self.model = build_model(model_cfg).eval()
-        missing, unexpected = self.model.load_state_dict(blob["state_dict"], strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(blob["state_dict"], strict=False)
+        except RuntimeError as exc:  # tensor shapes that do not fit the stored config
+            raise CheckpointError(f"{path}: weights do not fit the stored model config ({' '.join(str(exc).split())[:300]})") from exc
         if missing or unexpected:
             raise CheckpointError(f"{path}: weights do not match the stored model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.class_names: list[str] = list(blob["class_names"])

@@ -212,11 +212,24 @@ def _rename(key: str, mapping: Mapping[str, str]) -> str:
     return key
 
 
-def _read_checkpoint(path: Path) -> Mapping[str, Tensor]:
+def _read_checkpoint(path: Path, allow_pickle: bool = False) -> Mapping[str, Tensor]:
+    """The state dict of an LSeg checkpoint, read with ``weights_only=True``.
+
+    The official ``demo_e200.ckpt`` is a Lightning checkpoint whose pickled hyper-parameters may
+    need a full unpickle, which can run arbitrary code from the file. That is done only with
+    ``allow_pickle=True`` (teacher kwarg ``allow_pickle``, off by default), for a file you trust;
+    otherwise a clear error says how to opt in.
+    """
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # Lightning pickles hyper-parameters; the file is the user's own local path
-        warnings.warn(f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); loading with weights_only=False", stacklevel=2)
+    except Exception as err:  # noqa: BLE001 - Lightning pickles hyper-parameters
+        if not allow_pickle:
+            raise ValueError(
+                f"{CHECKPOINT_KEY}: {path} cannot be read with weights_only=True ({type(err).__name__}); it needs a full "
+                "unpickle, which can run code from the file. If you trust it, opt in with the lseg teacher kwarg "
+                "allow_pickle=true (e.g. teachers.language.kwargs.allow_pickle=true, or --teacher lseg:...,allow_pickle=true)"
+            ) from err
+        warnings.warn(f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); allow_pickle=true: loading with weights_only=False", stacklevel=2)
         blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping):
@@ -316,13 +329,14 @@ def build_lseg_teacher(checkpoint: str | Path | None = None, clip_path: str | Pa
                        backbone: str = "vit_large_patch16_384", features: int = 256, hooks: Sequence[int] | None = None,
                        channels: Sequence[int] | None = None, vit_kwargs: Mapping | None = None,
                        prompt_template: str = LSEG_TEMPLATE, text_cache_dir: str | Path | None = None,
-                       device: str | torch.device = "cpu") -> LSegTeacher:  # fmt: skip
+                       device: str | torch.device = "cpu", allow_pickle: bool = False) -> LSegTeacher:  # fmt: skip
     """LSeg from the official ``demo_e200.ckpt`` at ``checkpoint`` (``teachers.lseg.checkpoint``) and,
-    if ``clip_path`` (``teachers.clip.path``) is given, the CLIP ViT-B/32 text tower for class logits."""
+    if ``clip_path`` (``teachers.clip.path``) is given, the CLIP ViT-B/32 text tower for class logits.
+    ``allow_pickle``: permit a full unpickle of the checkpoint (see :func:`_read_checkpoint`); off by default."""
     path = require_file(checkpoint, CHECKPOINT_KEY)
     text = None
     if clip_path is not None:
         text = ClipTextEncoder.from_pretrained(clip_path, template=prompt_template, cache_dir=text_cache_dir)
     net = LSegNet(backbone, features, hooks, channels, vit_kwargs=vit_kwargs)
-    load_lseg_weights(net, _read_checkpoint(path), source=str(path))
+    load_lseg_weights(net, _read_checkpoint(path, allow_pickle), source=str(path))
     return LSegTeacher(net, text).to(device)

@@ -124,6 +124,8 @@ class OptimConfig:
         max_steps: training steps of this stage (paper: 5000 per stage).
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
         grad_clip: gradient-norm clipping (0 disables).
+        max_nonfinite_steps: a step whose loss or gradient is NaN/inf is skipped and counted; this
+            many in a row stop training with an error (and no model.pt).
     """
 
     lr: float = 1e-4
@@ -131,6 +133,7 @@ class OptimConfig:
     max_steps: int = 5000
     min_lr_ratio: float = 0.01
     grad_clip: float = 0.5
+    max_nonfinite_steps: int = 5
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import asdict
@@ -37,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ffsplat.checkpoint import ROLE_CONDITION, load_weights, save_model
+from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
 from ffsplat.data.sampling import build_eval_index, load_eval_index
@@ -72,6 +73,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     kill during saving never leaves a truncated ``last.ckpt``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        from ffsplat.training.guards import NonFiniteCheckpointError, nonfinite_tensors
+
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if bad:  # never write a checkpoint that resumes into NaN
+            raise NonFiniteCheckpointError(f"refusing to write {path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]})")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -321,7 +327,10 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.init_from: no checkpoint at {path}")
-    state = load_weights(path)
+    try:  # weights_only=True: a user-named file never runs code
+        state = load_weights(path)
+    except CheckpointError as exc:
+        raise ValueError(f"stage.init_from={path}: {exc}") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)")
@@ -376,6 +385,7 @@ class ClipDataModule(L.LightningDataModule):
         step = int(self.trainer.global_step) if self.trainer is not None else 0
         consumed = max(0, step - self.epoch_start_step)
         self.train_set.set_position(self.epoch, self.epoch_start_step, consumed, d.batch_size)
+        self.train_set.corrupt.sink = str(Path(self.cfg.checkpoint.dir) / self.cfg.run_name / "bad_samples")
         return DataLoader(self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples)
 
     def val_dataloader(self) -> DataLoader:
@@ -413,8 +423,12 @@ def resume_path(cfg: TrainConfig) -> str | None:
     if resume is None:
         return None
     if resume == "auto":
-        last = Path(cfg.checkpoint.dir) / cfg.run_name / "last.ckpt"
-        return str(last) if last.is_file() else None
+        from ffsplat.training.guards import find_resume
+
+        path, note = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name)
+        if note:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+        return path
     if not Path(resume).is_file():
         raise FileNotFoundError(f"checkpoint.resume: no checkpoint at {resume}")
     return resume
@@ -439,6 +453,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from ffsplat.training.guards import NonFiniteGuard, print_data_report
     from ffsplat.training.logs import ImageLogger, ProgressLog
 
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -452,14 +467,20 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
         callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
-                   ProgressLog(cfg.logging.progress_every_n_steps)] + list(callbacks or []),
+                   ProgressLog(cfg.logging.progress_every_n_steps),
+                   NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,
         default_root_dir=cfg.logging.save_dir,
     )  # fmt: skip
     module = SemanticSplatModule(cfg)
-    trainer.fit(module, datamodule=ClipDataModule(cfg), ckpt_path=resume_path(cfg))
+    data = ClipDataModule(cfg)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg))
+    finally:
+        if trainer.is_global_zero and data.train_set is not None:  # the run's list of skipped bad shard data
+            print_data_report(data.train_set.corrupt.summary(), run_dir / "bad_samples.json")
     if trainer.is_global_zero:
         export_slim(module, run_dir / "model.pt")
     return module

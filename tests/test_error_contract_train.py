@@ -1,0 +1,163 @@
+"""train.py's error contract and training integrity (issues 13/19): bad configs -> one ``error:`` line,
+exit 2, nothing written; stage.init_from never unpickles code; non-finite steps are skipped and counted,
+too many in a row stop with an error and no model.pt; NaN-teacher shards never train; checkpoints with
+non-finite weights are refused; a damaged last.ckpt falls back to the newest intact step=N.ckpt."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from ffsplat.training.guards import NonFiniteCheckpointError, find_resume
+from ffsplat.training.module import AtomicCheckpointIO, SemanticSplatModule, fit, load_model_weights
+from tests.test_error_contract_evaluate import rewrite_tar
+from tests.test_training import tiny_config
+
+
+def bad_config(kind: str, shards: Path, tmp: Path):
+    cfg = tiny_config(shards, tmp)
+    if kind == "missing_root":
+        cfg.data.root, message = str(tmp / "nope"), "data.root: shard folder not found"
+    elif kind == "missing_split":
+        cfg.data.train_split, message = "trian", "no split 'trian'"
+    elif kind == "missing_eval_index":
+        cfg.data.eval_index, message = str(tmp / "index.json"), "data.eval_index: evaluation index not found"
+    elif kind == "missing_init":
+        cfg.stage.init_from, message = str(tmp / "model.pt"), "stage.init_from"
+    elif kind == "missing_resume":
+        cfg.checkpoint.resume, message = str(tmp / "last.ckpt"), "checkpoint.resume"
+    elif kind == "damaged_resume":
+        (tmp / "bad.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
+        cfg.checkpoint.resume, message = str(tmp / "bad.ckpt"), "checkpoint.resume: "
+    elif kind == "zero_lr":
+        cfg.optim.lr, message = 0.0, "optim.lr"
+    elif kind == "zero_steps":
+        cfg.optim.max_steps, message = 0, "optim.max_steps"
+    else:
+        raise AssertionError(kind)
+    return cfg, message
+
+
+@pytest.mark.parametrize("kind", ["missing_root", "missing_split", "missing_eval_index", "missing_init", "missing_resume",
+                                  "damaged_resume", "zero_lr", "zero_steps"])  # fmt: skip
+def test_bad_config_gives_one_error_line_and_writes_nothing(tiny_shards, tmp_path, capsys, kind):
+    cfg, message = bad_config(kind, tiny_shards, tmp_path)
+    code = train.run(cfg)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+class _RunsCode:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_init_from_never_unpickles_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"format": "ffsplat-model", "state_dict": {}, "payload": _RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_model_weights(torch.nn.Linear(2, 2), tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_checkpoints_with_nonfinite_weights_are_refused(tmp_path):
+    with pytest.raises(NonFiniteCheckpointError, match="non-finite weights"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "last.ckpt")
+    assert not list(tmp_path.iterdir())
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.ckpt")
+    assert (tmp_path / "last.ckpt").is_file()
+
+
+def test_damaged_last_ckpt_falls_back_to_the_newest_intact_step(tmp_path):
+    for step in (2, 4, 6):
+        torch.save({"state_dict": {"w": torch.full((64,), float(step))}}, tmp_path / f"step={step}.ckpt")
+    shutil.copy(tmp_path / "step=6.ckpt", tmp_path / "last.ckpt")
+    assert find_resume(tmp_path) == (str(tmp_path / "last.ckpt"), None)
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:300])  # truncated
+    data = bytearray((tmp_path / "step=6.ckpt").read_bytes())
+    at = data.index(np.full(64, 6.0, np.float32).tobytes()[:16])
+    data[at] ^= 0xFF  # a flipped byte inside the tensor: the zip CRC catches it
+    (tmp_path / "step=6.ckpt").write_bytes(bytes(data))
+    path, note = find_resume(tmp_path)
+    assert path == str(tmp_path / "step=4.ckpt")
+    assert "last.ckpt is damaged" in note and "step=6.ckpt is damaged" in note and "resuming from step=4.ckpt" in note
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_path, monkeypatch, capsys):
+    real = SemanticSplatModule.compute_losses
+    bad_steps = {1}
+
+    def sometimes_nan(self, batch):
+        total, logs = real(self, batch)
+        return (total * float("nan") if self.global_step in bad_steps else total), logs
+
+    monkeypatch.setattr(SemanticSplatModule, "compute_losses", sometimes_nan)
+    cfg = tiny_config(tiny_shards, tmp_path, "geometry", optim__max_steps=3)
+    cfg.checkpoint.every_n_steps = 1
+    module = fit(cfg)
+    guard = next(c for c in module.trainer.callbacks if type(c).__name__ == "NonFiniteGuard")
+    assert guard.skipped == 1 and module.trainer.global_step == 3
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+
+    bad_steps.update(range(100))  # now every step: stop after optim.max_nonfinite_steps in a row
+    cfg = tiny_config(tiny_shards, tmp_path / "b", "geometry", optim__max_steps=6, optim__max_nonfinite_steps=2)
+    code = train.run(cfg)
+    err = capsys.readouterr().err
+    assert code == 1 and "error: 2 training steps in a row had a non-finite loss or gradient" in err, err
+    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
+    assert not (run_dir / "model.pt").exists()
+    for ckpt in run_dir.glob("*.ckpt"):  # whatever was saved holds finite weights
+        state = torch.load(ckpt, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_nan_teacher_shards_never_train(tiny_shards, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+
+    def poison(sample):
+        name = next(k for k in sample if k.startswith("teacher."))
+        array = np.load(__import__("io").BytesIO(sample[name]))
+        array[0, 0, 0, 0] = np.nan
+        buf = __import__("io").BytesIO()
+        np.save(buf, array)
+        return sample | {name: buf.getvalue()}
+
+    for tar in (shards / "train").glob("*.tar"):
+        rewrite_tar(tar, poison)
+    cfg = tiny_config(shards, tmp_path, "seg")
+    code = train.run(cfg)
+    err = capsys.readouterr().err
+    assert code == 1 and "error: training data:" in err and "NaN" in err, err
+    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
+    assert not (run_dir / "model.pt").exists()
+    report = __import__("json").loads((run_dir / "bad_samples.json").read_text())
+    assert report["bad"] >= 1 and all(Path(s).parent.name == "train" for s in report["by_shard"])
+    assert any(".teacher." in m["member"] for v in report["by_shard"].values() for m in v["members"])
+
+
+def test_train_py_through_hydra_gives_one_error_line_and_leaves_no_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "train.py"), f"data.root={tmp_path / 'nope'}", f"logging.save_dir={tmp_path / 'out'}",
+                           f"checkpoint.dir={tmp_path / 'ck'}", "logging.wandb_mode=disabled"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == f"error: data.root: shard folder not found: {tmp_path / 'nope'}\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.yaml"))
+    assert not (tmp_path / "ck").exists()
