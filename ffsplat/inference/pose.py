@@ -68,7 +68,7 @@ class RegistrationConfig:
     domain_size_pooling: bool = True
     estimate_affine_shape: bool = False
     min_inliers: int = 15
-    init_min_tri_angle: float = 4.0
+    init_min_tri_angle: float = 2.0
     refine_intrinsics: bool = False
     num_threads: int = 1
 
@@ -172,6 +172,8 @@ def register_views(
             _refuse_static_pairs(db, geometries, names)
             if n == 2:
                 result = _two_view(pycolmap, db, geometries, intrinsics, names, cfg)
+            else:
+                _refuse_isolated_views(pairs, names, cfg)
         if n > 2:
             result = _incremental(pycolmap, db_path, Path(tmp), pairs, names, cfg)
     k, c2w, points, error, observations, method = result
@@ -258,6 +260,18 @@ def _refuse_static_pairs(db, geometries, names) -> None:
         b = db.read_keypoints(j + 1)[g.inlier_matches[:, 1], :2]
         if np.median(np.linalg.norm(a - b, axis=1)) < 1.0:
             raise PoseEstimationError(f"{names[i]} and {names[j]} show no camera motion (matches do not move): they are the same photo")
+
+
+def _refuse_isolated_views(pairs: list[PairReport], names, cfg: RegistrationConfig) -> None:
+    """Views with fewer than ``min_inliers`` verified matches to every other view cannot register."""
+    best = {i: max(p.inliers for p in pairs if i in (p.i, p.j)) for i in range(len(names))}
+    isolated = [i for i, b in best.items() if b < cfg.min_inliers]
+    if isolated:
+        detail = ", ".join(f"{names[i]} ({best[i]} verified matches with any other view)" for i in isolated)
+        raise PoseEstimationError(
+            f"COLMAP could not register {len(isolated)} of {len(names)} views: {detail}, need {cfg.min_inliers}; "
+            "they do not overlap the others. Give --cameras or drop them"
+        )
 
 
 def _two_view(pycolmap, db, geometries, intrinsics, names, cfg: RegistrationConfig):
