@@ -130,7 +130,8 @@ def main() -> None:
                     if method == "colmap":
                         reg = register_views([im0, im1], [k, k], names=[f"{s}.jpg", f"{s + gap}.jpg"], config=cfg)
                         est = np.linalg.inv(reg.c2w[1])
-                        extra = {"inliers": reg.report.pairs[0].inliers, "reproj_px": reg.report.mean_reprojection_error}
+                        extra = {"inliers": reg.report.pairs[0].inliers, "reproj_px": reg.report.mean_reprojection_error,
+                                 "method": reg.report.method}  # fmt: skip
                     else:
                         est, extra = old_opencv_relative_pose(im0, im1, k, k), {}
                     er, et = rotation_error_deg(est[:3, :3], gt[:3, :3]), translation_error_deg(est[:3, 3], gt[:3, 3])

@@ -50,7 +50,7 @@ def test_registration_with_exif_intrinsics(tmp_path, checkpoint, room_views, cap
     how = summary["cameras"]["how"]
     assert "COLMAP two-view geometry" in how and "EXIF 35 mm-equivalent focal length" in how
     reg = summary["cameras"]["registration"]
-    assert reg["method"] == "two-view geometry" and reg["pairs"][0]["inliers"] >= 15
+    assert reg["method"].startswith("two-view geometry") and reg["pairs"][0]["inliers"] >= 15
 
 
 def test_intrinsics_only_cameras_json_registers_the_poses(tmp_path, checkpoint, room_views, capsys):  # noqa: F811

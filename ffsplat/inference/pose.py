@@ -291,22 +291,44 @@ def _two_view(pycolmap, db, geometries, intrinsics, names, cfg: RegistrationConf
     rel = np.eye(4)
     rel[:3] = g.cam2_from_cam1.matrix()  # x1 = R x0 + t
     k = np.stack([np.asarray(x, dtype=np.float64) for x in intrinsics])
-    x0 = db.read_keypoints(1)[g.inlier_matches[:, 0], :2].astype(np.float64)
-    x1 = db.read_keypoints(2)[g.inlier_matches[:, 1], :2].astype(np.float64)
-    points, error = triangulate_pair(k[0], k[1], rel, x0, x1)
+    pairs = g.inlier_matches
+    if config != "CALIBRATED":
+        # A homography (PLANAR: walls, floors, small baselines) or fundamental-matrix (UNCALIBRATED)
+        # decomposition fixes the translation poorly; re-estimate the pose from the essential matrix
+        # over all matches (COLMAP's LO-RANSAC, tangent Sampson error) with the known intrinsics.
+        pairs = db.read_matches(1, 2)
+        kp0, kp1 = db.read_keypoints(1)[pairs[:, 0], :2], db.read_keypoints(2)[pairs[:, 1], :2]
+        cams = [db.read_camera(1), db.read_camera(2)]
+        ransac = pycolmap.RANSACOptions()
+        ransac.max_error = 2.0
+        ransac.random_seed = 0
+        found = pycolmap.estimate_relative_pose(cams[0], kp0.astype(np.float64), cams[1], kp1.astype(np.float64), ransac)
+        if found is None or int(found["num_inliers"]) < cfg.min_inliers:
+            raise PoseEstimationError(
+                f"{names[0]} and {names[1]} could not be registered: COLMAP found a {config} two-view geometry and only "
+                f"{0 if found is None else int(found['num_inliers'])} matches agree on an essential matrix (need {cfg.min_inliers})"
+            )
+        rel[:3] = found["cam2_from_cam1"].matrix()
+        pairs = pairs[np.asarray(found["inlier_mask"], dtype=bool)]
+        config = f"{config}, pose from the essential matrix"
+    x0 = db.read_keypoints(1)[pairs[:, 0], :2].astype(np.float64)
+    x1 = db.read_keypoints(2)[pairs[:, 1], :2].astype(np.float64)
+    points, error, angle = triangulate_pair(k[0], k[1], rel, x0, x1)
     if points < cfg.min_inliers:
         raise PoseEstimationError(
             f"{names[0]} and {names[1]} could not be registered: only {points} of {inliers} inliers triangulate in front of both cameras"
         )
     c2w = np.stack([np.eye(4), np.linalg.inv(rel)])
-    return k, c2w, points, error, [points, points], "two-view geometry"
+    return k, c2w, points, error, [points, points], f"two-view geometry ({config}, median triangulation angle {angle:.1f} deg)"
 
 
-def triangulate_pair(k0: np.ndarray, k1: np.ndarray, cam1_from_cam0: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[int, float]:
+def triangulate_pair(
+    k0: np.ndarray, k1: np.ndarray, cam1_from_cam0: np.ndarray, x0: np.ndarray, x1: np.ndarray
+) -> tuple[int, float, float]:
     """Linear (DLT) triangulation of matched pixels ``x0, x1 [N, 2]``.
 
-    Returns the number of points in front of both cameras and their mean reprojection error in
-    pixels (over both views).
+    Returns the number of points in front of both cameras, their mean reprojection error in pixels
+    (over both views) and their median triangulation angle in degrees.
     """
     p0 = k0 @ np.eye(4)[:3]
     p1 = k1 @ cam1_from_cam0[:3]
@@ -316,12 +338,16 @@ def triangulate_pair(k0: np.ndarray, k1: np.ndarray, cam1_from_cam0: np.ndarray,
     c0, c1 = xh @ np.eye(4)[:3].T, xh @ cam1_from_cam0[:3].T
     front = (c0[:, 2] > 0) & (c1[:, 2] > 0)
     if not front.any():
-        return 0, float("nan")
+        return 0, float("nan"), 0.0
     r0 = (xh[front] @ p0.T)
     r1 = (xh[front] @ p1.T)
     err0 = np.linalg.norm(r0[:, :2] / r0[:, 2:] - x0[front], axis=1)
     err1 = np.linalg.norm(r1[:, :2] / r1[:, 2:] - x1[front], axis=1)
-    return int(front.sum()), float(np.concatenate([err0, err1]).mean())
+    centre1 = -cam1_from_cam0[:3, :3].T @ cam1_from_cam0[:3, 3]
+    rays0, rays1 = xh[front, :3], xh[front, :3] - centre1
+    cos = (rays0 * rays1).sum(1) / np.linalg.norm(rays0, axis=1) / np.linalg.norm(rays1, axis=1)
+    angle = float(np.degrees(np.median(np.arccos(np.clip(cos, -1.0, 1.0)))))
+    return int(front.sum()), float(np.concatenate([err0, err1]).mean()), angle
 
 
 def _incremental(pycolmap, db_path: Path, tmp: Path, pairs: list[PairReport], names, cfg: RegistrationConfig):
