@@ -60,6 +60,7 @@ class RegistrationConfig:
             pair (COLMAP's default 16 rejects typical handheld indoor baselines).
         refine_intrinsics: refine each camera's focal length in bundle adjustment (3+ views only).
         num_threads: threads for matching and mapping.
+        log_level: COLMAP's glog threshold while registering (0 info, 1 warning, 2 error).
     """
 
     max_image_size: int = 1600
@@ -71,6 +72,7 @@ class RegistrationConfig:
     init_min_tri_angle: float = 2.0
     refine_intrinsics: bool = False
     num_threads: int = 1
+    log_level: int = 2
 
 
 @dataclass
@@ -158,6 +160,26 @@ def register_views(
             if images[i].shape == images[j].shape and np.array_equal(images[i], images[j]):
                 raise PoseEstimationError(f"{names[i]} and {names[j]} are the same photo: there is no camera motion to register")
 
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = cfg.log_level  # COLMAP's INFO lines would flood the terminal
+    try:
+        result = _register(pycolmap, images, intrinsics, names, cfg)
+    finally:
+        pycolmap.logging.minloglevel = level
+    k, c2w, points, error, observations, method, pairs, keypoints = result
+    c2w = np.linalg.inv(c2w[0])[None] @ c2w  # view 0 at the origin
+    distance = np.linalg.norm(c2w[1, :3, 3])
+    if distance < 1e-9:
+        raise PoseEstimationError(f"{names[0]} and {names[1]} have the same camera centre (a pure rotation): no baseline to scale")
+    c2w[:, :3, 3] *= baseline / distance
+    scale = (f"translation scaled so that {names[0]} and {names[1]} are {baseline:g} m apart"
+             + (" (COLMAP's reconstruction scaled by the same factor)" if n > 2 else ""))  # fmt: skip
+    report = RegistrationReport(method, keypoints, pairs, points, error, observations, cfg.refine_intrinsics, scale)
+    return Registration(k=k, c2w=c2w, report=report)
+
+
+def _register(pycolmap, images, intrinsics, names, cfg: RegistrationConfig):
+    n = len(images)
     with tempfile.TemporaryDirectory(prefix="ffsplat_colmap_") as tmp:
         db_path = Path(tmp) / "database.db"
         keypoints = _extract(pycolmap, db_path, images, intrinsics, cfg)
@@ -176,16 +198,7 @@ def register_views(
                 _refuse_isolated_views(pairs, names, cfg)
         if n > 2:
             result = _incremental(pycolmap, db_path, Path(tmp), pairs, names, cfg)
-    k, c2w, points, error, observations, method = result
-    c2w = np.linalg.inv(c2w[0])[None] @ c2w  # view 0 at the origin
-    distance = np.linalg.norm(c2w[1, :3, 3])
-    if distance < 1e-9:
-        raise PoseEstimationError(f"{names[0]} and {names[1]} have the same camera centre (a pure rotation): no baseline to scale")
-    c2w[:, :3, 3] *= baseline / distance
-    scale = (f"translation scaled so that {names[0]} and {names[1]} are {baseline:g} m apart"
-             + (" (COLMAP's reconstruction scaled by the same factor)" if n > 2 else ""))  # fmt: skip
-    report = RegistrationReport(method, keypoints, pairs, points, error, observations, cfg.refine_intrinsics, scale)
-    return Registration(k=k, c2w=c2w, report=report)
+    return (*result, pairs, keypoints)
 
 
 def _extract(pycolmap, db_path: Path, images, intrinsics, cfg: RegistrationConfig) -> list[int]:
