@@ -109,7 +109,12 @@ def main() -> None:
     p.add_argument("--gaps", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--stride", type=int, default=20, help="frames between the first frames of consecutive pairs")
     p.add_argument("--max-pairs", type=int, default=0, help="at most this many pairs per gap (0: all)")
+    p.add_argument("--multiview", type=int, nargs="*", default=[], metavar="FIRST",
+                   help="instead of pairs: register --views frames FIRST, FIRST+gap, ... at once (COLMAP only)")
+    p.add_argument("--views", type=int, default=8, help="views per --multiview set")
     args = p.parse_args()
+    if args.multiview:
+        return multiview(args)
     if not DATA.exists():
         sys.exit(f"error: HoloLens data not found at {DATA}")
     k = np.loadtxt(DATA / "intrinsic" / "intrinsic_color.txt")[:3, :3]
@@ -159,6 +164,34 @@ def main() -> None:
         summary[method] = per
     settings = {"data": "hololens-office 540x360", "gaps": args.gaps, "stride": args.stride, "colmap": cfg.__dict__}
     print(json.dumps({"machine": machine(), "settings": settings, "summary": summary, "pairs": rows}))
+
+
+def multiview(args) -> None:
+    """Register ``--views`` frames ``s, s + gap, ...`` in one COLMAP run per start ``s``: per-view
+    rotation / translation-direction error of each camera relative to view 0."""
+    k = np.loadtxt(DATA / "intrinsic" / "intrinsic_color.txt")[:3, :3]
+    gap, results = args.gaps[0], []
+    for s in args.multiview:
+        frames = [s + gap * i for i in range(args.views)]
+        loaded = [load(f) for f in frames]
+        t0 = time.perf_counter()
+        try:
+            reg = register_views([im for im, _ in loaded], [k] * len(frames), names=[f"{f}.jpg" for f in frames])
+        except PoseEstimationError as exc:
+            results.append({"frames": frames, "refused": str(exc), "seconds": time.perf_counter() - t0})
+            continue
+        rot, trans = [], []
+        for i in range(1, len(frames)):
+            gt = np.linalg.inv(loaded[i][1]) @ loaded[0][1]
+            est = np.linalg.inv(reg.c2w[i]) @ reg.c2w[0]
+            rot.append(rotation_error_deg(est[:3, :3], gt[:3, :3]))
+            trans.append(translation_error_deg(est[:3, 3], gt[:3, 3]))
+        results.append({"frames": frames, "registered": len(frames), "rot_err": rot, "t_err": trans,
+                        "max_rot_err": max(rot), "median_t_err": float(np.median(trans)),
+                        "points": reg.report.points, "reproj_px": reg.report.mean_reprojection_error,
+                        "seconds": time.perf_counter() - t0})  # fmt: skip
+    settings = {"data": "hololens-office 540x360", "views": args.views, "gap": gap, "colmap": RegistrationConfig().__dict__}
+    print(json.dumps({"machine": machine(), "settings": settings, "multiview": results}))
 
 
 if __name__ == "__main__":
