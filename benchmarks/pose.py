@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import machine  # noqa: E402
-from ffsplat.inference.pose import PoseEstimationError, RegistrationConfig, register_views  # noqa: E402
+from benchmarks._common import machine
+from ffsplat.inference.pose import PoseEstimationError, RegistrationConfig, register_views
 
 DATA = ROOT.parent / "shared" / "data" / "hololens-office"
 

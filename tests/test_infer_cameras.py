@@ -41,7 +41,7 @@ def test_registration_with_exif_intrinsics(tmp_path, checkpoint, room_views, cap
     paths = []
     for i, image in enumerate(images):
         exif = Image.Exif()
-        exif.get_ifd(0x8769)[0xA405] = int(round(f35))
+        exif.get_ifd(0x8769)[0xA405] = round(f35)
         paths.append(tmp_path / f"v{i}.jpg")
         Image.fromarray(image).save(paths[-1], "JPEG", quality=95, exif=exif)
     out = tmp_path / "s.ply"
@@ -77,7 +77,7 @@ def test_scannet_folder_as_cameras(tmp_path, checkpoint, capsys):  # noqa: F811
 
 
 def bad_camera_case(tmp_path: Path, room_views, inputs, kind: str) -> tuple[list, str]:  # noqa: F811
-    images, k, _ = room_views
+    images, _, _ = room_views
     views, cams = inputs
     pngs = []
     for i, image in enumerate(images):
@@ -119,7 +119,7 @@ def bad_camera_case(tmp_path: Path, room_views, inputs, kind: str) -> tuple[list
 @pytest.mark.parametrize(
     "kind",
     ["unrelated", "identical", "corrupt_exif", "intrinsics_text", "intrinsics_outside", "near_string", "refine_two",
-     "focal_with_cameras", "missing_folder_view"],  # fmt: skip
+     "focal_with_cameras", "missing_folder_view"],
 )
 def test_bad_camera_input_gives_one_clear_error_and_no_output(tmp_path, checkpoint, room_views, inputs, capsys, kind):  # noqa: F811
     args, message = bad_camera_case(tmp_path, room_views, inputs, kind)

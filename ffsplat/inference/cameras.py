@@ -323,7 +323,10 @@ def _read_nerfstudio(path: Path, names: list[str], sizes: list[tuple[int, int]])
     views = []
     for name, (i, frame) in zip(names, _find(path, [Path(n).name for n in names], by_name, "frame")):
         where = f"{path}: frames[{i}]"
-        get = lambda key: frame.get(key, data.get(key))  # noqa: E731  (per-frame values override the shared ones)
+
+        def get(key, frame=frame):  # per-frame values override the shared ones
+            return frame.get(key, data.get(key))
+
         model = get("camera_model") or "OPENCV"
         if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
             raise CameraFileError(f"{where}: camera_model {model} is not a pinhole camera")
