@@ -69,7 +69,7 @@ class RegistrationConfig:
     domain_size_pooling: bool = True
     estimate_affine_shape: bool = False
     min_inliers: int = 15
-    init_min_tri_angle: float = 2.0
+    init_min_tri_angle: float = 8.0
     refine_intrinsics: bool = False
     num_threads: int = 1
     log_level: int = 2
@@ -388,7 +388,11 @@ def _incremental(pycolmap, db_path: Path, tmp: Path, pairs: list[PairReport], na
     if missing:
         links = {i: max((p.inliers for p in pairs if i in (p.i, p.j)), default=0) for i in missing}
         detail = ", ".join(f"{names[i]} ({links[i]} verified matches with any other view)" for i in missing)
-        raise PoseEstimationError(f"COLMAP could not register {len(missing)} of {len(names)} views: {detail}; they do not overlap the others enough. Give --cameras or drop them")
+        models = len(reconstructions)
+        raise PoseEstimationError(
+            f"COLMAP could not register {len(missing)} of {len(names)} views: {detail}; its mapper could not add them to the "
+            f"reconstruction of the others ({models} separate model{'s' if models != 1 else ''}). Give --cameras, drop them or add views in between"
+        )
     ks, c2ws, observations = [], [], []
     for i in range(len(names)):
         image = by_name[f"view_{i:03d}"]
