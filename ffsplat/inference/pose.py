@@ -391,7 +391,7 @@ def _incremental(pycolmap, db_path: Path, tmp: Path, pairs: list[PairReport], na
         models = len(reconstructions)
         raise PoseEstimationError(
             f"COLMAP could not register {len(missing)} of {len(names)} views: {detail}; its mapper could not add them to the "
-            f"reconstruction of the others ({models} separate model{'s' if models != 1 else ''}). Give --cameras, drop them or add views in between"
+            f"reconstruction of the others (COLMAP built {models} model{'s' if models != 1 else ''}). Give --cameras, drop them or add views in between"
         )
     ks, c2ws, observations = [], [], []
     for i in range(len(names)):
