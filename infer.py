@@ -1,24 +1,34 @@
 """Photos -> semantic 3D Gaussians (.ply), with optional renders and open-vocabulary queries.
 
-    python infer.py --views a.png b.png                                   # poses estimated (2 views)
+    python infer.py --views a.png b.png c.png                             # poses registered with COLMAP
     python infer.py --views a.png b.png c.png --cameras cams.json --render
+    python infer.py --views a.jpg b.jpg --cameras colmap/sparse/0 --save-depth
     python infer.py --views a.png b.png --query chair --query "table"
 
-Cameras: ``--cameras`` JSON with per-view pixel intrinsics and camera-to-world poses in OpenCV axes
-(schema: ``ffsplat/inference/cameras.py``, example: ``examples/demo/cameras.json``). Without it, two views
-are registered with SIFT + the essential matrix, intrinsics from ``--fov`` (or ``--focal``), and the
-translation scaled to ``--baseline`` metres (a two-view reconstruction has no absolute scale).
+Cameras: ``--cameras`` is a JSON with per-view pixel intrinsics and camera-to-world poses in OpenCV
+axes (schema: ``ffsplat/inference/cameras.py``, example: ``examples/demo/cameras.json``), a COLMAP
+sparse model folder, a nerfstudio ``transforms.json`` or a ScanNet exported scene folder (converted;
+views matched by file name). Without poses (no ``--cameras``, or an intrinsics-only cameras JSON),
+2 or more views are registered with COLMAP (``ffsplat/inference/pose.py``): two views by their
+two-view geometry, more by incremental mapping. Intrinsics per view, first that applies:
+``--intrinsics fx,fy,cx,cy``, ``--focal`` (principal point at the centre), the photo's EXIF focal
+length, ``--fov``, else a 60 degree horizontal field of view (said so). The distance between the
+first two cameras is set to ``--baseline`` metres (photos alone have no absolute scale).
 
 Outputs (all written atomically, only after every input checked out):
 ``--out`` scene.ply (3DGS layout + ``seg_*``/``lang_*`` fields + per-Gaussian ``class_id`` and
 ``class_conf``), ``<out>.json`` (class names, cameras, timings), with ``--render`` PNGs of RGB,
-depth and class maps, with ``--query`` a relevance map per view and ``<out stem>_<query>.ply``.
+depth and class maps, with ``--query`` a relevance map per view and ``<out stem>_<query>.ply``, with
+``--save-depth`` each input view's predicted depth at the working size as ``<out stem>_depth/view_<i>.png``
+(uint16 millimetres, 0 = beyond 65.535 m or invalid) and ``.npy`` (float32 metres); ``<out>.json``
+records each view's resize and crop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -88,14 +98,18 @@ class Progress:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--views", type=Path, nargs="+", required=True, help="2 or more images")
-    p.add_argument("--cameras", type=Path, help="cameras JSON (OpenCV axes, c2w, pixel intrinsics)")
+    p.add_argument("--cameras", type=Path, help="cameras JSON (OpenCV axes, c2w, pixel intrinsics; c2w may be omitted), "
+                   "a COLMAP sparse model folder, a nerfstudio transforms.json or a ScanNet scene folder")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="a model.pt from training")
     p.add_argument("--out", type=Path, default=Path("outputs/scene.ply"))
     p.add_argument("--size", type=int, default=None, help="square working size (default: the size the model was trained at)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view (degrees) when no cameras are given")
-    p.add_argument("--focal", type=float, help="focal length in pixels of the input images (overrides --fov)")
-    p.add_argument("--baseline", type=float, default=0.3, help="metres between the two estimated cameras")
+    p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for every view (no poses needed)")
+    p.add_argument("--focal", type=float, help="focal length in pixels of the input images, principal point at the centre")
+    p.add_argument("--fov", type=float, help="horizontal field of view (degrees) for photos without EXIF focal length")
+    p.add_argument("--baseline", type=float, default=0.3, help="metres between the first two registered cameras")
+    p.add_argument("--refine-intrinsics", action="store_true", help="refine focal lengths in COLMAP's bundle adjustment (3+ views)")
+    p.add_argument("--save-depth", action="store_true", help="write each input view's predicted depth (16-bit mm PNG + float metres .npy)")
     p.add_argument("--near", type=float, help="nearest scene depth in metres (default: cameras JSON or 0.5)")
     p.add_argument("--far", type=float, help="farthest scene depth in metres (default: cameras JSON or 10)")
     p.add_argument("--render", action="store_true", help="write RGB/depth/class PNGs at the input views")
@@ -136,11 +150,11 @@ def run(args: argparse.Namespace) -> None:
 
     import ffsplat  # noqa: F401
     from ffsplat.inference.cameras import CameraFileError, read_cameras
-    from ffsplat.inference.pose import PoseEstimationError, default_intrinsics, estimate_relative_pose
+    from ffsplat.inference.pose import PoseEstimationError
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
     check_options(args)
-    progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query))
+    progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query) + args.save_depth)
     if len(args.views) < 2:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
     check_output(args.out)
@@ -161,28 +175,7 @@ def run(args: argparse.Namespace) -> None:
     novel = None
     try:
         novel = read_cameras(args.render_cameras) if args.render_cameras else None
-        if args.cameras:
-            cams = read_cameras(args.cameras)
-            if len(cams.views) != len(images):
-                raise InputError(f"--cameras: {args.cameras} has {len(cams.views)} views but {len(images)} images were given")
-            for i, (view, image, path) in enumerate(zip(cams.views, images, args.views)):
-                if (view.height, view.width) != image.shape[:2]:
-                    raise InputError(f"--cameras: views[{i}] is {view.width}x{view.height} but {path} is {image.shape[1]}x{image.shape[0]}")
-                if view.image and Path(view.image).name != path.name:
-                    raise InputError(f"--cameras: views[{i}] names {view.image} but the image given is {path.name}")
-            ks, c2ws = [v.k for v in cams.views], np.stack([v.c2w for v in cams.views])
-            check_distinct_poses(c2ws, f"--cameras: {args.cameras}")
-            near, far = _first(args.near, cams.near, 0.5), _first(args.far, cams.far, 10.0)
-            how = f"cameras from {args.cameras}"
-        else:
-            if len(images) != 2:
-                raise InputError(f"pose estimation registers exactly 2 views; give --cameras for {len(images)} views")
-            ks = [default_intrinsics(*im.shape[:2], args.fov) if args.focal is None else
-                  np.array([[args.focal, 0, im.shape[1] / 2], [0, args.focal, im.shape[0] / 2], [0, 0, 1.0]]) for im in images]  # fmt: skip
-            pose = estimate_relative_pose(images[0], images[1], ks[0], ks[1], baseline=args.baseline)
-            c2ws, near, far = pose.c2w, _first(args.near, 0.5), _first(args.far, 10.0)
-            how = (f"estimated relative pose ({pose.matches} matches, {pose.inliers} inliers; "
-                   f"intrinsics from {'--focal' if args.focal else f'{args.fov:g} deg FOV'}; baseline scaled to {args.baseline} m)")  # fmt: skip
+        ks, c2ws, near, far, how, registration = resolve_cameras(args, images)
     except (CameraFileError, PoseEstimationError) as exc:
         raise InputError(str(exc)) from exc
     if not 0 < near < far:
@@ -229,6 +222,8 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
         "cameras": {"how": how, "K": context.cameras.intrinsics[0].tolist(), "c2w": context.cameras.extrinsics[0].tolist(),
                     "size": size, "near": near, "far": far},  # fmt: skip
     }
+    if registration is not None:
+        summary["cameras"]["registration"] = registration.report.to_dict()
     progress("write", f"wrote {args.out} ({g0.num_gaussians} Gaussians, class_id/class_conf attributes)")
 
     stem = args.out.with_suffix("")
@@ -238,6 +233,9 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
         paths = write_renders(predictor, gaussians, targets, stem)
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
+    if args.save_depth:
+        summary["depth"] = write_depth(out.depth.depth[0], images, size, stem)
+        progress("depth", f"wrote {len(images)} depth maps to {stem}_depth/ (16-bit mm PNG + float metres .npy)")
     if args.query:
         summary["queries"] = write_queries(queries, predictor, g0, lang, stem, written)
         matched = sum(1 for r in summary["queries"].values() if r["gaussians"])
@@ -247,6 +245,119 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
     with atomic_open(Path(f"{stem}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"done in {summary['seconds']['total']:.2f}s")
+
+
+def parse_intrinsics(text: str) -> np.ndarray:
+    """``"fx,fy,cx,cy"`` -> ``[3, 3]``, or InputError."""
+    try:
+        fx, fy, cx, cy = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise InputError(f"--intrinsics: expected four numbers fx,fy,cx,cy in pixels, got {text!r}") from exc
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def view_intrinsics(args, images) -> tuple[list[np.ndarray], list[str]]:
+    """Per-view pixel intrinsics and where each came from: --intrinsics, --focal, EXIF, --fov, 60 deg."""
+    from ffsplat.inference.cameras import check_intrinsics, exif_focal
+    from ffsplat.inference.pose import default_intrinsics
+
+    given = [o for o in ("intrinsics", "focal") if getattr(args, o) is not None]
+    if len(given) > 1:
+        raise InputError("--intrinsics and --focal both give the focal length; use one")
+    if args.focal is not None and not (math.isfinite(args.focal) and args.focal > 0):
+        raise InputError(f"--focal: expected a positive number of pixels, got {args.focal}")
+    if args.fov is not None and not 0 < args.fov < 180:
+        raise InputError(f"--fov: expected degrees in (0, 180), got {args.fov}")
+    ks, sources = [], []
+    for path, image in zip(args.views, images):
+        h, w = image.shape[:2]
+        if args.intrinsics is not None:
+            k, source = parse_intrinsics(args.intrinsics), "--intrinsics"
+            check_intrinsics(k, h, w, f"--intrinsics (for {path.name}, {w}x{h})")
+        elif args.focal is not None:
+            k, source = np.array([[args.focal, 0, w / 2], [0, args.focal, h / 2], [0, 0, 1.0]]), "--focal"
+        elif (exif := exif_focal(path, h, w)) is not None:
+            k, source = np.array([[exif[0], 0, w / 2], [0, exif[0], h / 2], [0, 0, 1.0]]), exif[1]
+        elif args.fov is not None:
+            k, source = default_intrinsics(h, w, args.fov), f"--fov {args.fov:g} deg"
+        else:
+            k, source = default_intrinsics(h, w, 60.0), "assumed 60 deg field of view (no EXIF focal length; give --focal or --intrinsics)"
+        ks.append(k)
+        sources.append(source)
+    return ks, sources
+
+
+def resolve_cameras(args, images):
+    """(ks, c2ws [V, 4, 4], near, far, how, registration or None) from --cameras or COLMAP registration."""
+    from ffsplat.inference.cameras import load_cameras
+    from ffsplat.inference.pose import RegistrationConfig, register_views
+
+    near, far, intrinsics_from = args.near, args.far, None
+    if args.cameras:
+        if args.intrinsics is not None or args.focal is not None or args.fov is not None:
+            raise InputError("--intrinsics/--focal/--fov cannot be combined with --cameras (its intrinsics are used)")
+        cams, fmt = load_cameras(args.cameras, [p.name for p in args.views], [im.shape[:2] for im in images])
+        if len(cams.views) != len(images):
+            raise InputError(f"--cameras: {args.cameras} has {len(cams.views)} views but {len(images)} images were given")
+        for i, (view, image, path) in enumerate(zip(cams.views, images, args.views)):
+            if (view.height, view.width) != image.shape[:2]:
+                raise InputError(f"--cameras: views[{i}] is {view.width}x{view.height} but {path} is {image.shape[1]}x{image.shape[0]}")
+            if view.image and Path(view.image).name != path.name:
+                raise InputError(f"--cameras: views[{i}] names {view.image} but the image given is {path.name}")
+        near, far = near or cams.near, far or cams.far
+        ks = [v.k for v in cams.views]
+        if cams.views[0].c2w is not None:
+            if args.refine_intrinsics:
+                raise InputError("--refine-intrinsics applies to registration; --cameras already gives poses")
+            how = f"cameras from {args.cameras} ({fmt})"
+            c2ws = np.stack([v.c2w for v in cams.views])
+            check_distinct_poses(c2ws, f"--cameras: {args.cameras}")
+            return ks, c2ws, near or 0.5, far or 10.0, how, None
+        sources = [f"{args.cameras}"] * len(images)
+        intrinsics_from = f"intrinsics from {args.cameras}"
+    else:
+        ks, sources = view_intrinsics(args, images)
+    if not (math.isfinite(args.baseline) and args.baseline > 0):
+        raise InputError(f"--baseline: expected a positive number of metres, got {args.baseline}")
+    cfg = RegistrationConfig(refine_intrinsics=args.refine_intrinsics)
+    try:
+        reg = register_views(images, ks, baseline=args.baseline, names=[p.name for p in args.views], config=cfg)
+    except ValueError as exc:
+        raise InputError(f"--refine-intrinsics: {exc}" if args.refine_intrinsics else str(exc)) from exc
+    if intrinsics_from is None:
+        unique = sorted(set(sources), key=sources.index)
+        intrinsics_from = "intrinsics from " + ("; ".join(f"{p.name}: {s}" for p, s in zip(args.views, sources)) if len(unique) > 1 else unique[0])
+    how = f"{reg.report.summary()}; {intrinsics_from}" + ("; focal lengths refined" if args.refine_intrinsics else "")
+    return list(reg.k), reg.c2w, near or 0.5, far or 10.0, how, reg
+
+
+def write_depth(depth, images, size: int, stem: Path) -> dict:
+    """Each input view's predicted depth ``depth [V, size, size]`` (metres) as a uint16 millimetre PNG
+    and a float32 metres ``.npy`` at the working size, and each view's resize/crop from its photo."""
+    from PIL import Image
+
+    from ffsplat.core.atomic import atomic_open
+    from ffsplat.core.types import center_crop_offsets, cover_size
+
+    folder = Path(f"{stem}_depth")
+    folder.mkdir(parents=True, exist_ok=True)
+    views = []
+    for v, image in enumerate(images):
+        metres = depth[v].float().cpu().numpy().astype(np.float32)
+        mm = np.where(np.isfinite(metres) & (metres > 0), np.round(metres * 1000.0), 0)
+        mm = np.where(mm > 65535, 0, mm).astype(np.uint16)
+        png, npy = folder / f"view_{v}.png", folder / f"view_{v}.npy"
+        with atomic_open(png) as f:
+            Image.fromarray(mm).save(f, format="PNG")
+        with atomic_open(npy) as f:
+            np.save(f, metres)
+        h, w = image.shape[:2]
+        cover = cover_size((h, w), (size, size))
+        top, left = center_crop_offsets(cover, (size, size))
+        views.append({"png_mm": str(png), "npy_m": str(npy), "input_size": [h, w], "resized_to": list(cover),
+                      "crop_top_left": [top, left], "crop_size": [size, size], "scale_xy": [cover[1] / w, cover[0] / h]})  # fmt: skip
+    return {"units": {"png": "uint16 millimetres (0 = invalid or beyond 65.535 m)", "npy": "float32 metres"},
+            "pixel_map": "working pixel (x, y) = input (x, y) * scale_xy - (left, top); pixel centres at +0.5", "views": views}  # fmt: skip
 
 
 def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):

@@ -16,7 +16,6 @@ import infer
 from ffsplat.inference.cameras import CameraFile, CameraView, read_cameras, write_cameras
 from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame
 from ffsplat.render.ply import read_ply
-from ffsplat.inference.pose import PoseEstimationError, estimate_relative_pose
 
 
 def rotation_angle_deg(r: np.ndarray) -> float:
@@ -30,26 +29,6 @@ def room_views():
     room, poses, k = make_scene(7, cfg)
     images = [render_frame(room, poses[i], k, 256, 256)[0] for i in (0, 6)]
     return images, k, poses[[0, 6]]
-
-
-def test_pose_estimation_recovers_relative_rotation_and_direction(room_views):
-    images, k, poses = room_views
-    est = estimate_relative_pose(images[0], images[1], k, k)
-    true_rel = np.linalg.inv(poses[0]) @ poses[1]  # camera 1 in camera 0's frame
-    assert rotation_angle_deg(est.c2w[1, :3, :3].T @ true_rel[:3, :3]) < 2.0
-    t_est, t_true = est.c2w[1, :3, 3], true_rel[:3, 3]
-    cos = t_est @ t_true / np.linalg.norm(t_est) / np.linalg.norm(t_true)
-    assert math.degrees(math.acos(np.clip(cos, -1, 1))) < 5.0
-    assert np.linalg.norm(t_est) == pytest.approx(0.3)
-    assert est.inliers >= 20
-
-
-def test_pose_estimation_refuses_views_that_do_not_overlap(room_views):
-    images, k, _ = room_views
-    rng = np.random.default_rng(0)
-    noise = rng.integers(0, 255, images[0].shape, dtype=np.uint8)
-    with pytest.raises(PoseEstimationError, match="do not overlap|agree"):
-        estimate_relative_pose(images[0], noise, k, k)
 
 
 def test_cameras_json_round_trip(tmp_path):
@@ -134,7 +113,7 @@ def test_infer_estimates_the_pose_without_cameras(tmp_path, checkpoint, room_vie
         Image.fromarray(image).save(paths[-1])
     code = run_infer("--views", *paths, "--checkpoint", checkpoint, "--out", tmp_path / "s.ply", "--fov", "60", "--device", "cpu")
     assert code == 0, capsys.readouterr().err
-    assert "estimated relative pose" in capsys.readouterr().out
+    assert "COLMAP two-view geometry" in capsys.readouterr().out
     assert read_ply(tmp_path / "s.ply")[0].num_gaussians == 8192
 
 
