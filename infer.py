@@ -202,13 +202,14 @@ def run(args: argparse.Namespace) -> None:
 
     with cleanup_on_error(created_dir=args.out.parent) as written:
         write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                      progress, written)  # fmt: skip
+                      progress, written, registration=registration, depth=out.depth.depth[0], images=images)  # fmt: skip
 
 
 def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                  progress, written: list[Path]) -> None:  # fmt: skip
-    """Write the .ply, renders, query results and the summary JSON; every path goes into ``written``
-    (removed again by the caller if anything fails)."""
+                  progress, written: list[Path], registration=None, depth=None, images=None) -> None:  # fmt: skip
+    """Write the .ply, renders, depth maps, query results and the summary JSON; every path goes into
+    ``written`` (removed again by the caller if anything fails). ``depth [V, size, size]`` and the
+    input ``images`` are for ``--save-depth``; ``registration`` is the COLMAP report (or None)."""
     from ffsplat.core.atomic import atomic_open
     from ffsplat.render.ply import write_ply
 
@@ -234,7 +235,8 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
     if args.save_depth:
-        summary["depth"] = write_depth(out.depth.depth[0], images, size, stem)
+        written.append(Path(f"{stem}_depth"))
+        summary["depth"] = write_depth(depth, images, size, stem)
         progress("depth", f"wrote {len(images)} depth maps to {stem}_depth/ (16-bit mm PNG + float metres .npy)")
     if args.query:
         summary["queries"] = write_queries(queries, predictor, g0, lang, stem, written)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks._common import machine  # noqa: E402
+from ffsplat.core.benchmarking import machine  # noqa: E402
 
 HOLO = ROOT.parent / "shared" / "data" / "hololens-office"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import infer  # noqa: E402
-from benchmarks._common import machine  # noqa: E402
+from ffsplat.core.benchmarking import machine  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from benchmarks._common import machine  # noqa: E402
+from ffsplat.core.benchmarking import machine  # noqa: E402
 from ffsplat.core.config import to_dataclass  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402

@@ -23,7 +23,7 @@ import json
 
 import torch  # noqa: E402
 
-from benchmarks._common import PeakMemory, machine, median_time, run_case_subprocess  # noqa: E402
+from ffsplat.core.benchmarking import PeakMemory, machine, median_time, run_case_subprocess  # noqa: E402
 from ffsplat.core.config import group_file, to_dataclass  # noqa: E402
 from ffsplat.model.network import ModelConfig, build_model  # noqa: E402
 from ffsplat.core.types import Cameras, Views  # noqa: E402

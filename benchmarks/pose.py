@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import machine
-from ffsplat.inference.pose import PoseEstimationError, RegistrationConfig, register_views
+from ffsplat.core.benchmarking import machine  # noqa: E402
+from ffsplat.inference.pose import PoseEstimationError, RegistrationConfig, register_views  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hololens-office"
 

@@ -22,7 +22,7 @@ import time
 
 import torch  # noqa: E402
 
-from benchmarks._common import PeakMemory, machine, run_case_subprocess  # noqa: E402
+from ffsplat.core.benchmarking import PeakMemory, machine, run_case_subprocess  # noqa: E402
 from ffsplat import Cameras
 from ffsplat.render import RasterSettings, render  # noqa: E402
 from ffsplat.render.init import gaussians_from_rgbd  # noqa: E402

@@ -19,7 +19,7 @@ import time
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._common import machine  # noqa: E402
+from ffsplat.core.benchmarking import machine  # noqa: E402
 from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame  # noqa: E402
 from ffsplat.teachers.label_teachers import LabelLanguageTeacher, LabelSegmentationTeacher  # noqa: E402
 from ffsplat.teachers.lseg import LSegNet, LSegTeacher  # noqa: E402

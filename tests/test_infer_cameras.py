@@ -22,7 +22,7 @@ def test_save_depth_writes_mm_png_and_metres_npy_with_crop(tmp_path, checkpoint,
     summary = json.loads((tmp_path / "scene.json").read_text())
     depth = summary["depth"]
     assert len(depth["views"]) == 2
-    for v, (view, path) in enumerate(zip(depth["views"], views)):
+    for _v, (view, path) in enumerate(zip(depth["views"], views)):
         metres = np.load(view["npy_m"])
         mm = np.asarray(Image.open(view["png_mm"]))
         assert metres.dtype == np.float32 and metres.shape == (64, 64) and mm.dtype == np.uint16 and mm.shape == (64, 64)

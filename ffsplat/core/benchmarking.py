@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: machine description, per-case subprocesses, peak memory, timing."""
+"""Shared helpers of the benchmark scripts in benchmarks/ (machine description, timing, peak memory, one case per subprocess)."""
 
 from __future__ import annotations
 
