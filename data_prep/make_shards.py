@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-device", default="cpu")
     parser.add_argument("--color-ext", default="jpg")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="stored depth units per metre")
+    parser.add_argument("--frame-range", type=int, nargs=2, metavar=("START", "STOP"),
+                        help="only frames START <= id < STOP of every scene (hold out the rest)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.frame_range and not 0 <= args.frame_range[0] < args.frame_range[1]:
+        print(f"error: --frame-range {args.frame_range[0]} {args.frame_range[1]}: expected 0 <= START < STOP", file=sys.stderr)
+        raise SystemExit(2)
 
     scenes: dict[str, list[Path]] = {}
     if args.scenes_root:
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     manifest = write_shards(
         scenes, args.out, cfg, args.labels_tsv, workers=args.workers,
-        sequence_kwargs={"color_ext": args.color_ext, "depth_scale": args.depth_scale},
+        sequence_kwargs={"color_ext": args.color_ext, "depth_scale": args.depth_scale}
+        | ({"frame_range": tuple(args.frame_range)} if args.frame_range else {}),
     )  # fmt: skip
     summary = {split: {k: v for k, v in entry.items() if k != "shards"} | {"shards": len(entry["shards"])}
                for split, entry in manifest["splits"].items()}  # fmt: skip

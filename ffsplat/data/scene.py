@@ -87,6 +87,8 @@ class RGBDSequence:
         color_ext, depth_ext: file extensions (frames are ``<int>.<ext>``).
         color_intrinsics_file, depth_intrinsics_file: paths relative to ``root``.
         depth_scale: stored depth units per metre (1000 for millimetres).
+        frame_range: ``(start, stop)``: only frame ids ``start <= id < stop`` (e.g. to hold out a
+            contiguous tail of a sequence for evaluation); None uses every frame.
     """
 
     root: Path
@@ -100,6 +102,7 @@ class RGBDSequence:
     color_intrinsics_file: str = "intrinsic/intrinsic_color.txt"
     depth_intrinsics_file: str = "intrinsic/intrinsic_depth.txt"
     depth_scale: float = 1000.0
+    frame_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -124,7 +127,11 @@ class RGBDSequence:
             pattern = re.compile(rf"^(\d+)\.{re.escape(ext)}$")
             return {int(m.group(1)) for p in (self.root / sub).iterdir() if (m := pattern.match(p.name))}
 
-        return sorted(ids(self.color_dir, self.color_ext) & ids(self.depth_dir, self.depth_ext) & ids(self.pose_dir, "txt"))
+        found = ids(self.color_dir, self.color_ext) & ids(self.depth_dir, self.depth_ext) & ids(self.pose_dir, "txt")
+        if self.frame_range is not None:
+            start, stop = self.frame_range
+            found = {i for i in found if start <= i < stop}
+        return sorted(found)
 
     def read_pose(self, index: int) -> np.ndarray:
         return read_matrix(self.root / self.pose_dir / f"{index}.txt", 4)

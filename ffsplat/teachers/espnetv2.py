@@ -309,15 +309,17 @@ class ESPNetv2Teacher(nn.Module):
         stride: output stride relative to the input image (2: half resolution, as LSeg).
         temperature: softmax temperature of the logits (1 = the network's own probabilities).
         seed: seed of the class-embedding table.
+        name: registry name (``espnetv2`` for the language role; ``espnetv2_seg`` is the same
+            network with a 256-d table at stride 4, for the segmentation role where SAM is absent).
     """
 
-    name = "espnetv2"
     needs_labels = False
     class_names = PASCAL_CLASSES
 
     def __init__(self, checkpoint: str | Path | None = None, input_size: tuple[int, int] | list[int] | int = 256,
-                 dim: int = 512, stride: int = 2, temperature: float = 1.0, seed: int = 7):  # fmt: skip
+                 dim: int = 512, stride: int = 2, temperature: float = 1.0, seed: int = 7, name: str = "espnetv2"):  # fmt: skip
         super().__init__()
+        self.name = name
         size = (int(input_size), int(input_size)) if isinstance(input_size, (int, float)) else tuple(int(s) for s in input_size)
         if len(size) != 2 or size[0] % 16 or size[1] % 16:
             raise ValueError(f"espnetv2.input_size: expected multiples of 16, got {input_size!r}")
@@ -368,3 +370,16 @@ class ESPNetv2Teacher(nn.Module):
 @register_teacher("espnetv2")
 def build_espnetv2_teacher(**kwargs) -> ESPNetv2Teacher:
     return ESPNetv2Teacher(**kwargs)
+
+
+@register_teacher("espnetv2_seg")
+def build_espnetv2_segmentation_teacher(**kwargs) -> ESPNetv2Teacher:
+    """ESPNetv2 in the SAM role: class probabilities in a 256-d table on a stride-4 grid. These are
+    semantic, not instance, features (it does not separate two chairs); used where no SAM weights exist."""
+    return ESPNetv2Teacher(**({"dim": 256, "stride": 4, "seed": 8} | kwargs), name="espnetv2_seg")
+
+
+def pascal_class_embeddings(dim: int = 512, seed: int = 7) -> Tensor:
+    """``[20, dim]`` rows of :class:`ESPNetv2Teacher`'s class table for the 20 PASCAL object classes
+    (no weights needed: the table depends only on ``dim`` and ``seed``)."""
+    return _unit_table(len(PASCAL_CLASSES), dim, seed)[1:]
