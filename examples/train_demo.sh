@@ -13,6 +13,7 @@
 #   SIZE       training resolution (default 128); DEVICE cpu | cuda (teachers and trainer)
 #   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 400)
 #   SYN_SCENES synthetic rooms added for diversity (default 8); WORK data folder (default data)
+#   WORKERS    processes for ray casting the rooms and writing shards (default 2)
 # Run time: measured in BENCHMARKS.md ("Demo model"); shard making is ~3-5 min on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ SEG_STEPS=${SEG_STEPS:-1500}
 LANG_STEPS=${LANG_STEPS:-400}
 SYN_SCENES=${SYN_SCENES:-8}
 WORK=${WORK:-data}
+WORKERS=${WORKERS:-2}
 EXTRA=${EXTRA:-}    # extra train.py overrides for both stages (e.g. "data.epoch_length=10")
 TRAINER=cpu; [ "$DEVICE" = cuda ] && TRAINER=gpu
 for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
@@ -33,11 +35,11 @@ for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
 done
 start=$(date +%s)
 python data_prep/make_synthetic.py --out "$WORK/real_demo_synthetic" --scenes "$SYN_SCENES" --size "$SIZE" --frames 40 \
-    --seed 3000 --split-val 0 --workers 2
+    --seed 3000 --split-val 0 --workers "$WORKERS"
 python data_prep/make_shards.py --scenes-root "$WORK/real_demo_synthetic" --scene "$HOLOLENS" --frame-range 0 "$HOLDOUT" \
     --out "$WORK/shards/real_demo" --size "$SIZE" --clip-length 24 --labels-tsv "$TSV" \
     --teacher "espnetv2_seg:checkpoint=$ESPNET" --teacher "espnetv2:checkpoint=$ESPNET" --teacher-size 32 32 \
-    --teacher-device "$DEVICE" --workers 2
+    --teacher-device "$DEVICE" --workers "$WORKERS"
 echo "shards: $(( $(date +%s) - start )) s"
 # shellcheck disable=SC2086
 python train.py experiment=real_demo_seg trainer=$TRAINER data.root="$WORK/shards/real_demo" \
