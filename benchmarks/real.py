@@ -37,18 +37,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine  # noqa: E402
-from ffsplat.core.config import group_file, to_dataclass  # noqa: E402
-from ffsplat.core.types import Cameras, Views  # noqa: E402
-from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop  # noqa: E402
-from ffsplat.data.scene import RGBDSequence  # noqa: E402
-from ffsplat.inference.predictor import Predictor  # noqa: E402
-from ffsplat.model.network import LANG, ModelConfig, build_model  # noqa: E402
-from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim  # noqa: E402
-from ffsplat.render import render  # noqa: E402
+from benchmarks._common import machine
+from ffsplat.core.config import group_file, to_dataclass
+from ffsplat.core.types import Cameras, Views
+from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
+from ffsplat.data.scene import RGBDSequence
+from ffsplat.inference.predictor import Predictor
+from ffsplat.model.network import LANG, ModelConfig, build_model
+from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -56,7 +57,7 @@ HOLDOUT_START = 208
 """First held-out frame of the 260-frame HoloLens office sequence (examples/train_demo.sh trains on 0..207)."""
 
 
-def load_frames(seq: RGBDSequence, ids: list[int], size: int) -> tuple[Tensor, Tensor, Cameras]:  # noqa: F821
+def load_frames(seq: RGBDSequence, ids: list[int], size: int) -> tuple[Tensor, Tensor, Cameras]:
     """Frames ``ids`` at ``size x size``: images ``[1, V, 3, S, S]``, sensor depth ``[1, V, S, S]``, cameras."""
     images, depths, ks, c2ws = [], [], [], []
     for i in ids:
@@ -107,7 +108,7 @@ class Scores:
         self.seg = SegmentationMeter(num_classes=num_classes)
         self.seconds = 0.0
 
-    def add(self, rgb: Tensor, depth: Tensor, gt: Tensor, gt_depth: Tensor) -> None:  # noqa: F821
+    def add(self, rgb: Tensor, depth: Tensor, gt: Tensor, gt_depth: Tensor) -> None:
         """``rgb [V, 3, H, W]``, ``depth [V, H, W]`` rendered; ``gt``, ``gt_depth`` the same shapes."""
         rgb = rgb.clamp(0, 1)
         for v in range(len(rgb)):

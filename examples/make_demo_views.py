@@ -17,11 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from ffsplat.inference.cameras import CameraFile, CameraView, write_cameras  # noqa: E402
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame  # noqa: E402
+from ffsplat.inference.cameras import CameraFile, CameraView, write_cameras
+from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
 
 OUT = ROOT / "examples" / "demo"
 H, W = 192, 256

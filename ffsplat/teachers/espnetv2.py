@@ -275,7 +275,7 @@ class ESPNetv2Seg(nn.Module):
         if h % 16 or w % 16:
             raise ValueError(f"ESPNetv2: input {h}x{w} must be a multiple of 16 on each side")
         l1, l2, l3, l4 = self.base_net(x)
-        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)  # noqa: E731
+        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)
         y = self.bu_dec_l1(l4)
         y = self.bu_dec_l2(self.bu_br_l2(up(y) + self.merge_enc_dec_l2(l3)))
         y = self.bu_dec_l3(self.bu_br_l3(up(y) + self.merge_enc_dec_l3(l2)))
@@ -288,7 +288,7 @@ def load_espnetv2(checkpoint: str | Path) -> ESPNetv2Seg:
     path = require_file(checkpoint, "espnetv2.checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"espnetv2.checkpoint: {path} is not a state dict")
+        raise TypeError(f"espnetv2.checkpoint: {path} is not a state dict")
     model = ESPNetv2Seg()
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -332,7 +332,7 @@ class ESPNetv2Teacher(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "ESPNetv2Teacher":
+    def train(self, mode: bool = True) -> ESPNetv2Teacher:
         super().train(mode)
         self.net.eval()  # frozen BN statistics, always
         return self
