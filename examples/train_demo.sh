@@ -14,7 +14,11 @@
 #   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 400)
 #   SYN_SCENES synthetic rooms added for diversity (default 8); WORK data folder (default data)
 #   WORKERS    processes for ray casting the rooms and writing shards (default 2)
-# Run time: measured in BENCHMARKS.md ("Demo model"); shard making is ~3-5 min on 2 CPU cores.
+# Run time: the ESPNetv2 teachers dominate shard making on a CPU (two 256x256 forward passes per
+# keyframe; ~250 keyframes): 36 min at SIZE=64 on the shared 2-core box under a load average of ~20
+# (2026-11-30). Training speed: see BENCHMARKS.md ("Demo model"). On a GPU node use DEVICE=cuda
+# WORKERS=8. Re-running skips finished shards (make_shards resumes). Shards are ~1.5 MB per keyframe
+# (cached teacher features), ~400 MB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOLOLENS=${HOLOLENS:-../shared/data/hololens-office}
