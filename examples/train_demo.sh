@@ -12,7 +12,7 @@
 #   ESPNET     espnetv2_s_2.0_pascal_256x256.pth (default under ../shared/weights/espnetv2-pascal/)
 #   SIZE       training resolution (default 128); DEVICE cpu | cuda (teachers and trainer)
 #   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 400)
-#   SYN_SCENES synthetic rooms added for diversity (default 8); WORK data folder (default data)
+#   SYN_SCENES synthetic rooms added for diversity (default 8; 0 = real frames only); WORK data folder (default data)
 #   WORKERS    processes for ray casting the rooms and writing shards (default 2)
 # Run time: the ESPNetv2 teachers dominate shard making on a CPU (two 256x256 forward passes per
 # keyframe; ~250 keyframes): 36 min at SIZE=64 on the shared 2-core box under a load average of ~20
@@ -38,9 +38,13 @@ for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
     [ -e "$f" ] || { echo "error: $f not found (set HOLOLENS / ESPNET / SCANNET_TSV)" >&2; exit 2; }
 done
 start=$(date +%s)
-python data_prep/make_synthetic.py --out "$WORK/real_demo_synthetic" --scenes "$SYN_SCENES" --size "$SIZE" --frames 40 \
-    --seed 3000 --split-val 0 --workers "$WORKERS"
-python data_prep/make_shards.py --scenes-root "$WORK/real_demo_synthetic" --scene "$HOLOLENS" --frame-range 0 "$HOLDOUT" \
+SYN_ARGS=()
+if [ "$SYN_SCENES" -gt 0 ]; then
+    python data_prep/make_synthetic.py --out "$WORK/real_demo_synthetic" --scenes "$SYN_SCENES" --size "$SIZE" --frames 40 \
+        --seed 3000 --split-val 0 --workers "$WORKERS"
+    SYN_ARGS=(--scenes-root "$WORK/real_demo_synthetic")
+fi
+python data_prep/make_shards.py "${SYN_ARGS[@]}" --scene "$HOLOLENS" --frame-range 0 "$HOLDOUT" \
     --out "$WORK/shards/real_demo" --size "$SIZE" --clip-length 24 --labels-tsv "$TSV" \
     --teacher "espnetv2_seg:checkpoint=$ESPNET" --teacher "espnetv2:checkpoint=$ESPNET" --teacher-size 32 32 \
     --teacher-device "$DEVICE" --workers "$WORKERS"
