@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="first pixel centre in the scenes' intrinsics files: 0 (ScanNet/OpenCV) or 0.5 (ffsplat); "
                              "default: intrinsic/pixel_center.txt of each scene, else 0.5")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="rebuild shards in --out made with other settings")
+    parser.add_argument("--frame-range", type=int, nargs=2, metavar=("START", "STOP"),
+                        help="only frames START <= id < STOP of every scene (hold out the rest)")  # fmt: skip
     args = parser.parse_args(argv)
     return run_command(lambda: run(args))
 
@@ -111,6 +113,8 @@ def check_options(args) -> None:
     check_output_dir("--out", args.out)
     if args.labels_tsv is not None:
         check_input_file("--labels-tsv", args.labels_tsv, "label TSV")
+    if args.frame_range and not 0 <= args.frame_range[0] < args.frame_range[1]:
+        raise InputError(f"--frame-range {args.frame_range[0]} {args.frame_range[1]}: expected 0 <= START < STOP")
 
 
 def check_scene(path: Path, option: str, labels_tsv: Path | None, color_ext: str) -> None:
@@ -181,6 +185,8 @@ def run(args) -> int:
     sequence_kwargs = {"color_ext": args.color_ext, "depth_scale": args.depth_scale}
     if args.pixel_center is not None:
         sequence_kwargs["pixel_center"] = args.pixel_center
+    if args.frame_range:
+        sequence_kwargs["frame_range"] = tuple(args.frame_range)
     try:
         manifest = write_shards(scenes, args.out, cfg, args.labels_tsv, workers=args.workers, sequence_kwargs=sequence_kwargs,
                                 overwrite=args.overwrite)  # fmt: skip

@@ -2,6 +2,11 @@
 in any training set) as PNGs at 192x256, their cameras JSON, and two novel cameras between them.
 
     python examples/make_demo_views.py
+    python examples/make_demo_views.py --real ../shared/data/hololens-office --out examples/demo_real
+
+With ``--real SEQUENCE`` the views are real frames 224 and 232 of the HoloLens office sequence
+(inside the tail that examples/train_demo.sh holds out), copied as JPEGs at their native size with
+their true intrinsics and poses, and the novel cameras are frames 226, 228 and 230.
 """
 
 from __future__ import annotations
@@ -20,7 +25,40 @@ H, W = 192, 256
 FRAMES = (4, 10)
 
 
+REAL_FRAMES = (224, 232)
+
+
+def real_views(sequence: Path, out: Path) -> None:
+    import shutil
+
+    from ffsplat.data.sequence import RGBDSequence
+
+    seq = RGBDSequence(sequence)
+    out.mkdir(parents=True, exist_ok=True)
+    views, novel = [], []
+    for i, frame in enumerate(REAL_FRAMES):
+        f = seq.read_frame(frame, with_labels=False)
+        shutil.copyfile(sequence / "color" / f"{frame}.jpg", out / f"view_{i}.jpg")
+        h, w = f.color.shape[:2]
+        views.append(CameraView(f.color_intrinsics, f.c2w, h, w, f"view_{i}.jpg"))
+    for frame in range(REAL_FRAMES[0] + 2, REAL_FRAMES[1], 2):
+        f = seq.read_frame(frame, with_labels=False)
+        novel.append(CameraView(f.color_intrinsics, f.c2w, *f.color.shape[:2]))
+    write_cameras(out / "cameras.json", CameraFile(views, near=0.3, far=8.0))
+    write_cameras(out / "novel_cameras.json", CameraFile(novel, near=0.3, far=8.0))
+    print(f"wrote {out}: view_0.jpg, view_1.jpg (frames {REAL_FRAMES}), cameras.json, novel_cameras.json")
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", type=Path, help="a real RGB-D sequence folder (hololens-office) instead of a synthetic room")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if args.real:
+        real_views(args.real, args.out)
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     room, poses, k = make_scene(2024, SyntheticConfig(height=H, width=W, frames=16))
     views = []

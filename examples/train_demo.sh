@@ -1,14 +1,60 @@
 #!/usr/bin/env bash
-# Reproduce the demo checkpoint (checkpoints/demo/model.pt) on a CPU in about 10 minutes:
-# 16 synthetic rooms at 48x48 -> shards with the label stand-in teachers -> both training stages.
+# Train the demo model (checkpoints/demo/model.pt) on the real HoloLens office sequence plus
+# synthetic rooms, with sensor-depth supervision and the ESPNetv2-PASCAL teacher.
+#
+#   examples/train_demo.sh                      # CPU, 128x128 (defaults below)
+#   DEVICE=cuda SIZE=256 SEG_STEPS=3000 LANG_STEPS=600 examples/train_demo.sh   # one GPU
+#
+# Environment (all optional):
+#   HOLOLENS   the sequence folder (default ../shared/data/hololens-office). Frames >= HOLDOUT
+#              (default 208, the last 52 of 260) are never used for training: benchmarks/real.py
+#              evaluates on them.
+#   ESPNET     espnetv2_s_2.0_pascal_256x256.pth (default under ../shared/weights/espnetv2-pascal/)
+#   SIZE       training resolution (default 128); DEVICE cpu | cuda (teachers and trainer)
+#   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 400)
+#   SYN_SCENES synthetic rooms added for diversity (default 8; 0 = real frames only); WORK data folder (default data)
+#   WORKERS    processes for ray casting the rooms and writing shards (default 2)
+# Run time: the ESPNetv2 teachers dominate shard making on a CPU (two 256x256 forward passes per
+# keyframe; ~250 keyframes): 36 min at SIZE=64 on the shared 2-core box under a load average of ~20
+# (2026-11-30). Training speed: see BENCHMARKS.md ("Demo model"). On a GPU node use DEVICE=cuda
+# WORKERS=8. Re-running skips finished shards (make_shards resumes). Shards are ~1.5 MB per keyframe
+# (cached teacher features), ~400 MB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HOLOLENS=${HOLOLENS:-../shared/data/hololens-office}
+ESPNET=${ESPNET:-../shared/weights/espnetv2-pascal/espnetv2_s_2.0_pascal_256x256.pth}
 TSV=${SCANNET_TSV:-../shared/data/scannet/scannetv2-labels.combined.tsv}
-python data_prep/make_synthetic.py --out data/synthetic --scenes 16 --size 48 --frames 48 --seed 1000 --split-val 0.25 --workers 2
-python data_prep/make_shards.py --scenes-root data/synthetic --out data/shards/synthetic --size 48 --clip-length 24 \
-    --split train=data/synthetic/splits/train.txt --split val=data/synthetic/splits/val.txt \
-    --labels-tsv "$TSV" --teacher label_seg:noise_std=0.05 --teacher label_lang:flip_rate=0.1,blur_sigma=1.5,noise_std=0.02 --workers 2
-python train.py experiment=demo_seg logging.wandb_mode=disabled
-python train.py experiment=demo_lang logging.wandb_mode=disabled
-mkdir -p checkpoints/demo && cp checkpoints/demo_lang/model.pt checkpoints/demo/model.pt
-echo "demo checkpoint: checkpoints/demo/model.pt"
+HOLDOUT=${HOLDOUT:-208}
+SIZE=${SIZE:-128}
+DEVICE=${DEVICE:-cpu}
+SEG_STEPS=${SEG_STEPS:-1500}
+LANG_STEPS=${LANG_STEPS:-400}
+SYN_SCENES=${SYN_SCENES:-8}
+WORK=${WORK:-data}
+WORKERS=${WORKERS:-2}
+EXTRA=${EXTRA:-}    # extra train.py overrides for both stages (e.g. "data.epoch_length=10")
+TRAINER=cpu; [ "$DEVICE" = cuda ] && TRAINER=gpu
+for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
+    [ -e "$f" ] || { echo "error: $f not found (set HOLOLENS / ESPNET / SCANNET_TSV)" >&2; exit 2; }
+done
+start=$(date +%s)
+SYN_ARGS=()
+if [ "$SYN_SCENES" -gt 0 ]; then
+    python data_prep/make_synthetic.py --out "$WORK/real_demo_synthetic" --scenes "$SYN_SCENES" --size "$SIZE" --frames 40 \
+        --seed 3000 --split-val 0 --workers "$WORKERS"
+    SYN_ARGS=(--scenes-root "$WORK/real_demo_synthetic")
+fi
+python data_prep/make_shards.py "${SYN_ARGS[@]}" --scene "$HOLOLENS" --frame-range 0 "$HOLDOUT" \
+    --out "$WORK/shards/real_demo" --size "$SIZE" --clip-length 24 --labels-tsv "$TSV" \
+    --teacher "espnetv2_seg:checkpoint=$ESPNET" --teacher "espnetv2:checkpoint=$ESPNET" --teacher-size 32 32 \
+    --teacher-device "$DEVICE" --workers "$WORKERS"
+echo "shards: $(( $(date +%s) - start )) s"
+# shellcheck disable=SC2086
+python train.py experiment=real_demo_seg trainer=$TRAINER data.root="$WORK/shards/real_demo" \
+    optim.max_steps="$SEG_STEPS" logging.wandb_mode=disabled $EXTRA
+# shellcheck disable=SC2086
+python train.py experiment=real_demo_lang trainer=$TRAINER data.root="$WORK/shards/real_demo" \
+    optim.max_steps="$LANG_STEPS" logging.wandb_mode=disabled $EXTRA
+mkdir -p checkpoints/demo_candidate && cp checkpoints/real_demo_lang/model.pt checkpoints/demo_candidate/model.pt
+echo "trained in $(( $(date +%s) - start )) s: checkpoints/demo_candidate/model.pt"
+echo "compare with the shipped model: python benchmarks/real.py --candidate checkpoints/demo_candidate/model.pt"

@@ -175,9 +175,10 @@ def test_gaussian_adapter_unprojects_known_depth_in_world_space():
     torch.testing.assert_close(g.means, expected)
     # Identity camera-frame rotation -> the camera's own rotation in world space.
     torch.testing.assert_close(quat_to_rotmat(g.rotations[0, 8 * 12 :]), rot.expand(96, 3, 3), atol=1e-5, rtol=0)
-    # Scale at the middle of the footprint range; colour reproduces the image for every direction.
+    # Scale starts at init_scale pixel footprints; colour reproduces the image for every direction.
     focal = 0.9 * 12
-    torch.testing.assert_close(g.scales[0, :96, 0], depth[0, 0].reshape(-1) / focal * (0.1 + 2.9 * 0.5))
+    torch.testing.assert_close(g.scales[0, :96, 0], depth[0, 0].reshape(-1) / focal * GaussianConfig().init_scale)
+    assert GaussianConfig().init_scale == 1.0
     from ffsplat.core.sh import sh_to_rgb
 
     rgb = sh_to_rgb(g.sh, torch.randn(1, 192, 3))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ffsplat.inference.pose import PoseEstimationError, RegistrationConfig, register_views, triangulate_pair
-from ffsplat.synthetic.rooms import SyntheticConfig, make_scene, render_frame
+from ffsplat.synthetic import SyntheticConfig, make_scene, render_frame
 from tests.conftest import shared_data
 
 FAST = RegistrationConfig(domain_size_pooling=False)

@@ -130,6 +130,8 @@ class RGBDSequence:
         pixel_center: where the intrinsics files put the centre of the first pixel: 0.5 (ffsplat's
             convention, used as is) or 0.0 (ScanNet / OpenCV calibrations: 0.5 is added to the
             principal point at ingest). ``intrinsic/pixel_center.txt`` in the folder overrides it.
+        frame_range: ``(start, stop)``: only frame ids ``start <= id < stop`` (e.g. to hold out a
+            contiguous tail of a sequence for evaluation); None uses every frame.
     """
 
     root: Path
@@ -144,6 +146,7 @@ class RGBDSequence:
     depth_intrinsics_file: str = "intrinsic/intrinsic_depth.txt"
     depth_scale: float = 1000.0
     pixel_center: float = 0.5
+    frame_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -177,7 +180,11 @@ class RGBDSequence:
             pattern = re.compile(rf"^(\d+)\.{re.escape(ext)}$")
             return {int(m.group(1)) for p in (self.root / sub).iterdir() if (m := pattern.match(p.name))}
 
-        return sorted(ids(self.color_dir, self.color_ext) & ids(self.depth_dir, self.depth_ext) & ids(self.pose_dir, "txt"))
+        found = ids(self.color_dir, self.color_ext) & ids(self.depth_dir, self.depth_ext) & ids(self.pose_dir, "txt")
+        if self.frame_range is not None:
+            start, stop = self.frame_range
+            found = {i for i in found if start <= i < stop}
+        return sorted(found)
 
     def read_pose(self, index: int) -> np.ndarray:
         return read_matrix(self.root / self.pose_dir / f"{index}.txt", 4)

@@ -351,7 +351,7 @@ def _read_nerfstudio(path: Path, names: list[str], sizes: list[tuple[int, int]])
 
 
 def _read_scannet(path: Path, names: list[str], sizes: list[tuple[int, int]]) -> CameraFile:
-    """ScanNet export: intrinsics used as stored, as ffsplat's ScanNet ingest (``ffsplat.data.scene``) does."""
+    """ScanNet export: intrinsics used as stored, as ffsplat's ScanNet ingest (``ffsplat.data.sequence``) does."""
     kfile = path / "intrinsic" / "intrinsic_color.txt"
     try:
         k = _matrix(np.loadtxt(kfile), (4, 4), str(kfile))[:3, :3]

@@ -4,7 +4,12 @@ For every pixel of every context view:
 
 * mean: the pixel centre (plus a learned sub-pixel offset) unprojected to the predicted depth;
 * scale: ``depth / focal * s`` with ``s`` in ``[scale_min, scale_max]`` pixel footprints (so a
-  Gaussian covers a similar number of pixels in its own view at any depth);
+  Gaussian covers a similar number of pixels in its own view at any depth). ``scale_min = 0.5``
+  (a standard deviation of half the pixel spacing) is the smallest scale at which neighbouring
+  per-pixel Gaussians still overlap into a closed surface when rendered at a higher resolution
+  or from a nearby view; with smaller scales the training-resolution low-pass filter (eps2d)
+  hides the gaps and the scene renders as a dot grid elsewhere (tests/test_coverage.py). The
+  head starts at ``s = init_scale`` (one pixel footprint);
 * rotation: a unit quaternion predicted in the camera frame, composed with the camera-to-world
   rotation (world-space rotations, as the renderer and the .ply expect);
 * opacity: sigmoid of a raw output;
@@ -14,6 +19,7 @@ For every pixel of every context view:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,14 +37,18 @@ class GaussianConfig:
 
     Attributes:
         sh_degree: SH degree of the colour (0..4).
-        scale_min, scale_max: range of Gaussian scales in pixel footprints at their depth.
+        scale_min, scale_max: range of Gaussian scales (standard deviations) in pixel footprints
+            at their depth; ``scale_min >= 0.5`` keeps neighbouring Gaussians overlapping at any
+            render resolution.
+        init_scale: scale (pixel footprints) the untrained head predicts; inside the range.
         hidden: channels of the head's conv layers.
         pixel_offset: learn a sub-pixel offset (at most half a pixel) of each Gaussian's centre.
     """
 
     sh_degree: int = 4
-    scale_min: float = 0.1
+    scale_min: float = 0.5
     scale_max: float = 3.0
+    init_scale: float = 1.0
     hidden: int = 64
     pixel_offset: bool = True
 
@@ -56,6 +66,11 @@ class GaussianHead(nn.Module):
         # Start near a sensible scene: mid opacity, mid scale, identity rotation, image colours.
         nn.init.normal_(self.net[-1].weight, std=1e-3)
         nn.init.zeros_(self.net[-1].bias)
+        if not cfg.scale_min < cfg.init_scale < cfg.scale_max:
+            raise ValueError(f"gaussians.init_scale={cfg.init_scale} must lie inside (scale_min, scale_max) = ({cfg.scale_min}, {cfg.scale_max})")
+        frac = (cfg.init_scale - cfg.scale_min) / (cfg.scale_max - cfg.scale_min)
+        with torch.no_grad():
+            self.net[-1].bias[1:4] = math.log(frac / (1 - frac))  # sigmoid(bias) = frac -> footprint init_scale
 
     def forward(self, features: Tensor, images: Tensor, depth: Tensor, cameras: Cameras) -> Gaussians:
         """

@@ -132,6 +132,23 @@ def photometric_loss(
 
 
 # ------------------------------------------------------------------------------- distillation
+def sensor_depth_loss(rendered: Tensor, alpha: Tensor, sensor: Tensor, min_alpha: float = 0.5) -> Tensor:
+    """L1 between log rendered depth and log sensor depth where both exist.
+
+    Args:
+        rendered: ``[..., H, W]`` rendered expected z-depth (already divided by alpha, as
+            :func:`ffsplat.render.render` returns it); alpha: ``[..., H, W]`` accumulated opacity
+            (pixels below ``min_alpha`` are left out); sensor: ``[..., H, W]`` metres,
+            0 = no measurement.
+    Returns:
+        scalar mean over valid pixels (0 when there are none, so the loss stays finite).
+    """
+    valid = (sensor > 0) & (alpha > min_alpha) & (rendered > 0)
+    if not valid.any():
+        return rendered.sum() * 0.0
+    return (rendered[valid].log() - sensor[valid].log()).abs().mean()
+
+
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of ``[..., C, h, w]`` to ``[..., C, *size]`` (``align_corners=False``).
 

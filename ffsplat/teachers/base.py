@@ -44,7 +44,8 @@ TeacherFactory = Callable[..., nn.Module]
 TEACHERS: dict[str, TeacherFactory] = {}
 """Teacher name -> factory taking the teacher's config keyword arguments."""
 
-BUILTIN_TEACHER_MODULES = ("ffsplat.teachers.sam", "ffsplat.teachers.lseg", "ffsplat.teachers.label_teachers")
+BUILTIN_TEACHER_MODULES = ("ffsplat.teachers.sam", "ffsplat.teachers.lseg", "ffsplat.teachers.label_teachers",
+                           "ffsplat.teachers.espnetv2")
 """Modules whose import registers the built-in teachers (imported on first use of the registry)."""
 
 

@@ -105,6 +105,8 @@ class LossConfig:
         mask_weight: weight of the SAM-decoder mask consistency loss (paper: 0.2).
         num_prompts: point prompts sampled per target view for the mask loss.
         hcam: use hierarchical-context-aware pooling in the language loss.
+        depth_weight: weight of the sensor-depth loss (L1 of log depth rendered at the target views
+            vs. the shards' depth, where measured) in the geometry and seg stages; 0 = off.
     """
 
     lpips_weight: float = 0.05
@@ -112,6 +114,7 @@ class LossConfig:
     mask_weight: float = 0.2
     num_prompts: int = 8
     hcam: bool = True
+    depth_weight: float = 0.0
 
 
 @dataclass

@@ -42,7 +42,9 @@ from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, sa
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
 from ffsplat.data.sampling import build_eval_index, load_eval_index
-from ffsplat.objectives.losses import LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss
+from ffsplat.objectives.losses import (
+    LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss, sensor_depth_loss,
+)  # fmt: skip
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
 from ffsplat.model.semantic_heads import resize_field
@@ -131,6 +133,7 @@ class SemanticSplatModule(L.LightningModule):
         self.save_hyperparameters({"config": asdict(cfg), "photometric_loss": self.photometric_loss})
         self._helper("prompt_decoder", self._make_prompt_decoder())
         self.class_embeddings = eval_class_embeddings(cfg)
+        self.class_names = eval_class_names(cfg)
         self._val_meter = SegmentationMeter(num_classes=len(EVAL_CLASSES))
         self._val_scalars: dict[str, list[float]] = {}
 
@@ -198,6 +201,9 @@ class SemanticSplatModule(L.LightningModule):
             photo = photometric_loss(rendered.rgb, target.images, self._lpips, self.cfg.loss.lpips_weight)
             logs.update({f"rgb_{k}": v for k, v in photo.items()})
             total = photo["total"]
+            if self.cfg.loss.depth_weight > 0 and target.depths is not None:
+                logs["depth_l1_log"] = sensor_depth_loss(rendered.depth, rendered.alpha, target.depths)
+                total = total + self.cfg.loss.depth_weight * logs["depth_l1_log"]
         if stage == "geometry":
             return total, logs
         tgt_teacher = self.teacher_maps(target, [STAGE_TARGET_ROLE[stage]])
@@ -275,7 +281,7 @@ class SemanticSplatModule(L.LightningModule):
         scalars = {"psnr": float(psnr(rendered.rgb.clamp(0, 1), target.images).mean())}
         if target.depths is not None:
             scalars["depth_abs_rel"] = float(depth_metrics(rendered.depth, target.depths)["abs_rel"])
-        if target.labels is not None:
+        if target.labels is not None and self.class_names == list(EVAL_CLASSES):
             h, w = target.images.shape[-2:]
             lang = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
             pred = classify_by_embeddings(lang.flatten(0, 1), self.class_embeddings)
@@ -308,9 +314,24 @@ class SemanticSplatModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def eval_class_names(cfg: TrainConfig) -> list[str]:
+    """Class names of the model's language field: the closed vocabulary of the ``espnetv2``
+    teacher (PASCAL VOC's 20 object classes), else the 8 evaluation classes."""
+    if cfg.teachers.language.name == "espnetv2":
+        from ffsplat.teachers.espnetv2 import PASCAL_CLASSES
+
+        return list(PASCAL_CLASSES[1:])
+    return list(EVAL_CLASSES)
+
+
 def eval_class_embeddings(cfg: TrainConfig) -> Tensor:
-    """``[8, C]`` embeddings of the evaluation classes in the language teacher's space."""
+    """``[K, C]`` embeddings of :func:`eval_class_names` in the language teacher's space."""
     lang = cfg.teachers.language
+    if lang.name == "espnetv2":
+        from ffsplat.teachers.espnetv2 import pascal_class_embeddings
+
+        kw = lang.kwargs
+        return pascal_class_embeddings(int(kw.get("dim", 512)), int(kw.get("seed", 7)))
     if lang.name == "label_lang":
         from ffsplat.teachers.label_teachers import LabelLanguageTeacher
 
@@ -344,7 +365,7 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         model_config=asdict(cfg.model),
         state_dict=module.model.state_dict(),
         teachers={"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
-        class_names=list(EVAL_CLASSES),
+        class_names=list(module.class_names),
         class_embeddings=module.class_embeddings,
         stage=cfg.stage.name,
         trained_on=cfg.data.name,

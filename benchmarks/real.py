@@ -1,0 +1,218 @@
+"""Real-data benchmark: held-out frames of the HoloLens office sequence, with their true cameras.
+
+    python benchmarks/real.py                                   # defaults below, prints JSON
+    python benchmarks/real.py --candidate checkpoints/demo_candidate/model.pt --gs-iterations 300
+
+On the contiguous tail of the sequence that ``examples/train_demo.sh`` never trains on (frames
+``>= --holdout-start``), context pairs ``(i, i + gap)`` for several gaps, targets at ``i + gap/4``,
+``i + gap/2`` and ``i + 3 gap/4``. Every model gets the same two context images with their true
+intrinsics and poses, at ``--size`` (resize to cover + centre crop), and ``--near/--far`` as
+``infer.py``'s defaults (no sensor depth at inference). Reported per method, averaged over targets:
+
+* ``psnr``, ``ssim`` of the rendered target view;
+* ``depth_abs_rel``, ``depth_delta_1.25`` of the rendered depth against the sensor depth (pixels
+  with a measurement, no scale alignment);
+* ``teacher_miou``, ``teacher_acc``: agreement of the language field rendered at the target view
+  (classified against the model's class embeddings) with the ESPNetv2 teacher run on the target
+  image; mIoU over the PASCAL classes present in the teacher's or the model's maps, background
+  pixels ignored (SemanticSplat Table 3 reports this kind of teacher agreement). Only for models
+  whose vocabulary is the ESPNetv2 one (null for the old label-stand-in demo model).
+
+Methods: ``untrained`` (the small model at initialisation, ESPNetv2 vocabulary), ``old_demo``
+(``--old``, the previously shipped synthetic-only model), ``candidate`` (``--candidate``, e.g. the
+new demo model) and ``3dgs`` (per-scene 3DGS optimised on the same two views for
+``--gs-iterations`` steps; **oracle initialisation**: its Gaussians start from the context views'
+sensor depth, which the feed-forward models never see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ffsplat.core.benchmarking import machine
+from ffsplat.core.config import group_file, to_dataclass
+from ffsplat.core.types import Cameras, Views
+from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
+from ffsplat.data.sequence import RGBDSequence
+from ffsplat.inference.predictor import Predictor
+from ffsplat.model.network import LANG, ModelConfig, build_model
+from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+HOLDOUT_START = 208
+"""First held-out frame of the 260-frame HoloLens office sequence (examples/train_demo.sh trains on 0..207)."""
+
+
+def load_frames(seq: RGBDSequence, ids: list[int], size: int) -> tuple[Tensor, Tensor, Cameras]:
+    """Frames ``ids`` at ``size x size``: images ``[1, V, 3, S, S]``, sensor depth ``[1, V, S, S]``, cameras."""
+    images, depths, ks, c2ws = [], [], [], []
+    for i in ids:
+        f = seq.read_frame(i, with_labels=False)
+        rgb, k = resize_and_center_crop(f.color, f.color_intrinsics, (size, size))
+        images.append(rgb)
+        depths.append(resample_nearest(f.depth, f.depth_intrinsics, k, (size, size)))
+        ks.append(k)
+        c2ws.append(f.c2w)
+    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)[None]
+    cams = Cameras(torch.tensor(np.stack(ks), dtype=torch.float32)[None], torch.tensor(np.stack(c2ws), dtype=torch.float32)[None], (size, size))
+    return img, torch.from_numpy(np.stack(depths)).float()[None], cams
+
+
+def pairs(holdout_start: int, last: int, gaps: list[int], stride: int) -> list[tuple[int, int, list[int]]]:
+    """``(first, second, targets)`` context pairs inside ``[holdout_start, last]``."""
+    out = []
+    for gap in gaps:
+        for first in range(holdout_start, last - gap + 1, stride):
+            targets = sorted({first + gap // 4, first + gap // 2, first + (3 * gap) // 4} - {first, first + gap})
+            out.append((first, first + gap, targets))
+    return out
+
+
+def untrained_checkpoint(path: Path, espnet: str) -> Path:
+    """The small model at initialisation (seed 0) as a slim checkpoint with the ESPNetv2 vocabulary."""
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, pascal_class_embeddings
+
+    cfg = to_dataclass(ModelConfig, group_file("model", "small"))
+    cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    blob = {
+        "format": "ffsplat-model", "version": 1, "model_config": asdict(cfg), "state_dict": model.state_dict(),
+        "stage": "untrained", "teachers": {"segmentation": {"name": "espnetv2_seg", "kwargs": {"checkpoint": espnet}},
+                                          "language": {"name": "espnetv2", "kwargs": {"checkpoint": espnet}}},
+        "class_names": list(PASCAL_CLASSES[1:]), "class_embeddings": pascal_class_embeddings(), "trained_on": None,
+        "image_size": None, "global_step": 0,
+    }  # fmt: skip
+    torch.save(blob, path)
+    return path
+
+
+class Scores:
+    def __init__(self, num_classes: int):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.seg = SegmentationMeter(num_classes=num_classes)
+        self.seconds = 0.0
+
+    def add(self, rgb: Tensor, depth: Tensor, gt: Tensor, gt_depth: Tensor) -> None:
+        """``rgb [V, 3, H, W]``, ``depth [V, H, W]`` rendered; ``gt``, ``gt_depth`` the same shapes."""
+        rgb = rgb.clamp(0, 1)
+        for v in range(len(rgb)):
+            d = depth_metrics(depth[v], gt_depth[v])
+            values = {"psnr": psnr(rgb[v : v + 1], gt[v : v + 1]).mean(), "ssim": ssim(rgb[v : v + 1], gt[v : v + 1]).mean(),
+                      "depth_abs_rel": d["abs_rel"], "depth_delta_1.25": d["delta_1.25"]}  # fmt: skip
+            for k, val in values.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(val)
+            self.count += 1
+
+    def result(self) -> dict:
+        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        out["targets"] = self.count
+        out["seconds_per_pair"] = self.seconds
+        if int(self.seg.confusion.sum()):
+            seg = self.seg.compute()
+            out.update(teacher_miou=float(seg["miou"]), teacher_acc=float(seg["acc"]))
+        else:
+            out.update(teacher_miou=None, teacher_acc=None)
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=SHARED / "data" / "hololens-office")
+    p.add_argument("--espnet", type=Path, default=SHARED / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth")
+    p.add_argument("--old", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt", help="the shipped demo model")
+    p.add_argument("--candidate", type=Path, action="append", default=[], help="more models to score (repeatable)")
+    p.add_argument("--holdout-start", type=int, default=HOLDOUT_START)
+    p.add_argument("--gaps", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--stride", type=int, default=12, help="frames between the first context frames of pairs")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--near", type=float, default=0.5)
+    p.add_argument("--far", type=float, default=10.0)
+    p.add_argument("--gs-iterations", type=int, default=300, help="per-scene 3DGS steps (0: skip 3DGS)")
+    p.add_argument("--max-pairs", type=int, help="use only the first N pairs (quick runs)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    for path, what in ((args.data / "pose", "--data"), (args.espnet, "--espnet"), *((c, "--candidate") for c in args.candidate)):
+        if not path.exists():
+            print(f"error: {what}: {path} does not exist", file=sys.stderr)
+            raise SystemExit(2)
+
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Teacher
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    seq = RGBDSequence(args.data)
+    last = max(seq.frame_ids())
+    chosen = pairs(args.holdout_start, last, args.gaps, args.stride)[: args.max_pairs]
+    teacher = ESPNetv2Teacher(checkpoint=args.espnet).to(device)
+    tmp = Path(tempfile.mkdtemp(prefix="ffsplat_real_"))
+    models = {"untrained": untrained_checkpoint(tmp / "untrained.pt", str(args.espnet))}
+    if args.old.is_file():
+        models["old_demo"] = args.old
+    for i, c in enumerate(args.candidate):
+        models["candidate" if i == 0 else f"candidate{i + 1}"] = c
+    predictors = {name: Predictor(path, device) for name, path in models.items()}
+    pascal = list(PASCAL_CLASSES[1:])
+    scores = {name: Scores(len(pascal)) for name in predictors}
+    if args.gs_iterations:
+        scores["3dgs"] = Scores(len(pascal))
+
+    for first, second, targets in chosen:
+        images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
+        images, depths, cams = images.to(device), depths.to(device), cams.to(device)
+        ctx = Views(images[:, :2], cams[:, :2], torch.tensor([args.near], device=device), torch.tensor([args.far], device=device))
+        tgt_cams, gt, gt_depth = cams[:, 2:], images[0, 2:], depths[0, 2:]
+        teacher_labels = teacher.probabilities(gt).argmax(1)  # [T, H, W], 0 = background (ignored)
+        for name, pred in predictors.items():
+            start = time.perf_counter()
+            out = pred(ctx)
+            rendered = render(out.gaussians, tgt_cams, features=[LANG])
+            scores[name].seconds += time.perf_counter() - start
+            scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
+            if pred.class_names == pascal:
+                lang = pred.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": gt.shape[-2:]})["lseg"][0]
+                scores[name].seg.update(classify_by_embeddings(lang, pred.class_embeddings), teacher_labels)
+        if args.gs_iterations:
+            from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer
+
+            start = time.perf_counter()
+            ctx_d = Views(images[:, :2], cams[:, :2], ctx.near, ctx.far, depths=depths[:, :2])
+            cfg = SceneConfig(iterations=args.gs_iterations, sh_degree=1, sh_degree_interval=max(1, args.gs_iterations // 3),
+                              refine_start=min(500, args.gs_iterations // 3), reset_every=10**9)  # fmt: skip
+            method = SceneMethod().to(device)
+            trainer = SceneTrainer(cfg, ctx_d, method)
+            trainer.fit(progress=False)
+            with torch.no_grad():
+                r = SceneMethod.render(method, trainer, tgt_cams)
+            scores["3dgs"].seconds += time.perf_counter() - start
+            scores["3dgs"].add(r.rgb[0], r.depth[0], gt, gt_depth)
+        print(f"pair {first}-{second}: done", file=sys.stderr)
+
+    results = {name: s.result() for name, s in scores.items()}
+    for s in results.values():
+        s["seconds_per_pair"] /= max(len(chosen), 1)
+    print(json.dumps({
+        "benchmark": "real", "data": str(args.data), "holdout_frames": [args.holdout_start, last],
+        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near": args.near, "far": args.far,
+        "gs_iterations": args.gs_iterations, "gs_note": "3DGS is initialised from the context views' sensor depth (oracle)",
+        "models": {k: str(v) for k, v in models.items() if k != "untrained"}, "machine": machine(), "results": results,
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The real-data demo recipe's glue: its configs compose, the sensor-depth loss enters the geometry
+loss only when asked, the ESPNetv2 vocabulary reaches the training module and the slim export, the
+hold-out keeps the sequence tail out of the shards, and the real-data benchmark evaluates only
+held-out frames."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffsplat.core.config import to_dataclass
+from ffsplat.data.sequence import RGBDSequence
+from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
+from ffsplat.training.config import TrainConfig
+from tests.test_training import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(*overrides: str) -> TrainConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return to_dataclass(TrainConfig, hydra_compose("train", overrides=list(overrides)))
+
+
+def test_real_demo_experiments_compose():
+    seg = compose("experiment=real_demo_seg")
+    assert seg.stage.name == "seg" and seg.loss.depth_weight > 0 and seg.data.name == "real_demo"
+    assert (seg.teachers.segmentation.name, seg.teachers.language.name) == ("espnetv2_seg", "espnetv2")
+    assert seg.teachers.masks == "none" and not seg.model.conditioning.names
+    assert seg.model.gaussians.scale_min >= 0.5
+    lang = compose("experiment=real_demo_lang", "trainer=gpu")
+    assert lang.stage.name == "lang" and lang.stage.init_from == "checkpoints/real_demo_seg/model.pt"
+    assert lang.trainer.accelerator == "gpu"
+
+
+def test_depth_loss_is_added_only_with_a_weight(tiny_shards, tmp_path):
+    from ffsplat.data.shards import ClipExamples, collate_examples, manifest_shards
+    from ffsplat.training.module import SemanticSplatModule
+
+    losses = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry", loss__depth_weight=weight))
+        data = ClipExamples(manifest_shards(tiny_shards, "train"), module.cfg.data.sampler, shuffle_buffer=0)
+        batch = collate_examples([next(iter(data))])
+        module._move_helpers()
+        losses[weight] = module.compute_losses(batch)
+    assert "depth_l1_log" not in losses[0.0][1]
+    total, logs = losses[1.0]
+    assert logs["depth_l1_log"] > 0
+    torch.testing.assert_close(total, losses[0.0][0] + logs["depth_l1_log"])
+
+
+def test_espnetv2_vocabulary_reaches_training_and_export(tiny_shards, tmp_path):
+    from ffsplat.inference.predictor import Predictor
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Seg, ESPNetv2Teacher
+    from ffsplat.training.module import SemanticSplatModule, export_slim
+
+    ckpt = tmp_path / "espnet.pth"
+    torch.save(ESPNetv2Seg().state_dict(), ckpt)
+    cfg = tiny_config(tiny_shards, tmp_path, "lang")
+    cfg.teachers.language.name, cfg.teachers.language.kwargs = "espnetv2", {"checkpoint": str(ckpt)}
+    cfg.model.conditioning.use_sam = cfg.model.conditioning.use_lseg = False
+    module = SemanticSplatModule(cfg)
+    assert module.class_names == list(PASCAL_CLASSES[1:])
+    torch.testing.assert_close(module.class_embeddings, ESPNetv2Teacher(checkpoint=ckpt).class_embeddings())
+    predictor = Predictor(export_slim(module, tmp_path / "model.pt"))
+    assert predictor.class_names[8] == "chair" and predictor.class_embeddings.shape == (20, 512)
+
+
+def test_frame_range_holds_out_the_tail(tmp_path):
+    write_synthetic_scene(tmp_path / "room", 5, SyntheticConfig(height=16, width=16, frames=12))
+    assert RGBDSequence(tmp_path / "room").frame_ids() == list(range(12))
+    assert RGBDSequence(tmp_path / "room", frame_range=(0, 8)).frame_ids() == list(range(8))
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real import HOLDOUT_START, pairs
+
+    chosen = pairs(HOLDOUT_START, 259, [4, 8, 16], 12)
+    assert chosen and all(min(a, b, *t) >= HOLDOUT_START and max(a, b, *t) <= 259 for a, b, t in chosen)
+    assert {b - a for a, b, _ in chosen} == {4, 8, 16} and all(a < t < b for a, b, ts in chosen for t in ts)
+
+
+def test_make_shards_rejects_a_bad_frame_range(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from data_prep.make_shards import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--scene", str(tmp_path), "--out", str(tmp_path / "out"), "--frame-range", "10", "5"])
+    assert exc.value.code == 2 and "error: --frame-range" in capsys.readouterr().err
