@@ -150,7 +150,6 @@ def step_train(dry: bool) -> dict:
     import lightning as L
     import torch
 
-    import ffsplat  # noqa: F401
     from ffsplat.core.config import group_file, to_dataclass
     from ffsplat.data.views import ViewSamplerConfig
     from ffsplat.model.network import ModelConfig
@@ -197,7 +196,15 @@ def step_train(dry: bool) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             self.losses.append(float(loss))
+            step = trainer.global_step
+            if step % 25 == 0 and step > warm and warm in self.times:  # partial figures survive a timeout
+                rate = (step - warm) / (time.perf_counter() - self.times[warm])
+                mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+                print(json.dumps({"partial": True, "step": step, "steps_per_s": round(rate, 3),
+                                  "peak_gpu_memory_gb": mem and round(mem, 2), "loss": round(self.losses[-1], 4),
+                                  "render_backend": self.backend}), flush=True)  # fmt: skip
 
+    warm = 1 if dry else 20  # steps left out of the rate (cuDNN autotuning, allocator warm-up)
     timer = Timer()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -206,7 +213,6 @@ def step_train(dry: bool) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     end = time.perf_counter()
-    warm = min(20, steps - 2) if not dry else 1
     timed = steps - warm
     report = {
         "steps": steps,
@@ -274,6 +280,8 @@ def main() -> None:
     parser.add_argument("--step", choices=sorted(CHILD_STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:  # child process: one step, JSON on the last line
+        import ffsplat  # noqa: F401  (CPU: installs the torchvision shim before Lightning imports it)
+
         print(json.dumps(CHILD_STEPS[args.step](args.dry_run)))
         return
 

@@ -127,6 +127,12 @@ def test_validation_index_is_split_across_ranks(tiny_shards, monkeypatch):
         shares.append([(e.scenes[0], e.context.frame_ids.tolist()) for e in data])
         assert len(data) == len(shares[-1]) == 3
     assert sorted(shares[0] + shares[1]) == sorted(everything)  # disjoint shares covering the index once
+    # fewer entries than ranks: padded, so no rank gets an empty loader (Lightning refuses one)
+    one = {scene: entries[:1] for scene, entries in list(index.items())[:1]}
+    data = EvalIndexDataset(tiny_shards, "train", one)
+    assert [data.rank_entries(r, 2) for r in (0, 1)] == [one, one]
+    three = {scene: entries[:3] for scene, entries in list(index.items())[:1]}
+    assert [sum(map(len, EvalIndexDataset(tiny_shards, "train", three).rank_entries(r, 2).values())) for r in (0, 1)] == [2, 2]
 
 
 def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):

@@ -11,7 +11,7 @@ epoch, which keeps DDP ranks in step however uneven the shards are.
 Evaluation: :class:`EvalIndexDataset` reads the shards of the scenes named in an evaluation index
 (shards are per scene, the manifest says which) and yields one example per index entry; under
 DDP each rank takes every ``world``-th entry, so ranks score disjoint shares that together cover
-the index once.
+the index (padded to a multiple of ``world``, see :meth:`EvalIndexDataset.rank_entries`).
 
 A sample that fails to decode is skipped, counted and logged (never raised).
 
@@ -262,8 +262,13 @@ class EvalIndexDataset(IterableDataset):
         return sum(len(entries) for entries in self.rank_entries(*rank_and_world()).values())
 
     def rank_entries(self, rank: int, world: int) -> dict[str, list[dict]]:
-        """This rank's share: entry ``i`` of the index (scenes sorted, entries in order) goes to rank ``i % world``."""
+        """This rank's share: entry ``i`` of the index (scenes sorted, entries in order) goes to rank
+        ``i % world``. As PyTorch's ``DistributedSampler`` does, the list is first padded with its
+        own first entries to a multiple of ``world``, so every rank scores the same number of
+        examples (at most ``world - 1`` are scored twice) and none is left with an empty loader."""
         flat = [(scene, entry) for scene in sorted(self.index) for entry in self.index[scene]]
+        if flat and len(flat) % world:
+            flat += (flat * world)[: world - len(flat) % world]
         mine: dict[str, list[dict]] = {}
         for scene, entry in flat[rank::world]:
             mine.setdefault(scene, []).append(entry)
