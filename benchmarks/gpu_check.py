@@ -277,6 +277,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every step tiny on CPU (checks this script)")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for all steps together")
+    parser.add_argument("--timeout-scale", type=float, default=None,
+                        help="multiply every step's timeout and the budget (default 1; 6 with --dry-run: slow CPU boxes)")  # fmt: skip
     parser.add_argument("--step", choices=sorted(CHILD_STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:  # child process: one step, JSON on the last line
@@ -295,10 +297,12 @@ def main() -> None:
     dry = ["--dry-run"] if args.dry_run else []
     py = sys.executable
     summary: dict = {"check": "gpu_check", "dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": {}}
-    deadline = time.perf_counter() + args.budget
+    scale = args.timeout_scale or (6.0 if args.dry_run else 1.0)
+    budget = args.budget * scale
+    deadline = time.perf_counter() + budget
 
     def left(cap: float, reserve: float = 0.0) -> float:
-        return max(0.0, min(cap, deadline - time.perf_counter() - reserve))
+        return max(0.0, min(cap * scale, deadline - time.perf_counter() - reserve * scale))
 
     me = str(Path(__file__).resolve())
     run_step("env", [py, me, "--step", "env", *dry], left(60), out, env, summary)
@@ -327,7 +331,7 @@ def main() -> None:
     run_step("model", model_cmd, left(90, reserve=10), out, env, summary)
     run_step("render", render_cmd, left(90), out, env, summary)
 
-    summary["total_seconds"] = round(args.budget - (deadline - time.perf_counter()), 1)
+    summary["total_seconds"] = round(budget - (deadline - time.perf_counter()), 1)
     summary["ok"] = all(s.get("rc") == 0 for s in summary["steps"].values())
     text = json.dumps(summary, indent=2)
     (out / "summary.json").write_text(text)
