@@ -204,9 +204,14 @@ class ClipExamples(IterableDataset):
         rank, world = rank_and_world()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first; after c consumed batches the next batch (c) belongs
+        # to role c mod W, so loader worker i plays role (i + c) mod W (identity when c = 0).
+        worker = (worker + self.consumed_batches) % workers
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
         if self.resampled:
-            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True)
+            # the seed already names rank and worker role; webdataset's own worker seed would follow
+            # the loader's worker id instead of the role
+            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True, worker_seed=lambda: 0)
             count = -(-self.epoch_length // workers)  # this worker's share of the epoch
         else:
             shards = wds.SimpleShardList(self._my_shards(rank, world, worker, workers))
