@@ -88,7 +88,7 @@ def step_compile(dry: bool) -> dict:
     n = 64
     means = torch.randn(n, 3, device="cuda") * 0.3 + torch.tensor([0, 0, 3.0], device="cuda")
     quats = torch.nn.functional.normalize(torch.randn(n, 4, device="cuda"), dim=-1)
-    img, alpha, _ = rasterization(
+    _, alpha, _ = rasterization(
         means, quats, torch.full((n, 3), 0.05, device="cuda"), torch.full((n,), 0.8, device="cuda"),
         torch.rand(n, 3, device="cuda"), torch.eye(4, device="cuda")[None],
         torch.tensor([[[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]], device="cuda"), 32, 32,
@@ -249,7 +249,7 @@ def run_step(name: str, cmd: list[str], timeout: float, out: Path, env: dict, su
         summary["steps"][name] = record
         return record
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
         record["rc"] = done.returncode
         stdout, stderr = done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
