@@ -83,15 +83,14 @@ def test_soft_argmax_is_taken_in_disparity():
 
 
 def test_bf16_autocast_network_hands_render_float32_and_exact_plane_sweep(monkeypatch):
-    import ffsplat.model.cost_volume as cost_volume
-    import ffsplat.render.renderer as renderer
-    from ffsplat.render import RasterSettings, render
+    from ffsplat.model import cost_volume
+    from ffsplat.render import RasterSettings, render, renderer
 
     received: list[tuple[str, torch.Tensor]] = []
 
     def recording_gsplat(means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s):
-        named = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                     viewmats=viewmats, ks=ks, backgrounds=backgrounds)  # fmt: skip
+        named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+                 "viewmats": viewmats, "ks": ks, "backgrounds": backgrounds}  # fmt: skip
         received.extend(named.items())
         assert not torch.is_autocast_enabled("cpu")
         return renderer._rasterize_torch(means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s)
@@ -136,8 +135,7 @@ def test_bf16_autocast_network_hands_render_float32_and_exact_plane_sweep(monkey
 
 @pytest.mark.parametrize("field", ["opacities", "sh", "scales", "rotations", "features", "cameras"])
 def test_render_gives_backends_float32_for_any_mix_of_dtypes(monkeypatch, field):
-    import ffsplat.render.renderer as renderer
-    from ffsplat.render import RasterSettings, render
+    from ffsplat.render import RasterSettings, render, renderer
     from tests.test_render import look_at_cameras, random_gaussians
 
     seen = []

@@ -129,6 +129,12 @@ def test_validation_index_is_split_across_ranks(tiny_shards, monkeypatch):
         shares.append([(e.scenes[0], e.context.frame_ids.tolist()) for e in data])
         assert len(data) == len(shares[-1]) == 3
     assert sorted(shares[0] + shares[1]) == sorted(everything)  # disjoint shares covering the index once
+    # fewer entries than ranks: padded, so no rank gets an empty loader (Lightning refuses one)
+    one = {scene: entries[:1] for scene, entries in list(index.items())[:1]}
+    data = EvalIndexDataset(tiny_shards, "train", one)
+    assert [data.rank_entries(r, 2) for r in (0, 1)] == [one, one]
+    three = {scene: entries[:3] for scene, entries in list(index.items())[:1]}
+    assert [sum(map(len, EvalIndexDataset(tiny_shards, "train", three).rank_entries(r, 2).values())) for r in (0, 1)] == [2, 2]
 
 
 def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):
@@ -146,3 +152,34 @@ def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):
     data.set_position(epoch=1, epoch_start_step=1000, batch_size=4)
     late = [g for b in DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples) for g in (b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist()]
     assert max(late[:8]) > 4 and max(late) <= 7
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_stream_continues_after_the_consumed_batches(tiny_shards, workers):
+    sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=6, gap_warmup_steps=4)
+    data = ClipExamples(manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=4, resampled=True, epoch_length=12, seed=5)
+
+    def stream(consumed: int) -> list:
+        data.set_position(epoch=2, epoch_start_step=40, consumed_batches=consumed, batch_size=2)
+        loader = DataLoader(data, batch_size=2, num_workers=workers, collate_fn=collate_examples)
+        return [(b.scenes, b.context.frame_ids.tolist(), b.target.frame_ids.tolist()) for b in loader]
+
+    full = stream(0)
+    assert len(full) == 6 and len({str(b) for b in full}) > 1
+    assert stream(3) == full[3:]  # what an uninterrupted run sees after its first 3 batches
+
+
+def test_datamodule_resumes_the_epoch_position_from_its_checkpoint_state(tiny_shards, tmp_path):
+    from types import SimpleNamespace
+
+    from ffsplat.training.module import ClipDataModule
+
+    dm = ClipDataModule(tiny_config(tiny_shards, tmp_path, "seg", data__batch_size=2))
+    dm.load_state_dict({"epoch": 3, "epoch_start_step": 40})  # as saved in the checkpoint
+    dm.trainer = SimpleNamespace(global_step=43)  # restored before the loader is built
+    dm.train_dataloader()
+    data = dm.train_set
+    assert (data.epoch, data.epoch_start_step, data.consumed_batches, data.batch_size) == (3, 40, 3, 2)
+    dm.start_epoch(4, 52)
+    assert dm.state_dict() == {"epoch": 4, "epoch_start_step": 52}
+    assert (data.epoch, data.epoch_start_step, data.consumed_batches) == (4, 52, 0)

@@ -11,7 +11,7 @@ epoch, which keeps DDP ranks in step however uneven the shards are.
 Evaluation: :class:`EvalIndexDataset` reads the shards of the scenes named in an evaluation index
 (shards are per scene, the manifest says which) and yields one example per index entry; under
 DDP each rank takes every ``world``-th entry, so ranks score disjoint shares that together cover
-the index once.
+the index (padded to a multiple of ``world``, see :meth:`EvalIndexDataset.rank_entries`).
 
 Position in the stream (curriculum and resume): the DataLoader takes batches from its workers in
 turn, so the ``j``-th batch of worker ``w`` (of ``W``) is batch ``w + j W`` of the epoch. Each
@@ -362,9 +362,14 @@ class ClipExamples(IterableDataset):
         rank, world = rank_and_world()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first; after c consumed batches the next batch (c) belongs
+        # to role c mod W, so loader worker i plays role (i + c) mod W (identity when c = 0).
+        worker = (worker + self.consumed_batches) % workers
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
         if self.resampled:
-            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True)
+            # the seed already names rank and worker role; webdataset's own worker seed would follow
+            # the loader's worker id instead of the role
+            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True, worker_seed=lambda: 0)
             count = -(-self.epoch_length // workers)  # this worker's share of the epoch
         else:
             shards = wds.SimpleShardList(self._my_shards(rank, world, worker, workers))
@@ -434,8 +439,13 @@ class EvalIndexDataset(IterableDataset):
         return sum(len(entries) for entries in self.rank_entries(*rank_and_world()).values())
 
     def rank_entries(self, rank: int, world: int) -> dict[str, list[dict]]:
-        """This rank's share: entry ``i`` of the index (scenes sorted, entries in order) goes to rank ``i % world``."""
+        """This rank's share: entry ``i`` of the index (scenes sorted, entries in order) goes to rank
+        ``i % world``. As PyTorch's ``DistributedSampler`` does, the list is first padded with its
+        own first entries to a multiple of ``world``, so every rank scores the same number of
+        examples (at most ``world - 1`` are scored twice) and none is left with an empty loader."""
         flat = [(scene, entry) for scene in sorted(self.index) for entry in self.index[scene]]
+        if flat and len(flat) % world:
+            flat += (flat * world)[: world - len(flat) % world]
         mine: dict[str, list[dict]] = {}
         for scene, entry in flat[rank::world]:
             mine.setdefault(scene, []).append(entry)
