@@ -323,3 +323,25 @@ def language_loss(expanded: Tensor, target: Tensor, masks: list[dict[str, Tensor
     out["hcam"] = torch.stack(terms).mean()
     out["total"] = torch.stack([plain, *terms]).mean()
     return out
+
+
+def depth_loss(pred: Tensor, target: Tensor, min_depth: float = 1e-3) -> Tensor:
+    """L1 between log depths over pixels with valid sensor depth (no scale/shift alignment: poses
+    and sensor depth are metric, so the prediction is supervised in metres).
+
+    Args:
+        pred: ``[..., H, W]`` predicted z-depth (context-view depth or rendered target depth).
+        target: ``[..., h, w]`` sensor z-depth; ``<= min_depth`` or non-finite = invalid. ``pred``
+            is bilinearly resized to ``(h, w)`` when the sizes differ.
+    Returns:
+        scalar; 0 (with a gradient path) when no pixel is valid.
+    """
+    if pred.shape[-2:] != target.shape[-2:]:
+        lead = pred.shape[:-2]
+        pred = F.interpolate(pred.reshape(-1, 1, *pred.shape[-2:]), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        pred = pred.reshape(*lead, *target.shape[-2:])
+    valid = torch.isfinite(target) & (target > min_depth) & torch.isfinite(pred)
+    if not valid.any():
+        return pred.sum() * 0.0
+    diff = (pred.clamp_min(min_depth).log() - target.clamp_min(min_depth).log()).abs()
+    return diff[valid].mean()

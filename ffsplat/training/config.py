@@ -103,6 +103,10 @@ class LossConfig:
         mask_weight: weight of the SAM-decoder mask consistency loss (paper: 0.2).
         num_prompts: point prompts sampled per target view for the mask loss.
         hcam: use hierarchical-context-aware pooling in the language loss.
+        depth_weight: weight of the depth supervision (``geometry`` and ``seg`` stages), L1 of log
+            depth against valid sensor depth on the predicted context depth and on the rendered
+            target depth (:func:`ffsplat.objectives.losses.depth_loss`); 0 disables it (paper
+            config), batches without sensor depth skip it.
     """
 
     lpips_weight: float = 0.05
@@ -110,6 +114,7 @@ class LossConfig:
     mask_weight: float = 0.2
     num_prompts: int = 8
     hcam: bool = True
+    depth_weight: float = 0.0
 
 
 @dataclass
