@@ -33,18 +33,16 @@ def test_depth_weight_adds_context_and_target_depth_terms(tiny_shards, tmp_path)
     from ffsplat.training.module import SemanticSplatModule
 
     torch.manual_seed(0)
+    plain_module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry"))
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry", loss__depth_weight=0.5))
+    module.model.load_state_dict(plain_module.model.state_dict())
+    data = ClipExamples(manifest_shards(tiny_shards, "train"), module.cfg.data.sampler, shuffle_buffer=0)
+    batch = collate_examples([next(iter(data))])
+    assert batch.context.depths is not None and batch.target.depths is not None
     losses = {}
-    for weight in (0.0, 0.5):
-        module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry", loss__depth_weight=weight))
-        torch.manual_seed(1)
-        data = ClipExamples(manifest_shards(tiny_shards, "train"), module.cfg.data.sampler, shuffle_buffer=0)
-        batch = collate_examples([next(iter(data))])
-        assert batch.context.depths is not None and batch.target.depths is not None
-        module._move_helpers()
-        torch.manual_seed(2)
-        module.model.load_state_dict(reference) if weight else None
-        reference = module.model.state_dict()
-        losses[weight] = module.compute_losses(batch)
+    for weight, m in ((0.0, plain_module), (0.5, module)):
+        m._move_helpers()
+        losses[weight] = m.compute_losses(batch)
     (plain, plain_logs), (supervised, logs) = losses[0.0], losses[0.5]
     assert "depth_context" not in plain_logs
     assert logs["depth_context"] > 0 and logs["depth_target"] > 0

@@ -226,4 +226,4 @@ def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
     return report
 
 
-import ffsplat.model.mvsplat.net  # noqa: E402,F401  (registers MODELS["mvsplat"])
+import ffsplat.model.mvsplat.net  # noqa: F401  (registers MODELS["mvsplat"])

@@ -31,18 +31,18 @@ _E3NN_AXES = ((0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 def sh_band_mask(degree: int, device=None) -> Tensor:
     """``[K]``: 1 for the DC band, ``0.1 * 0.25 ** l`` for band ``l`` (MVSplat's ``sh_mask``)."""
     mask = torch.ones(num_sh_bases(degree), device=device)
-    for l in range(1, degree + 1):  # noqa: E741
+    for l in range(1, degree + 1):
         mask[l * l : (l + 1) ** 2] = 0.1 * 0.25**l
     return mask
 
 
 def rotate_sh_e3nn(coeffs: Tensor, rot: Tensor) -> Tensor:
     """Rotate ``[..., K, 3]`` SH coefficients as MVSplat's e3nn-based ``rotate_sh`` does."""
-    degree = int(round(coeffs.shape[-2] ** 0.5)) - 1
+    degree = round(coeffs.shape[-2] ** 0.5) - 1
     if degree == 0:
         return coeffs
     p = torch.tensor(_E3NN_AXES, dtype=rot.dtype, device=rot.device)
-    signs = torch.cat([torch.tensor([(-1.0) ** m for m in range(2 * l + 1)]) for l in range(degree + 1)])  # noqa: E741
+    signs = torch.cat([torch.tensor([(-1.0) ** m for m in range(2 * l + 1)]) for l in range(degree + 1)])
     s = signs.to(coeffs)[:, None]
     return s * rotate_sh(s * coeffs, p @ rot @ p.T)
 

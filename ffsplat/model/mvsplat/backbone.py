@@ -217,7 +217,7 @@ class MultiViewBackboneMVSplat(nn.Module):
         self.transformer = MultiViewTransformer(d_feature, num_layers, ffn_expansion)
 
     def forward(self, images: Tensor, splits: int) -> tuple[Tensor, Tensor]:
-        b, v = images.shape[:2]
+        b = images.shape[0]
         mean = images.new_tensor(IMAGENET_MEAN)[:, None, None]
         std = images.new_tensor(IMAGENET_STD)[:, None, None]
         cnn = self.backbone(rearrange((images - mean) / std, "b v c h w -> (b v) c h w"))

@@ -117,7 +117,7 @@ class DepthPredictor(nn.Module):
     def cost_volume(self, features: Tensor, intrinsics: Tensor, extrinsics: Tensor, disparities: Tensor) -> Tensor:
         """``[B, V, C, h, w]`` -> ``[(B V), D + C, h, w]``: correlation with every other view averaged
         over the other views, concatenated with the view's own features."""
-        b, v, c, h, w = features.shape
+        v, c, h, w = features.shape[1:]
         k = intrinsics[..., :3, :3].clone()
         k[..., 0, :] *= float(w)
         k[..., 1, :] *= float(h)
@@ -144,7 +144,7 @@ class DepthPredictor(nn.Module):
                 of the correlation-refinement net (semantic conditioning), or None;
             cost_volume: :meth:`cost_volume` of these inputs if already computed.
         """
-        b, v = features.shape[:2]
+        v = features.shape[1]
         lo = (1.0 / far).to(features.dtype)
         hi = (1.0 / near).to(features.dtype)
         steps = torch.linspace(0.0, 1.0, self.num_candidates, device=features.device, dtype=features.dtype)
@@ -164,7 +164,7 @@ class DepthPredictor(nn.Module):
         pdf_max = F.interpolate(pdf.max(1, keepdim=True).values, scale_factor=4)
         full = F.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=True)
 
-        flat = lambda t: rearrange(t, "b v ... -> (b v) ...")  # noqa: E731
+        flat = lambda t: rearrange(t, "b v ... -> (b v) ...")
         ups = self.upsampler(torch.cat([flat(features), flat(cnn_features)], dim=1))
         refine = self.refine_unet[2](self.refine_unet[1](self.refine_unet[0](torch.cat([flat(images), self.proj_feature(ups), full, pdf_max], 1))))
         refine = self.refine_unet[3](refine, v)

@@ -60,7 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise FileNotFoundError(f"model.pretrained.path: no checkpoint at {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one clear message
+    except Exception as exc:
         raise CheckpointMismatchError(f"model.pretrained.path: {path} is not a readable PyTorch checkpoint ({exc})") from exc
     if isinstance(blob, dict):
         for key in ("state_dict", "model"):

@@ -82,7 +82,6 @@ class MVSplatSemanticNet(nn.Module):
         far = context.far[:, None].expand(b, v)
 
         feats, cnn = self.backbone(images, g.attn_splits)
-        h, w = feats.shape[-2:]
         dp = self.depth_predictor
         # The cost volume is recomputed inside the predictor; compute it once here for the latent.
         steps = torch.linspace(0.0, 1.0, g.num_depth_candidates, device=feats.device, dtype=feats.dtype)
@@ -93,7 +92,7 @@ class MVSplatSemanticNet(nn.Module):
         injection = self.condition_inject(rearrange(latent, "b v c h w -> (b v) c h w"))
         out = dp(feats, cnn, images, intr, c2w, near, far, injection=injection, cost_volume=cv_in)
 
-        split = lambda t: rearrange(t, "(b v) c h w -> b v c h w", b=b)  # noqa: E731
+        split = lambda t: rearrange(t, "(b v) c h w -> b v c h w", b=b)
         gaussians, z = adapt_gaussians(
             split(out.raw_gaussians), split(out.depth)[:, :, 0], split(out.density)[:, :, 0], intr, c2w,
             g.gaussian_scale_min, g.gaussian_scale_max, g.sh_degree, g.opacity_exponent_log2,
