@@ -51,9 +51,9 @@ class PretrainedConfig:
     """
 
     path: str = ""
-    format: str = "ffsplat"
     key_map: dict[str, str] = field(default_factory=dict)
     strict: bool = False
+    format: str = "ffsplat"
 
 
 @dataclass
