@@ -199,7 +199,8 @@ def test_sh_rotation_matches_rotating_the_directions(degree):
 
 def test_configs_document_and_build(tmp_path):
     paper = to_dataclass(ModelConfig, group_file("model", "paper"))
-    assert paper.backbone.num_layers == 6 and paper.backbone.d_model == 128 and paper.depth.num_candidates == 128
+    assert paper.name == "mvsplat"  # MVSplat's geometry: 6-layer d=128 transformer, 128 candidates
+    assert paper.mvsplat.num_transformer_layers == 6 and paper.mvsplat.d_feature == 128 and paper.mvsplat.num_depth_candidates == 128
     assert 5e6 < sum(p.numel() for p in build_model(paper).parameters()) < 15e6  # MVSplat: 12M
     with pytest.raises(FileNotFoundError, match="choose one of"):
         group_file("model", "enormous")

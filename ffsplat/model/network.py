@@ -26,6 +26,7 @@ from ffsplat.model.conditioning import ConditioningConfig, ConditioningFusion
 from ffsplat.model.cost_volume import correlation_cost_volume
 from ffsplat.model.depth import DepthConfig, DepthHead, DepthOutput
 from ffsplat.model.gaussians import GaussianConfig, GaussianHead
+from ffsplat.model.mvsplat.config import MVSplatConfig
 from ffsplat.model.semantic_heads import FieldDecoder, FieldHead, SemanticConfig, SemanticTrunk
 from ffsplat.core.types import Gaussians, Views
 
@@ -39,14 +40,20 @@ class PretrainedConfig:
 
     Attributes:
         path: local ``.ckpt``/``.pth`` file (a state dict, or a dict with ``state_dict``/``model``).
-        key_map: source-prefix -> our-prefix renames applied before loading (e.g.
-            ``{"encoder.backbone.": "backbone."}``); keys matching no prefix are dropped.
-        strict: raise if any of our parameters stays unloaded.
+        format: ``ffsplat`` (this network's own keys, renamed by ``key_map``), or for
+            ``model.name: mvsplat`` one of ``mvsplat`` (MVSplat's released encoder), ``unimatch``
+            (UniMatch's backbone) or ``ffsplat`` (strict); the key maps are documented in
+            :mod:`ffsplat.model.mvsplat.keymap`. A mismatching file is an error naming the keys.
+        key_map: (``format: ffsplat`` on ``model.name: semanticsplat`` only) source-prefix ->
+            our-prefix renames applied before loading (e.g. ``{"encoder.backbone.": "backbone."}``);
+            keys matching no prefix are dropped.
+        strict: (same scope as ``key_map``) raise if any of our parameters stays unloaded.
     """
 
     path: str = ""
     key_map: dict[str, str] = field(default_factory=dict)
     strict: bool = False
+    format: str = "ffsplat"
 
 
 @dataclass
@@ -54,8 +61,11 @@ class ModelConfig:
     """The whole network. ``configs/model/*.yaml`` fill this tree.
 
     Attributes:
-        name: registry name of the network class.
+        name: registry name of the network class: ``semanticsplat`` (ffsplat's own geometry, uses
+            ``backbone``/``depth``/``gaussians``) or ``mvsplat`` (MVSplat-compatible geometry, uses
+            ``mvsplat``); both use ``conditioning`` and ``semantic``.
         backbone, depth, conditioning, gaussians, semantic: component configs.
+        mvsplat: geometry of ``name: mvsplat`` (:class:`ffsplat.model.mvsplat.config.MVSplatConfig`).
         pretrained: optional local initial weights.
     """
 
@@ -65,6 +75,7 @@ class ModelConfig:
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    mvsplat: MVSplatConfig = field(default_factory=MVSplatConfig)
     pretrained: PretrainedConfig | None = None
 
 
@@ -161,7 +172,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.name not in MODELS:
         raise KeyError(f"model.name={cfg.name!r} is not a known model; choose one of {sorted(MODELS)}")
     model = MODELS[cfg.name](cfg)
-    if cfg.pretrained is not None and cfg.pretrained.path:
+    if cfg.pretrained is not None and cfg.pretrained.path and cfg.name == "mvsplat":
+        from ffsplat.model.mvsplat.keymap import load_geometry_checkpoint, read_state_dict
+
+        report = load_geometry_checkpoint(model, read_state_dict(cfg.pretrained.path), cfg.pretrained.format)
+        print(f"[model] loaded {report['loaded']} tensors ({report['format']}) from {cfg.pretrained.path}; "
+              f"ignored {report['ignored']} keys outside the geometry; {len(report['kept'])} new tensors keep their init")  # fmt: skip
+    elif cfg.pretrained is not None and cfg.pretrained.path:
+        if cfg.pretrained.format != "ffsplat":
+            raise ValueError(f"model.pretrained.format={cfg.pretrained.format!r} needs model.name=mvsplat (got {cfg.name!r}); "
+                             "model.name=semanticsplat loads format ffsplat only")  # fmt: skip
         report = load_pretrained(model, cfg.pretrained)
         print(f"[model] loaded {report['loaded']} tensors from {cfg.pretrained.path}; "
               f"missing {len(report['missing'])}, unexpected {len(report['unexpected'])}, "
@@ -207,3 +227,6 @@ def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
         raise RuntimeError(f"model.pretrained (strict): {len(missing)} missing keys (e.g. {missing[:5]}), mismatched {mismatched[:5]}")
     model.load_state_dict(loadable, strict=False)
     return report
+
+
+import ffsplat.model.mvsplat.net  # noqa: E402,F401  (registers MODELS["mvsplat"]; imports this module)

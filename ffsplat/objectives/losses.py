@@ -132,23 +132,6 @@ def photometric_loss(
 
 
 # ------------------------------------------------------------------------------- distillation
-def sensor_depth_loss(rendered: Tensor, alpha: Tensor, sensor: Tensor, min_alpha: float = 0.5) -> Tensor:
-    """L1 between log rendered depth and log sensor depth where both exist.
-
-    Args:
-        rendered: ``[..., H, W]`` rendered expected z-depth (already divided by alpha, as
-            :func:`ffsplat.render.render` returns it); alpha: ``[..., H, W]`` accumulated opacity
-            (pixels below ``min_alpha`` are left out); sensor: ``[..., H, W]`` metres,
-            0 = no measurement.
-    Returns:
-        scalar mean over valid pixels (0 when there are none, so the loss stays finite).
-    """
-    valid = (sensor > 0) & (alpha > min_alpha) & (rendered > 0)
-    if not valid.any():
-        return rendered.sum() * 0.0
-    return (rendered[valid].log() - sensor[valid].log()).abs().mean()
-
-
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of ``[..., C, h, w]`` to ``[..., C, *size]`` (``align_corners=False``).
 
@@ -340,3 +323,30 @@ def language_loss(expanded: Tensor, target: Tensor, masks: list[dict[str, Tensor
     out["hcam"] = torch.stack(terms).mean()
     out["total"] = torch.stack([plain, *terms]).mean()
     return out
+
+
+def depth_loss(pred: Tensor, target: Tensor, min_depth: float = 1e-3, mask: Tensor | None = None) -> Tensor:
+    """L1 between log depths over pixels with valid sensor depth (no scale/shift alignment: poses
+    and sensor depth are metric, so the prediction is supervised in metres).
+
+    Args:
+        pred: ``[..., H, W]`` predicted z-depth (context-view depth or rendered target depth).
+        target: ``[..., h, w]`` sensor z-depth; ``<= min_depth`` or non-finite = invalid. ``pred``
+            is bilinearly resized to ``(h, w)`` when the sizes differ.
+        mask: optional ``[..., H, W]`` bool, pixels of ``pred`` to use (e.g. rendered alpha > 0.5, so
+            that empty pixels of a render, whose depth is undefined, are left out); same size as ``pred``.
+    Returns:
+        scalar; 0 (with a gradient path) when no pixel is valid.
+    """
+    if pred.shape[-2:] != target.shape[-2:]:
+        lead = pred.shape[:-2]
+        resize = lambda t, mode: F.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=target.shape[-2:], mode=mode).reshape(*lead, *target.shape[-2:])  # noqa: E731
+        pred = resize(pred, "bilinear")
+        mask = None if mask is None else resize(mask.float(), "nearest") > 0.5
+    valid = torch.isfinite(target) & (target > min_depth) & torch.isfinite(pred)
+    if mask is not None:
+        valid = valid & mask
+    if not valid.any():
+        return pred.sum() * 0.0
+    diff = (pred.clamp_min(min_depth).log() - target.clamp_min(min_depth).log()).abs()
+    return diff[valid].mean()

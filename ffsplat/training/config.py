@@ -105,8 +105,10 @@ class LossConfig:
         mask_weight: weight of the SAM-decoder mask consistency loss (paper: 0.2).
         num_prompts: point prompts sampled per target view for the mask loss.
         hcam: use hierarchical-context-aware pooling in the language loss.
-        depth_weight: weight of the sensor-depth loss (L1 of log depth rendered at the target views
-            vs. the shards' depth, where measured) in the geometry and seg stages; 0 = off.
+        depth_weight: weight of the depth supervision (``geometry`` and ``seg`` stages), L1 of log
+            depth against valid sensor depth on the predicted context depth and on the rendered
+            target depth (:func:`ffsplat.objectives.losses.depth_loss`); 0 disables it (paper
+            config), batches without sensor depth skip it.
     """
 
     lpips_weight: float = 0.05

@@ -43,7 +43,7 @@ from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
 from ffsplat.data.sampling import build_eval_index, load_eval_index
 from ffsplat.objectives.losses import (
-    LPIPS_VGG_KEY, cosine_distillation, language_loss, make_lpips, mask_consistency_loss, photometric_loss, sensor_depth_loss,
+    LPIPS_VGG_KEY, cosine_distillation, depth_loss, language_loss, make_lpips, mask_consistency_loss, photometric_loss,
 )  # fmt: skip
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
@@ -201,9 +201,8 @@ class SemanticSplatModule(L.LightningModule):
             photo = photometric_loss(rendered.rgb, target.images, self._lpips, self.cfg.loss.lpips_weight)
             logs.update({f"rgb_{k}": v for k, v in photo.items()})
             total = photo["total"]
-            if self.cfg.loss.depth_weight > 0 and target.depths is not None:
-                logs["depth_l1_log"] = sensor_depth_loss(rendered.depth, rendered.alpha, target.depths)
-                total = total + self.cfg.loss.depth_weight * logs["depth_l1_log"]
+            if self.cfg.loss.depth_weight > 0:  # depth supervision where sensor depth exists
+                total = total + self.cfg.loss.depth_weight * self.depth_supervision(out, rendered, batch, logs)
         if stage == "geometry":
             return total, logs
         tgt_teacher = self.teacher_maps(target, [STAGE_TARGET_ROLE[stage]])
@@ -225,6 +224,19 @@ class SemanticSplatModule(L.LightningModule):
             total = lang["total"]
         logs["total"] = total
         return total, logs
+
+    def depth_supervision(self, out, rendered, batch: Example, logs: dict[str, Tensor]) -> Tensor:
+        """Depth loss on the predicted context depth and the rendered target depth (views that
+        carry sensor depth only); logged as ``depth_context`` / ``depth_target``."""
+        loss = out.depth.depth.new_zeros(())
+        if batch.context.depths is not None:
+            logs["depth_context"] = depth_loss(out.depth.depth, batch.context.depths)
+            loss = loss + logs["depth_context"]
+        if batch.target.depths is not None:
+            # empty render pixels (alpha < 0.5) have no defined depth: left out
+            logs["depth_target"] = depth_loss(rendered.depth, batch.target.depths, mask=rendered.alpha > 0.5)
+            loss = loss + logs["depth_target"]
+        return loss
 
     def mask_loss(self, expanded: Tensor, teacher: Tensor, target: Views) -> Tensor:
         """Focal + dice/20 between masks decoded from our embeddings and from the teacher's."""
