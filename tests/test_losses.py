@@ -261,8 +261,8 @@ def test_lpips_loss_rejects_incomplete_state(tmp_path, vgg_file) -> None:
         LPIPSLoss(tmp_path / "partial.pth")
 
 
-def test_sensor_depth_loss_masks_missing_depth_and_empty_pixels():
-    from ffsplat.objectives.losses import sensor_depth_loss
+def test_depth_loss_mask_leaves_out_empty_render_pixels():
+    from ffsplat.objectives.losses import depth_loss
 
     rendered = torch.full((2, 4, 4), 2.0, requires_grad=True)
     alpha = torch.ones(2, 4, 4)
@@ -270,10 +270,10 @@ def test_sensor_depth_loss_masks_missing_depth_and_empty_pixels():
     sensor[0, 0, 0] = 0.0  # no measurement: ignored
     alpha[1, 1, 1] = 0.1  # nothing rendered: ignored
     sensor[0, 0, 0], sensor[1, 1, 1] = 0.0, 50.0
-    assert float(sensor_depth_loss(rendered, alpha, sensor)) == 0.0
+    assert float(depth_loss(rendered, sensor, mask=alpha > 0.5)) == 0.0
     sensor[1, 2, 2] = 2.0 * math.e  # one valid pixel off by a factor e: |log| = 1
-    loss = sensor_depth_loss(rendered, alpha, sensor)
+    loss = depth_loss(rendered, sensor, mask=alpha > 0.5)
     assert float(loss) == pytest.approx(1 / 30, rel=1e-5)
     loss.backward()
     assert rendered.grad[1, 2, 2] < 0 and rendered.grad[0, 0, 0] == 0
-    assert float(sensor_depth_loss(rendered, alpha, torch.zeros(2, 4, 4))) == 0.0
+    assert float(depth_loss(rendered, torch.zeros(2, 4, 4), mask=alpha > 0.5)) == 0.0

@@ -51,10 +51,10 @@ def test_depth_loss_is_added_only_with_a_weight(tiny_shards, tmp_path):
         batch = collate_examples([next(iter(data))])
         module._move_helpers()
         losses[weight] = module.compute_losses(batch)
-    assert "depth_l1_log" not in losses[0.0][1]
+    assert not {"depth_context", "depth_target"} & set(losses[0.0][1])
     total, logs = losses[1.0]
-    assert logs["depth_l1_log"] > 0
-    torch.testing.assert_close(total, losses[0.0][0] + logs["depth_l1_log"])
+    assert logs["depth_context"] > 0 and logs["depth_target"] > 0
+    torch.testing.assert_close(total, losses[0.0][0] + logs["depth_context"] + logs["depth_target"])
 
 
 def test_espnetv2_vocabulary_reaches_training_and_export(tiny_shards, tmp_path):
