@@ -185,3 +185,16 @@ def test_e3nn_sh_rotation_is_a_representation_that_fixes_dc():
     full = rotate_sh_e3nn(torch.eye(9, dtype=torch.float64), r)
     torch.testing.assert_close(full[1:4, 1:4], torch.tensor(d1, dtype=torch.float64), rtol=0, atol=1e-5)
     torch.testing.assert_close(full[4:9, 4:9], torch.tensor(d2, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_bf16_autocast_keeps_camera_geometry_in_float32():
+    torch.manual_seed(0)
+    model = build_model(small_cfg(conditioned=False)).eval()
+    views, _ = context(v=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(views, None)
+    g = out.gaussians
+    assert g.means.dtype == torch.float32 and g.scales.dtype == torch.float32 and g.sh.dtype == torch.float32
+    assert all(torch.isfinite(t).all() for t in (g.means, g.scales, g.rotations, g.opacities, g.sh, out.depth.depth))
+    near, far = views.near[0].item(), views.far[0].item()
+    assert out.depth.depth.min() > 0.5 * near and out.depth.depth.max() < far * 1.01

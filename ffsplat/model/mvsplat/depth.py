@@ -118,17 +118,17 @@ class DepthPredictor(nn.Module):
         """``[B, V, C, h, w]`` -> ``[(B V), D + C, h, w]``: correlation with every other view averaged
         over the other views, concatenated with the view's own features."""
         v, c, h, w = features.shape[1:]
-        k = intrinsics[..., :3, :3].clone()
+        k = intrinsics[..., :3, :3].float().clone()  # camera geometry in float32 (also under autocast)
         k[..., 0, :] *= float(w)
         k[..., 1, :] *= float(h)
         k = rearrange(k, "b v i j -> (b v) i j")
-        depth = rearrange(1.0 / disparities, "b v d -> (b v) d")
+        depth = rearrange(1.0 / disparities.float(), "b v d -> (b v) d")
         ref = rearrange(features, "b v c h w -> (b v) c h w")
         corrs = []
         for o, pose in enumerate(relative_poses(extrinsics), start=1):
             order = [(i + o) % v for i in range(v)]
             other = rearrange(features[:, order], "b v c h w -> (b v) c h w")
-            warped = warp_features(other, k, rearrange(pose, "b v i j -> (b v) i j"), depth)
+            warped = warp_features(other, k, rearrange(pose.float(), "b v i j -> (b v) i j"), depth)
             corrs.append((ref[:, :, None] * warped).sum(1) / c**0.5)
         return torch.cat([torch.stack(corrs, 0).mean(0), ref], dim=1)
 
@@ -149,7 +149,7 @@ class DepthPredictor(nn.Module):
         hi = (1.0 / near).to(features.dtype)
         steps = torch.linspace(0.0, 1.0, self.num_candidates, device=features.device, dtype=features.dtype)
         disparities = lo[..., None] + steps * (hi - lo)[..., None]  # [B, V, D]
-        cv_in = cost_volume if cost_volume is not None else self.cost_volume(features, intrinsics.to(features.dtype), extrinsics.to(features.dtype), disparities)
+        cv_in = cost_volume if cost_volume is not None else self.cost_volume(features, intrinsics, extrinsics, disparities)
 
         x = self.corr_refine_net[0](cv_in)
         if injection is not None:

@@ -86,15 +86,15 @@ class MVSplatSemanticNet(nn.Module):
         # The cost volume is recomputed inside the predictor; compute it once here for the latent.
         steps = torch.linspace(0.0, 1.0, g.num_depth_candidates, device=feats.device, dtype=feats.dtype)
         lo, hi = (1.0 / far).to(feats.dtype), (1.0 / near).to(feats.dtype)
-        cv_in = dp.cost_volume(feats, intr.to(feats.dtype), c2w.to(feats.dtype), lo[..., None] + steps * (hi - lo)[..., None])
+        cv_in = dp.cost_volume(feats, intr, c2w, lo[..., None] + steps * (hi - lo)[..., None])
         cost = rearrange(cv_in[:, : g.num_depth_candidates], "(b v) d h w -> b v d h w", b=b)
         latent = self.conditioning(cost, feats, conditions)
         injection = self.condition_inject(rearrange(latent, "b v c h w -> (b v) c h w"))
         out = dp(feats, cnn, images, intr, c2w, near, far, injection=injection, cost_volume=cv_in)
 
         split = lambda t: rearrange(t, "(b v) c h w -> b v c h w", b=b)
-        gaussians, z = adapt_gaussians(
-            split(out.raw_gaussians), split(out.depth)[:, :, 0], split(out.density)[:, :, 0], intr, c2w,
+        gaussians, z = adapt_gaussians(  # Gaussian geometry in float32, also under autocast
+            split(out.raw_gaussians).float(), split(out.depth)[:, :, 0].float(), split(out.density)[:, :, 0].float(), intr.float(), c2w.float(),
             g.gaussian_scale_min, g.gaussian_scale_max, g.sh_degree, g.opacity_exponent_log2,
         )  # fmt: skip
 
