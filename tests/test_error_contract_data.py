@@ -240,6 +240,9 @@ def test_make_shards_bad_input(room, tmp_path, capsys):
     labelled = tmp_path / "labelled"
     shutil.copytree(room, labelled)
     (labelled / "label-filt").mkdir(exist_ok=True)
+    from ffsplat.synthetic.config import SCENE_META
+
+    (labelled / SCENE_META).unlink(missing_ok=True)  # a ScanNet-like scene: raw ids, no label map of its own
     out = tmp_path / "out"
     cases = {
         "missing_root": (["--scenes-root", tmp_path / "none"], "--scenes-root: scenes folder not found"),

@@ -69,6 +69,9 @@ def bad_case(kind: str, tmp: Path, shards: Path, slim: Path, index: Path, out: P
         blob = torch.load(slim, weights_only=True)
         name = next(k for k, v in blob["state_dict"].items() if v.ndim >= 2)
         blob["state_dict"][name] = torch.zeros(3, 3)
+        from ffsplat.checkpoint import _checksum_items, tensor_checksum
+
+        blob["checksum"]["tensors"] = tensor_checksum(_checksum_items(blob))  # intact file, wrong shapes
         torch.save(blob, tmp / "reshaped.pt")
         return with_option(args, "--checkpoint", tmp / "reshaped.pt"), "weights do not fit"
     if kind == "out_is_file":

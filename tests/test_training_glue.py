@@ -67,7 +67,7 @@ def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, 
     monkeypatch.setattr(module_lib, "language_loss", fake_language_loss)
     total, logs = module.compute_losses(first_batch(module, tiny_shards))
     assert received["masks"] is sentinel
-    torch.testing.assert_close(total, logs["clip_total"])
+    torch.testing.assert_close(total, logs["lang_total"])
     assert not any(k.startswith(("rgb_", "sam_")) for k in logs)  # no photometric / SAM term in stage 2
 
 
