@@ -197,6 +197,25 @@ def test_sh_rotation_matches_rotating_the_directions(degree):
     torch.testing.assert_close(rotated, original)
 
 
+
+@pytest.mark.parametrize("degree", [1, 3])
+@pytest.mark.parametrize(
+    "coeff_shape,rot_shape", [((2, 3, 17), (2, 3, 1)), ((5,), (5,)), ((2, 4), (1, 4)), ((6,), ())]
+)
+def test_rotate_sh_equals_broadcast_matmul(degree, coeff_shape, rot_shape):
+    """rotate_sh (einsum, no per-Gaussian copy of the rotation) equals ``A^T @ coeffs`` with the
+    rotation broadcast over the Gaussians, values and gradients."""
+    from ffsplat.core.sh import sh_rotation
+
+    gen = torch.Generator().manual_seed(degree)
+    coeffs = torch.randn(*coeff_shape, (degree + 1) ** 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    rot = quat_to_rotmat(torch.randn(*rot_shape, 4, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    ours = rotate_sh(coeffs, rot)
+    ref = sh_rotation(degree, rot).transpose(-1, -2) @ coeffs
+    torch.testing.assert_close(ours, ref)
+    up = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((ours * up).sum(), coeffs), torch.autograd.grad((ref * up).sum(), coeffs))
+
 def test_configs_document_and_build(tmp_path):
     paper = to_dataclass(ModelConfig, group_file("model", "paper"))
     assert paper.backbone.num_layers == 6 and paper.backbone.d_model == 128 and paper.depth.num_candidates == 128
