@@ -113,7 +113,8 @@ class SemanticSplatNet(nn.Module):
         cams_low = context.cameras.resize(h, w)
         candidates = inverse_depth_candidates(context.near, context.far, self.cfg.depth.num_candidates)
         candidates = candidates[:, None].expand(b, v, -1)
-        cost = correlation_cost_volume(feats, cams_low.intrinsics.to(feats.dtype), cams_low.extrinsics.to(feats.dtype), candidates.to(feats.dtype))
+        cost = correlation_cost_volume(feats, cams_low.intrinsics.to(feats.dtype), cams_low.extrinsics.to(feats.dtype), candidates.to(feats.dtype),
+                                       num_neighbors=self.cfg.depth.cost_volume_neighbors, depth_chunk=self.cfg.depth.cost_volume_depth_chunk)
         latent = self.conditioning(cost, feats, conditions)
         depth = self.depth_head(images, cost, feats, latent, candidates.to(feats.dtype), context.near, context.far)
 
