@@ -123,28 +123,30 @@ def _chunk_forward(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: T
 
     Shapes as :func:`blend_weights`. Returns ``dx, dy`` ``[T, P, K]``, ``gauss`` (``exp(-sigma)``),
     ``raw`` (``o exp(-sigma)``), ``alpha`` (clamped, 0 where the pair does not contribute),
-    ``keep`` (bool), ``trans_excl`` (``T_i`` before each Gaussian) and ``trans`` ``[T, P]``
-    (after the last contributor).
+    ``keep`` (bool), ``one_minus`` (``1 - alpha``), ``trans_excl`` (``T_i`` before each Gaussian)
+    and ``trans`` ``[T, P]`` (after the last contributor). Written with few passes and in-place
+    ops: this runs twice per render step (forward and recomputed in backward).
     """
     dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]  # [T, P, K]
     dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
-    a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    gauss = torch.exp(-sigma)
-    raw = opacities[:, None, :] * gauss
-    alpha = torch.clamp_max(raw, MAX_ALPHA)
-    keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(keep, alpha, 0.0)
-    trans_incl = torch.cumprod(1.0 - alpha, dim=-1)
+    half_a, b, half_c = (0.5 * conics[:, None, :, 0], conics[:, None, :, 1], 0.5 * conics[:, None, :, 2])
+    sigma = torch.addcmul(b * dy, half_a, dx).mul_(dx).addcmul_(half_c * dy, dy)  # a/2 dx^2 + b dx dy + c/2 dy^2
+    gauss = sigma.neg().exp_()
+    raw = gauss * opacities[:, None, :]
+    keep = (sigma >= 0).logical_and_(raw >= ALPHA_THRESHOLD)  # alpha >= 1/255 <=> raw >= 1/255
+    alpha = torch.where(keep, raw.clamp_max(MAX_ALPHA), 0.0)
+    one_minus = torch.rsub(alpha, 1.0)
+    trans_incl = torch.cumprod(one_minus, dim=-1)
     # gsplat stops before the Gaussian whose inclusion would leave T <= 1e-4; T only decreases,
-    # so the pairs before the stop are a prefix: drop the rest and recompute the product.
-    stop = trans_incl <= MIN_TRANSMITTANCE
-    if bool(stop.any()):
-        keep &= ~stop
-        alpha = torch.where(keep, alpha, 0.0)
-        trans_incl = torch.cumprod(1.0 - alpha, dim=-1)
+    # so the pairs before the stop are a prefix (and some pixel stops iff its last T is <= 1e-4):
+    # drop the rest and recompute the product.
+    if bool((trans_incl[..., -1] <= MIN_TRANSMITTANCE).any()):
+        keep.logical_and_(trans_incl > MIN_TRANSMITTANCE)
+        alpha.masked_fill_(~keep, 0.0)
+        one_minus = torch.rsub(alpha, 1.0)
+        trans_incl = torch.cumprod(one_minus, dim=-1)
     trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
-    return dx, dy, gauss, raw, alpha, keep, trans_excl, trans_incl[..., -1]
+    return dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans_incl[..., -1]
 
 
 class _CompositeTiles(torch.autograd.Function):
@@ -161,8 +163,8 @@ class _CompositeTiles(torch.autograd.Function):
         out_colors = colors_t.new_zeros(num_tiles, pix_per_tile, colors_t.shape[-1])
         out_trans = colors_t.new_ones(num_tiles, pix_per_tile)
         for tiles, idx, pixels in plan:
-            _, _, _, _, alpha, _, trans_excl, trans = _chunk_forward(pixels, means_t[idx], conics_t[idx], opac_t[idx])
-            out_colors.index_copy_(0, tiles, torch.bmm(alpha * trans_excl, colors_t[idx]))
+            *_, alpha, _, _, trans_excl, trans = _chunk_forward(pixels, means_t[idx], conics_t[idx], opac_t[idx])
+            out_colors.index_copy_(0, tiles, torch.bmm(alpha.mul_(trans_excl), colors_t[idx]))
             out_trans.index_copy_(0, tiles, trans)
         ctx.plan = plan
         ctx.save_for_backward(means_t, conics_t, opac_t, colors_t)
@@ -177,34 +179,35 @@ class _CompositeTiles(torch.autograd.Function):
         g_opac = torch.zeros_like(opac_t)
         g_colors = torch.zeros_like(colors_t)
         for tiles, idx, pixels in ctx.plan:
+            flat_idx = idx.reshape(-1)
             means, conics, opac, cols = means_t[idx], conics_t[idx], opac_t[idx], colors_t[idx]
-            dx, dy, gauss, raw, alpha, keep, trans_excl, trans = _chunk_forward(pixels, means, conics, opac)
+            dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans = _chunk_forward(pixels, means, conics, opac)
             weights = alpha * trans_excl  # [t, P, k]
             g_c = grad_colors[tiles]  # [t, P, D]
-            g_t = grad_trans[tiles]  # [t, P]
             if need[3]:
-                g_colors.index_add_(0, idx.reshape(-1), torch.bmm(weights.transpose(1, 2), g_c).flatten(0, 1))
+                g_colors.index_add_(0, flat_idx, torch.bmm(weights.transpose(1, 2), g_c).flatten(0, 1))
             if not (need[0] or need[1] or need[2]):
                 continue
             # dC/dalpha_i = T_i c_i - sum_{j>i} alpha_j T_j c_j / (1 - alpha_i); dT/dalpha_i = -T / (1 - alpha_i).
             gc = torch.bmm(g_c, cols.transpose(1, 2))  # [t, P, k] (dL/dC . c_i)
-            contrib = weights * gc
-            later = torch.flip(torch.cumsum(torch.flip(contrib, [-1]), -1), [-1]) - contrib
-            g_alpha = trans_excl * gc - (later + (g_t * trans)[..., None]) / (1.0 - alpha)
-            g_raw = torch.where(keep & (raw <= MAX_ALPHA), g_alpha, 0.0)
-            g_sigma = -g_raw * raw  # [t, P, k]
-            a, b, c = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]
-            if need[0]:
-                g_mx = -(g_sigma * (a * dx + b * dy)).sum(1)
-                g_my = -(g_sigma * (c * dy + b * dx)).sum(1)
-                g_means.index_add_(0, idx.reshape(-1), torch.stack([g_mx, g_my], -1).flatten(0, 1))
-            if need[1]:
-                g_abc = torch.stack(
-                    [0.5 * (g_sigma * dx * dx).sum(1), (g_sigma * dx * dy).sum(1), 0.5 * (g_sigma * dy * dy).sum(1)], -1
-                )
-                g_conics.index_add_(0, idx.reshape(-1), g_abc.flatten(0, 1))
+            later = torch.cumsum(weights.mul_(gc), -1)  # prefix sums of alpha_j T_j (dL/dC . c_j)
+            total = later[..., -1:] + (grad_trans[tiles] * trans)[..., None]
+            later.neg_().add_(total).div_(one_minus)  # (sum over j > i + dL/dT T) / (1 - alpha_i)
+            g_raw = gc.mul_(trans_excl).sub_(later)  # dL/dalpha_i
+            g_raw.masked_fill_(~keep.logical_and_(raw <= MAX_ALPHA), 0.0)  # where(keep) and the clamp
             if need[2]:
-                g_opac.index_add_(0, idx.reshape(-1), (g_raw * gauss).sum(1).flatten())
+                g_opac.index_add_(0, flat_idx, (g_raw * gauss).sum(1).flatten())
+            if not (need[0] or need[1]):
+                continue
+            g_sigma = g_raw.mul_(raw)  # minus dL/dsigma, [t, P, k]
+            gx, gy = g_sigma * dx, g_sigma.mul_(dy)
+            a, b, c = conics.unbind(-1)  # [t, k]
+            if need[0]:
+                sx, sy = gx.sum(1), gy.sum(1)  # dsigma/dmx = -(a dx + b dy); a, b, c constant per Gaussian
+                g_means.index_add_(0, flat_idx, torch.stack([a * sx + b * sy, c * sy + b * sx], -1).flatten(0, 1))
+            if need[1]:
+                g_abc = torch.stack([-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1)
+                g_conics.index_add_(0, flat_idx, g_abc.flatten(0, 1))
         return g_means, g_conics, g_opac, g_colors, None, None, None
 
 
@@ -216,7 +219,7 @@ def rasterize_tiles(
     *,
     tile_size: int = 16,
     backgrounds: Tensor | None = None,
-    max_chunk_elements: int = 1 << 20,
+    max_chunk_elements: int = 1 << 18,
 ) -> tuple[Tensor, Tensor]:
     """Rasterize projected Gaussians.
 
@@ -226,7 +229,7 @@ def rasterize_tiles(
         width, height: image size.
         backgrounds: ``[I, D]`` or None (zeros).
         max_chunk_elements: cap on ``tiles x pixels x Gaussians`` evaluated at once (memory and
-            cache bound; 2**20 keeps a chunk's float32 intermediates at 4 MB each).
+            cache bound; 2**18 keeps a chunk's float32 intermediates at 1 MB each).
     Returns:
         ``colors``: ``[I, H, W, D]`` and ``alphas``: ``[I, H, W]``.
     """
