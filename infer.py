@@ -177,11 +177,11 @@ def run(args: argparse.Namespace) -> None:
     gaussians = out.gaussians
     progress("network", f"predicted {gaussians.num_gaussians} Gaussians")
 
-    from ffsplat.model.network import LANG, SEG
+    from ffsplat.model.network import LANG
     from ffsplat.render.renderer import render
 
     with torch.no_grad():
-        rendered = render(gaussians, context.cameras, features=[SEG, LANG])
+        rendered = render(gaussians, context.cameras, features=[LANG])  # only LANG is decoded
         lang = predictor.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (size, size)})["lseg"][0]
     class_id, class_conf = classify(lang, predictor.class_embeddings)
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes")
@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> None:
     stem = args.out.with_suffix("")
     if args.render or novel is not None:
         targets = context.cameras if novel is None else novel_cameras(novel, size, predictor.device)
-        paths = write_renders(predictor, gaussians, targets, stem)
+        # At the context cameras the semantics render above is the --render output: reuse it.
+        paths = write_renders(predictor, gaussians, targets, stem, reuse=(rendered, lang) if novel is None else None)
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
     if args.query:
@@ -259,7 +260,9 @@ def novel_cameras(cam_file, size: int, device):
     return cams.resize_and_center_crop(size, size)[None].to(device)
 
 
-def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
+def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list[str]:
+    """RGB/depth/class PNGs per view; ``reuse`` = ``(RenderOutput with LANG, decoded lang [V, 512, H, W])``
+    already computed at ``cameras`` skips rendering and decoding again."""
     import torch
     from PIL import Image
 
@@ -268,10 +271,13 @@ def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
     from ffsplat.render.renderer import render
     from ffsplat.evaluation.figures import colorize_depth, colorize_labels, to_uint8
 
-    with torch.no_grad():
-        r = render(gaussians, cameras, features=[LANG])
-        h, w = cameras.image_size
-        lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
+    if reuse is not None:
+        r, lang = reuse
+    else:
+        with torch.no_grad():
+            r = render(gaussians, cameras, features=[LANG])
+            h, w = cameras.image_size
+            lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
     ids, _ = classify(lang, predictor.class_embeddings)
     folder = Path(f"{stem}_render")
     folder.mkdir(parents=True, exist_ok=True)
