@@ -61,7 +61,7 @@ def run_case(config: str, size: int, views: int, mode: str, device: str, repeats
     if mode.endswith("_nocond"):
         cond = None
     extra = {}
-    if mode.startswith("forward_compiled") or mode.startswith("forward_inference"):
+    if mode.startswith(("forward_compiled", "forward_inference")):
         compile_mode = "reduce-overhead" if "_cudagraphs" in mode else "default"
         fast = inference_forward(model, FastInferenceConfig(compile="compiled" in mode, compile_mode=compile_mode, bf16=True))
         start = time.perf_counter()

@@ -59,7 +59,7 @@ def autograd_rasterize_tiles(
     num_images, n = proj.depths.shape
     d = colors.shape[-1]
     device, dtype = colors.device, colors.dtype
-    gauss_ids, tile_ids, counts, tiles_x, tiles_y = tile_intersections(proj, width, height, tile_size)
+    gauss_ids, _, counts, tiles_x, tiles_y = tile_intersections(proj, width, height, tile_size)
     num_tiles = num_images * tiles_x * tiles_y
     pix_per_tile = tile_size * tile_size
     pad = num_images * n

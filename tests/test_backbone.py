@@ -295,7 +295,7 @@ def test_attention_masks_are_built_once_per_shape_and_survive_inference_mode(mon
     with torch.inference_mode():
         first = model(images)[1]
     assert len(calls) == 2  # plain and shifted, once
-    cnn, feats = model(images)  # training mode, grads through the cached masks
+    _, feats = model(images)  # training mode, grads through the cached masks
     assert len(calls) == 2
     torch.testing.assert_close(feats.detach(), first)
     feats.square().sum().backward()

@@ -194,7 +194,7 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, checkpoint, inp
 def test_render_at_context_cameras_reuses_the_semantics_render(tmp_path, checkpoint, inputs, capsys, monkeypatch):
     """--render at the input views renders once (the semantics render is reused) and writes the
     same PNGs as rendering those cameras afresh via --render-cameras."""
-    import ffsplat.render.renderer as renderer
+    from ffsplat.render import renderer
 
     views, cams = inputs
     calls = []

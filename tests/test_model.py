@@ -157,8 +157,6 @@ def test_cost_volume_peaks_at_the_plane_depth(depth):
 def _einsum_cost_volume(features, intrinsics, extrinsics, depths, pairs=None):
     """The cost volume as it was before chunking (one full warp per offset, ``einsum``), optionally
     restricted to given source views ``pairs[b][i]`` per reference view."""
-    import math
-
     import torch.nn.functional as F
 
     from ffsplat.core.geometry import invert_rigid

@@ -373,13 +373,13 @@ def test_custom_backward_compositor_equals_autograd_compositor(dtype, tile, chun
         results.append((img.detach(), alpha.detach(), grads))
     (img_a, al_a, gr_a), (img_b, al_b, gr_b) = results
     assert (al_b > 1 - 2e-4).any(), "the scene must reach the transmittance stop"
-    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     torch.testing.assert_close(img_a, img_b, **tol)
     torch.testing.assert_close(al_a, al_b, **tol)
     for name, a, b in zip(["means", "rotations", "scales", "opacities", "colors", "bg"], gr_a, gr_b):
         scale = b.abs().max().item()
-        gtol = dict(rtol=1e-8, atol=1e-8 * scale) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4 * scale)
-        torch.testing.assert_close(a, b, **gtol, msg=lambda m: f"grad {name}: {m}")
+        gtol = {"rtol": 1e-8, "atol": 1e-8 * scale} if dtype == torch.float64 else {"rtol": 1e-3, "atol": 1e-4 * scale}
+        torch.testing.assert_close(a, b, **gtol, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 def test_compositor_saves_only_o_pixels_for_backward():
@@ -396,7 +396,7 @@ def test_compositor_saves_only_o_pixels_for_backward():
         proj = project_gaussians(*leaves[:4], cams.w2c, cams.intrinsics, 48, 48)
         seen: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t, seen=seen):
             seen[id(t)] = t.numel() * t.element_size()
             return t
 

@@ -13,8 +13,8 @@ paper config at 2x256x256, with and without teacher conditioning).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
