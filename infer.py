@@ -191,25 +191,26 @@ def run(args: argparse.Namespace) -> None:
     gaussians = out.gaussians
     progress("network", f"predicted {gaussians.num_gaussians} Gaussians")
 
-    from ffsplat.model.network import LANG, SEG
+    from ffsplat.model.network import LANG
     from ffsplat.render.renderer import render
 
     with torch.no_grad():
-        rendered = render(gaussians, context.cameras, features=[SEG, LANG])
+        rendered = render(gaussians, context.cameras, features=[LANG])  # only LANG is decoded
         lang = predictor.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (size, size)})["lseg"][0]
     class_id, class_conf = classify(lang, predictor.class_embeddings)
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes")
 
     with cleanup_on_error(created_dir=args.out.parent) as written:
         write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                      progress, written, registration=registration, depth=out.depth.depth[0], images=images)  # fmt: skip
+                      progress, written, registration=registration, depth=out.depth.depth[0], images=images, rendered=rendered)  # fmt: skip
 
 
 def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                  progress, written: list[Path], registration=None, depth=None, images=None) -> None:  # fmt: skip
+                  progress, written: list[Path], registration=None, depth=None, images=None, rendered=None) -> None:  # fmt: skip
     """Write the .ply, renders, depth maps, query results and the summary JSON; every path goes into
     ``written`` (removed again by the caller if anything fails). ``depth [V, size, size]`` and the
-    input ``images`` are for ``--save-depth``; ``registration`` is the COLMAP report (or None)."""
+    input ``images`` are for ``--save-depth``; ``registration`` is the COLMAP report (or None);
+    ``rendered`` is the semantics render at the context cameras, reused by ``--render``."""
     from ffsplat.core.atomic import atomic_open
     from ffsplat.render.ply import write_ply
 
@@ -231,7 +232,8 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
     if args.render or novel is not None:
         targets = context.cameras if novel is None else novel_cameras(novel, size, predictor.device)
         written.append(Path(f"{stem}_render"))
-        paths = write_renders(predictor, gaussians, targets, stem)
+        # At the context cameras the semantics render above is the --render output: reuse it.
+        paths = write_renders(predictor, gaussians, targets, stem, reuse=(rendered, lang) if novel is None else None)
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
     if args.save_depth:
@@ -403,7 +405,9 @@ def novel_cameras(cam_file, size: int, device):
     return cams.resize_and_center_crop(size, size)[None].to(device)
 
 
-def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
+def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list[str]:
+    """RGB/depth/class PNGs per view; ``reuse`` = ``(RenderOutput with LANG, decoded lang [V, 512, H, W])``
+    already computed at ``cameras`` skips rendering and decoding again."""
     import torch
     from PIL import Image
 
@@ -412,10 +416,13 @@ def write_renders(predictor, gaussians, cameras, stem: Path) -> list[str]:
     from ffsplat.render.renderer import render
     from ffsplat.evaluation.figures import colorize_depth, colorize_labels, to_uint8
 
-    with torch.no_grad():
-        r = render(gaussians, cameras, features=[LANG])
-        h, w = cameras.image_size
-        lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
+    if reuse is not None:
+        r, lang = reuse
+    else:
+        with torch.no_grad():
+            r = render(gaussians, cameras, features=[LANG])
+            h, w = cameras.image_size
+            lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
     ids, _ = classify(lang, predictor.class_embeddings)
     folder = Path(f"{stem}_render")
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,13 @@ Inputs are random images and random SAM (256-d, 64x64) / LSeg (512-d, half-resol
 forward+backward backpropagates a loss on the Gaussians' means, opacities, colours and fields.
 
     python benchmarks/model.py                    # CPU
-    python benchmarks/model.py --device cuda      # GPU (adds bf16 autocast forward)
+    python benchmarks/model.py --device cuda      # GPU (adds bf16 autocast forward, with/without conditioning)
+    python benchmarks/model.py --device cuda --compile   # + torch.compile forward (eager vs compiled)
+
+``--compile`` cases use :func:`ffsplat.inference.fast.inference_forward` (inference mode, bf16
+learned layers, ``torch.compile``; ``reduce-overhead`` adds CUDA graphs) on the paper config at
+2x256x256, with and without teacher conditioning; the first (compiling) call is reported as
+``compile_s`` and excluded from ``seconds``.
 
 Prints one JSON document.
 """
@@ -39,12 +45,30 @@ def inputs(size: int, views: int, device: str) -> tuple[Views, dict[str, torch.T
 
 
 def run_case(config: str, size: int, views: int, mode: str, device: str, repeats: int) -> dict:
+    import time
+
+    from ffsplat.inference.fast import FastInferenceConfig, inference_forward
+
     torch.manual_seed(0)
-    model = build_model(to_dataclass(ModelConfig, group_file("model", config))).to(device)
+    cfg = to_dataclass(ModelConfig, group_file("model", config))
+    if mode.endswith("_nocond"):  # no teacher conditioning: the network without the SAM/LSeg branch
+        cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+    model = build_model(cfg).to(device)
     context, cond = inputs(size, views, device)
+    if mode.endswith("_nocond"):
+        cond = None
+    extra = {}
+    if mode.startswith(("forward_compiled", "forward_inference")):
+        compile_mode = "reduce-overhead" if "_cudagraphs" in mode else "default"
+        fast = inference_forward(model, FastInferenceConfig(compile="compiled" in mode, compile_mode=compile_mode, bf16=True))
+        start = time.perf_counter()
+        fast(context, cond)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        extra["compile_s"] = round(time.perf_counter() - start, 2)
 
     def forward() -> None:
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=mode == "forward_bf16"):
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=mode.startswith("forward_bf16")):
             model(context, cond)
 
     def forward_backward() -> None:
@@ -53,8 +77,12 @@ def run_case(config: str, size: int, views: int, mode: str, device: str, repeats
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    with PeakMemory(device) as peak:
-        seconds = median_time(forward_backward if mode == "forward_backward" else forward, repeats, device)
+    if extra:
+        with PeakMemory(device) as peak:
+            seconds = median_time(lambda: fast(context, cond), repeats, device)
+    else:
+        with PeakMemory(device) as peak:
+            seconds = median_time(forward_backward if mode == "forward_backward" else forward, repeats, device)
     return {
         "config": config,
         "size": size,
@@ -64,6 +92,7 @@ def run_case(config: str, size: int, views: int, mode: str, device: str, repeats
         "seconds": round(seconds, 4),
         "peak_memory_mb": round(peak.mb, 1),
         "repeats": repeats,
+        **extra,
     }
 
 
@@ -77,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile inference cases (CUDA; compiling takes minutes)")
+    parser.add_argument("--only", choices=["small", "paper"], help="run only this config's cases")
     parser.add_argument("--case", nargs=4, metavar=("CONFIG", "SIZE", "VIEWS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -87,12 +118,21 @@ def main() -> None:
     cases = [("small", 64, v, m) for v in (2, 4, 8) for m in ("forward", "forward_backward")]
     cases += [("paper", 256, 2, "forward"), ("paper", 256, 2, "forward_backward"), ("paper", 256, 4, "forward")]
     if args.device == "cuda":
-        cases += [("paper", 256, 2, "forward_bf16"), ("paper", 256, 8, "forward"), ("paper", 256, 8, "forward_backward")]
+        cases += [("paper", 256, 2, "forward_bf16"), ("paper", 256, 2, "forward_bf16_nocond"),
+                  ("paper", 256, 8, "forward"), ("paper", 256, 8, "forward_backward")]  # fmt: skip
+        if args.compile:
+            cases += [("paper", 256, 2, m + c) for m in ("forward_inference", "forward_compiled", "forward_compiled_cudagraphs")
+                      for c in ("", "_nocond")]  # fmt: skip
+    if args.only:
+        cases = [c for c in cases if c[0] == args.only]
     results = []
     for config, size, views, mode in cases:
         repeats = args.repeats if (config == "small" or args.device == "cuda") else 1
         case = ["--device", args.device, "--repeats", str(repeats), "--case", config, str(size), str(views), mode]
-        results.append(run_case_subprocess(__file__, case))
+        try:
+            results.append(run_case_subprocess(__file__, case))
+        except RuntimeError as exc:  # e.g. a compile failure: report it, keep the other cases
+            results.append({"config": config, "size": size, "views": views, "mode": mode, "error": str(exc)[-1500:]})
     report = {
         "benchmark": "model",
         "machine": machine(),

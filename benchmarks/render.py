@@ -55,10 +55,11 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
         if device == "cuda":
             torch.cuda.synchronize()
 
-    fwd, bwd = [], []
+    fwd, bwd, cpu = [], [], []
     with PeakMemory(device) as peak:
         for i in range(repeats + 1):  # the first run warms up (and JIT-compiles gsplat)
             sync()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             out = render(g, cams, settings=settings)
             sync()
@@ -67,9 +68,11 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
             loss.backward()
             sync()
             t2 = time.perf_counter()
+            c2 = time.process_time()
             if i:
                 fwd.append(t1 - t0)
                 bwd.append(t2 - t1)
+                cpu.append(c2 - c0)
             for p in params:
                 p.grad = None
     return {
@@ -81,6 +84,8 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
         "forward_s": round(statistics.median(fwd), 4),
         "backward_s": round(statistics.median(bwd), 4),
         "forward_backward_s": round(statistics.median(f + b for f, b in zip(fwd, bwd)), 4),
+        # CPU seconds of this process (all threads): robust to other processes loading the machine.
+        "forward_backward_cpu_s": round(statistics.median(cpu), 4),
         "peak_memory_mb": round(peak.mb, 1),
         "repeats": repeats,
     }
@@ -89,7 +94,7 @@ def run_case(size: int, views: int, channels: int, backend: str, device: str, re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--channels", type=int, nargs="+", default=[0, 64], help="feature channels beside RGB")
     parser.add_argument("--repeats", type=int, default=5)

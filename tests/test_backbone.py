@@ -279,3 +279,30 @@ def test_config_validation_and_parameter_counts():
         BackboneConfig(d_model=30)
     n_default = sum(p.numel() for p in MultiViewBackbone(BackboneConfig()).parameters())
     assert 2_000_000 < n_default < 5_000_000  # same order as MVSplat's backbone
+
+
+def test_attention_masks_are_built_once_per_shape_and_survive_inference_mode(monkeypatch):
+    """Masks come from a per-shape cache (built once, equal to fresh ones), and masks first built
+    under torch.inference_mode can be used in a training step afterwards."""
+    import ffsplat.model.backbone as bb
+
+    bb.attention_masks.cache_clear()
+    calls = []
+    real = bb.window_attention_mask
+    monkeypatch.setattr(bb, "window_attention_mask", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model = small_backbone().train()
+    images = torch.rand(1, 3, 3, 36, 52)
+    with torch.inference_mode():
+        first = model(images)[1]
+    assert len(calls) == 2  # plain and shifted, once
+    _, feats = model(images)  # training mode, grads through the cached masks
+    assert len(calls) == 2
+    torch.testing.assert_close(feats.detach(), first)
+    feats.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    masks, cross, others = bb.attention_masks((10, 14), (9, 13), 2, (2, 3), 3, torch.device("cpu"))
+    fresh = [real((10, 14), (9, 13), 2, sh) for sh in ((0, 0), (2, 3))]
+    for m, f, cm in zip(masks, fresh, cross):
+        torch.testing.assert_close(m, f)
+        torch.testing.assert_close(cm, f.repeat(1, 1, 2))
+    assert others.tolist() == [[1, 2], [0, 2], [0, 1]]

@@ -168,3 +168,31 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, checkpoint, inp
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists() and not (tmp_path / "result").exists()
+
+
+def test_render_at_context_cameras_reuses_the_semantics_render(tmp_path, checkpoint, inputs, capsys, monkeypatch):
+    """--render at the input views renders once (the semantics render is reused) and writes the
+    same PNGs as rendering those cameras afresh via --render-cameras."""
+    from ffsplat.render import renderer
+
+    views, cams = inputs
+    calls = []
+    real = renderer.render
+    monkeypatch.setattr(renderer, "render", lambda *a, **k: calls.append(k.get("features")) or real(*a, **k))
+    out = tmp_path / "a" / "scene.ply"
+    assert run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--render", "--device", "cpu") == 0
+    assert calls == [["lang"]], calls  # one render, of the one field the step decodes
+    summary = json.loads((tmp_path / "a" / "scene.json").read_text())
+    size = summary["cameras"]["size"]
+    same = [CameraView(np.array(k), np.array(c2w), size, size) for k, c2w in zip(summary["cameras"]["K"], summary["cameras"]["c2w"])]
+    write_cameras(tmp_path / "same.json", CameraFile(same, 0.3, 8.0))
+    out_b = tmp_path / "b" / "scene.ply"
+    assert run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out_b,
+                     "--render-cameras", tmp_path / "same.json", "--device", "cpu") == 0  # fmt: skip
+    assert len(calls) == 3  # semantics + the novel-camera render
+    fresh = json.loads((tmp_path / "b" / "scene.json").read_text())["renders"]
+    assert len(fresh) == len(summary["renders"]) == 6
+    for a, b in zip(summary["renders"], fresh):
+        assert Path(a).name == Path(b).name
+        pa, pb = np.asarray(Image.open(a), dtype=np.int16), np.asarray(Image.open(b), dtype=np.int16)
+        assert np.abs(pa - pb).max() <= 1, a  # float32 K round trip through JSON: at most one grey level

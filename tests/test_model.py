@@ -4,6 +4,8 @@ volume on a textured plane, the Gaussian adapter's geometry, SH rotation, config
 from __future__ import annotations
 
 
+import math
+
 import pytest
 import torch
 
@@ -152,6 +154,81 @@ def test_cost_volume_peaks_at_the_plane_depth(depth):
     assert (best[0, 1, 8:56, 4:40] == nearest).float().mean() > 0.95
 
 
+
+def _einsum_cost_volume(features, intrinsics, extrinsics, depths, pairs=None):
+    """The cost volume as it was before chunking (one full warp per offset, ``einsum``), optionally
+    restricted to given source views ``pairs[b][i]`` per reference view."""
+    import torch.nn.functional as F
+
+    from ffsplat.core.geometry import invert_rigid
+
+    b, v, c, h, w = features.shape
+    d = depths.shape[-1]
+    w2c = invert_rigid(extrinsics)
+    total = features.new_zeros(b, v, d, h, w)
+    count = features.new_zeros(b, v, d, h, w)
+    for bi in range(b):
+        for i in range(v):
+            for j in (pairs[bi][i] if pairs is not None else [j for j in range(v) if j != i]):
+                grid, valid = plane_sweep_grid(
+                    intrinsics[bi, i], extrinsics[bi, i], intrinsics[bi, j], w2c[bi, j], depths[bi, i], h, w
+                )
+                warped = F.grid_sample(features[bi, j][None], grid.reshape(1, d * h, w, 2), align_corners=False)
+                warped = warped.reshape(c, d, h, w)
+                total[bi, i] += torch.einsum("chw,cdhw->dhw", features[bi, i], warped) * valid
+                count[bi, i] += valid
+    return total / math.sqrt(c) / count.clamp_min(1.0)
+
+
+@pytest.mark.parametrize("views,neighbors,chunk", [(2, 0, 16), (3, 0, 5), (4, 0, 1), (4, 3, 7), (5, 2, 16), (4, 1, 3)])
+def test_chunked_cost_volume_equals_einsum_reference(views, neighbors, chunk):
+    """Chunked multiply-sum over candidates (and k-nearest source views) equals the full-warp
+    einsum cost volume, values and gradients (float64)."""
+    from ffsplat.model.cost_volume import nearest_views
+
+    gen = torch.Generator().manual_seed(views)
+    cams = make_views(2, views, 12, 16).cameras
+    c2w = cams.extrinsics.double().clone()
+    # Irregular camera positions so "nearest" is not the index order.
+    c2w[..., :3, 3] += 0.3 * torch.randn(2, views, 3, generator=gen, dtype=torch.float64)
+    feats = torch.randn(2, views, 6, 12, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = cams.intrinsics.double()
+    depths = torch.linspace(1.0, 4.0, 19, dtype=torch.float64).expand(2, views, 19)
+    ours = correlation_cost_volume(feats, k, c2w, depths, num_neighbors=neighbors, depth_chunk=chunk)
+    pairs = None
+    if 0 < neighbors < views - 1:
+        centres = c2w[..., :3, 3]
+        pairs = [[sorted((j for j in range(views) if j != i), key=lambda j: float((centres[bi, i] - centres[bi, j]).norm()))[:neighbors]
+                  for i in range(views)] for bi in range(2)]  # fmt: skip
+        assert nearest_views(c2w, neighbors).tolist() == pairs
+    ref = _einsum_cost_volume(feats, k, c2w, depths, pairs)
+    assert (ref != 0).float().mean() > 0.3
+    torch.testing.assert_close(ours, ref)
+    up = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((ours * up).sum(), feats)[0], torch.autograd.grad((ref * up).sum(), feats)[0])
+
+
+def test_cost_volume_neighbours_reach_the_network_config():
+    from ffsplat.model.depth import DepthConfig
+
+    with pytest.raises(ValueError, match="cost_volume_neighbors"):
+        DepthConfig(cost_volume_neighbors=-1)
+    with pytest.raises(ValueError, match="cost_volume_depth_chunk"):
+        DepthConfig(cost_volume_depth_chunk=0)
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = build_model(cfg).eval()
+    views = make_views(1, 4, 32, 32)
+    cond = conditions_for(views)
+    with torch.no_grad():
+        full = model(views, cond).depth.probabilities
+        cfg.depth.cost_volume_neighbors = 1
+        near = model(views, cond).depth.probabilities
+        cfg.depth.cost_volume_neighbors = 3
+        all3 = model(views, cond).depth.probabilities
+    assert not torch.allclose(full, near)
+    torch.testing.assert_close(full, all3)
+
 def test_plane_sweep_grid_is_identity_for_the_same_camera():
     cams = make_views(1, 1, 16, 24).cameras
     depths = torch.tensor([[[1.0, 2.0, 5.0]]])
@@ -196,6 +273,25 @@ def test_sh_rotation_matches_rotating_the_directions(degree):
     original = (sh_bases(degree, (rot.transpose(-1, -2) @ dirs[..., None])[..., 0])[..., None] * coeffs).sum(-2)
     torch.testing.assert_close(rotated, original)
 
+
+
+@pytest.mark.parametrize("degree", [1, 3])
+@pytest.mark.parametrize(
+    "coeff_shape,rot_shape", [((2, 3, 17), (2, 3, 1)), ((5,), (5,)), ((2, 4), (1, 4)), ((6,), ())]
+)
+def test_rotate_sh_equals_broadcast_matmul(degree, coeff_shape, rot_shape):
+    """rotate_sh (einsum, no per-Gaussian copy of the rotation) equals ``A^T @ coeffs`` with the
+    rotation broadcast over the Gaussians, values and gradients."""
+    from ffsplat.core.sh import sh_rotation
+
+    gen = torch.Generator().manual_seed(degree)
+    coeffs = torch.randn(*coeff_shape, (degree + 1) ** 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    rot = quat_to_rotmat(torch.randn(*rot_shape, 4, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    ours = rotate_sh(coeffs, rot)
+    ref = sh_rotation(degree, rot).transpose(-1, -2) @ coeffs
+    torch.testing.assert_close(ours, ref)
+    up = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((ours * up).sum(), coeffs), torch.autograd.grad((ref * up).sum(), coeffs))
 
 def test_configs_document_and_build(tmp_path):
     paper = to_dataclass(ModelConfig, group_file("model", "paper"))

@@ -142,4 +142,6 @@ def rotate_sh(coeffs: Tensor, rot: Tensor) -> Tensor:
     if degree == 0:
         return coeffs
     a = sh_rotation(degree, rot)  # [..., K, K]
-    return a.transpose(-1, -2) @ coeffs
+    # einsum contracts without materialising A broadcast to every Gaussian (a per-view rotation
+    # against [B, V, N, K, 3] coefficients), which ``A^T @ coeffs`` does.
+    return torch.einsum("...ji,...jc->...ic", a, coeffs)

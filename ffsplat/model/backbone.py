@@ -14,6 +14,7 @@ Shapes: ``B`` batch, ``V`` views, ``h, w = ceil(H / 4), ceil(W / 4)`` feature si
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -174,6 +175,26 @@ def window_attention_mask(
     return mask | ~valid[:, :, None]
 
 
+@functools.lru_cache(maxsize=16)
+def attention_masks(
+    padded_hw: tuple[int, int], valid_hw: tuple[int, int], splits: int, shift_hw: tuple[int, int], views: int, device: torch.device
+) -> tuple[list[Tensor | None], list[Tensor | None], Tensor | None]:
+    """Masks and view indices of one feature-map shape, built once and cached (they depend only on
+    shapes): ``masks`` ``[plain, shifted]`` (``[nW, T, T]`` or None), the cross-view masks repeated
+    for the ``V - 1`` other views (``[nW, T, (V-1) T]`` or None) and ``others`` ``[V, V-1]`` (all
+    views except ``i``; None for one view). Built outside inference mode so that a model first run
+    under ``torch.inference_mode`` can still be trained with the cached tensors.
+    """
+    with torch.inference_mode(False):
+        masks = [window_attention_mask(padded_hw, valid_hw, splits, sh, device) for sh in ((0, 0), shift_hw)]
+        others = None
+        if views > 1:  # others[i] = all views except i
+            idx = torch.arange(views, device=device)
+            others = idx.repeat(views, 1)[idx[:, None] != idx[None, :]].view(views, views - 1)
+        cross_masks = [m.repeat(1, 1, views - 1) if m is not None and views > 1 else None for m in masks]
+    return masks, cross_masks, others
+
+
 # ---------------------------------------------------------------------------------------------
 # Transformer
 
@@ -262,12 +283,7 @@ class MultiViewTransformer(nn.Module):
         b, v, c, hp, wp = x.shape
         s = self.splits
         shift = (hp // s // 2, wp // s // 2) if s > 1 else (0, 0)
-        masks = [window_attention_mask((hp, wp), valid_hw, s, sh, x.device) for sh in ((0, 0), shift)]
-        others = None
-        if v > 1:  # others[i] = all views except i
-            idx = torch.arange(v, device=x.device)
-            others = idx.repeat(v, 1)[idx[:, None] != idx[None, :]].view(v, v - 1)
-        cross_masks = [m.repeat(1, 1, v - 1) if m is not None and v > 1 else None for m in masks]
+        masks, cross_masks, others = attention_masks((hp, wp), tuple(valid_hw), s, shift, v, x.device)
 
         x = x.permute(0, 1, 3, 4, 2)  # [B, V, Hp, Wp, C]
         for i, layer in enumerate(self.layers):

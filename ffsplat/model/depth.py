@@ -23,12 +23,24 @@ class DepthConfig:
         unet_channels: widths of the cost-volume U-Net (1/4 resolution), finest first.
         refine_channels: widths of the full-resolution refinement U-Net, finest first.
         feature_proj: channels of the transformer features projected and upsampled for refinement.
+        cost_volume_neighbors: match each view against its this many nearest context views
+            (camera-centre distance) in the cost volume; 0 = all other views.
+        cost_volume_depth_chunk: depth candidates warped at once in the cost volume (peak memory;
+            results do not depend on it).
     """
 
     num_candidates: int = 128
     unet_channels: tuple[int, ...] = (128, 128, 128)
     refine_channels: tuple[int, ...] = (32, 64, 128)
     feature_proj: int = 64
+    cost_volume_neighbors: int = 0
+    cost_volume_depth_chunk: int = 16
+
+    def __post_init__(self) -> None:
+        if self.cost_volume_neighbors < 0:
+            raise ValueError(f"depth.cost_volume_neighbors must be >= 0 (0 = all views), got {self.cost_volume_neighbors}")
+        if self.cost_volume_depth_chunk < 1:
+            raise ValueError(f"depth.cost_volume_depth_chunk must be >= 1, got {self.cost_volume_depth_chunk}")
 
 
 @dataclass

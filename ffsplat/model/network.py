@@ -127,7 +127,8 @@ class SemanticSplatNet(nn.Module):
         # Geometry stays float32 under autocast (cost volume, soft-argmax, unprojection, SH rotation).
         cams_low = cams_low.to(torch.float32)
         candidates = candidates.float()
-        cost = correlation_cost_volume(feats, cams_low.intrinsics, cams_low.extrinsics, candidates)
+        cost = correlation_cost_volume(feats, cams_low.intrinsics, cams_low.extrinsics, candidates,
+                                       num_neighbors=self.cfg.depth.cost_volume_neighbors, depth_chunk=self.cfg.depth.cost_volume_depth_chunk)  # fmt: skip
         latent = self.conditioning(cost, feats, conditions)
         depth = self.depth_head(images, cost, feats, latent, candidates, context.near.float(), context.far.float())
 

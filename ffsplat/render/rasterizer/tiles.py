@@ -6,10 +6,18 @@ pixel centre; skipped when ``sigma < 0`` or ``alpha < 1/255``; compositing stops
 Gaussian that would take the transmittance ``T`` to ``<= 1e-4``; ``C = sum alpha_i T_i c_i + T bg``,
 rendered alpha ``1 - T``.
 
-Work is dense per 16x16 tile: each tile gathers the depth-sorted Gaussians whose bounding boxes
-touch it, evaluates all (pixel, Gaussian) pairs at once and composites with a cumulative product;
-autograd supplies the backward pass. Tiles are processed in chunks sorted by how many Gaussians
-they hold, so padding stays small and peak memory bounded.
+Work is dense per tile: each tile gathers the depth-sorted Gaussians whose bounding boxes touch
+it, evaluates all (pixel, Gaussian) pairs at once and composites front to back with a cumulative
+product (the stop rule is a prefix test on it). Tiles are processed in chunks sorted by how many
+Gaussians they hold, so padding stays small, and a chunk holds at most ``max_chunk_elements``
+(pixel, Gaussian) pairs so that its intermediates stay in cache.
+
+The backward pass is hand-written (:class:`_CompositeTiles`, gsplat's scheme): the forward pass
+saves nothing per (pixel, Gaussian) pair (only the flat attribute tables and the per-tile index
+lists it was given); the backward pass recomputes each chunk's alphas and transmittances and
+accumulates the suffix sums ``sum_{j>i} alpha_j T_j c_j`` back to front. Memory for a
+forward+backward is therefore the outputs (O(pixels x channels)) plus one chunk, instead of ~15
+dense ``[tiles, P, K]`` tensors per chunk held by autograd.
 """
 
 from __future__ import annotations
@@ -110,6 +118,99 @@ def composite_tiles(
     return torch.bmm(weights, colors), transmittance
 
 
+def _chunk_forward(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor):
+    """Per-pair quantities of one chunk (no autograd): everything the forward and backward share.
+
+    Shapes as :func:`blend_weights`. Returns ``dx, dy`` ``[T, P, K]``, ``gauss`` (``exp(-sigma)``),
+    ``raw`` (``o exp(-sigma)``), ``alpha`` (clamped, 0 where the pair does not contribute),
+    ``keep`` (bool), ``one_minus`` (``1 - alpha``), ``trans_excl`` (``T_i`` before each Gaussian)
+    and ``trans`` ``[T, P]`` (after the last contributor). Written with few passes and in-place
+    ops: this runs twice per render step (forward and recomputed in backward).
+    """
+    dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]  # [T, P, K]
+    dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
+    half_a, b, half_c = (0.5 * conics[:, None, :, 0], conics[:, None, :, 1], 0.5 * conics[:, None, :, 2])
+    sigma = torch.addcmul(b * dy, half_a, dx).mul_(dx).addcmul_(half_c * dy, dy)  # a/2 dx^2 + b dx dy + c/2 dy^2
+    gauss = sigma.neg().exp_()
+    raw = gauss * opacities[:, None, :]
+    keep = (sigma >= 0).logical_and_(raw >= ALPHA_THRESHOLD)  # alpha >= 1/255 <=> raw >= 1/255
+    alpha = torch.where(keep, raw.clamp_max(MAX_ALPHA), 0.0)
+    one_minus = torch.rsub(alpha, 1.0)
+    trans_incl = torch.cumprod(one_minus, dim=-1)
+    # gsplat stops before the Gaussian whose inclusion would leave T <= 1e-4; T only decreases,
+    # so the pairs before the stop are a prefix (and some pixel stops iff its last T is <= 1e-4):
+    # drop the rest and recompute the product.
+    if bool((trans_incl[..., -1] <= MIN_TRANSMITTANCE).any()):
+        keep.logical_and_(trans_incl > MIN_TRANSMITTANCE)
+        alpha.masked_fill_(~keep, 0.0)
+        one_minus = torch.rsub(alpha, 1.0)
+        trans_incl = torch.cumprod(one_minus, dim=-1)
+    trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
+    return dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans_incl[..., -1]
+
+
+class _CompositeTiles(torch.autograd.Function):
+    """Composite all chunks of tiles; saves O(pixels), recomputes per-pair terms in backward.
+
+    Inputs are the flat attribute tables (one zero padding row last) ``means_t [M+1, 2]``,
+    ``conics_t [M+1, 3]``, ``opac_t [M+1]``, ``colors_t [M+1, D]`` and a ``plan``: a list of
+    ``(tiles [t], idx [t, k], pixels [t, P, 2])`` chunks. Returns ``colors [num_tiles, P, D]``
+    (without background) and ``transmittance [num_tiles, P]``.
+    """
+
+    @staticmethod
+    def forward(ctx, means_t, conics_t, opac_t, colors_t, plan, num_tiles: int, pix_per_tile: int):
+        out_colors = colors_t.new_zeros(num_tiles, pix_per_tile, colors_t.shape[-1])
+        out_trans = colors_t.new_ones(num_tiles, pix_per_tile)
+        for tiles, idx, pixels in plan:
+            *_, alpha, _, _, trans_excl, trans = _chunk_forward(pixels, means_t[idx], conics_t[idx], opac_t[idx])
+            out_colors.index_copy_(0, tiles, torch.bmm(alpha.mul_(trans_excl), colors_t[idx]))
+            out_trans.index_copy_(0, tiles, trans)
+        ctx.plan = plan
+        ctx.save_for_backward(means_t, conics_t, opac_t, colors_t)
+        return out_colors, out_trans
+
+    @staticmethod
+    def backward(ctx, grad_colors, grad_trans):
+        means_t, conics_t, opac_t, colors_t = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_means = torch.zeros_like(means_t)
+        g_conics = torch.zeros_like(conics_t)
+        g_opac = torch.zeros_like(opac_t)
+        g_colors = torch.zeros_like(colors_t)
+        for tiles, idx, pixels in ctx.plan:
+            flat_idx = idx.reshape(-1)
+            means, conics, opac, cols = means_t[idx], conics_t[idx], opac_t[idx], colors_t[idx]
+            dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans = _chunk_forward(pixels, means, conics, opac)
+            weights = alpha * trans_excl  # [t, P, k]
+            g_c = grad_colors[tiles]  # [t, P, D]
+            if need[3]:
+                g_colors.index_add_(0, flat_idx, torch.bmm(weights.transpose(1, 2), g_c).flatten(0, 1))
+            if not (need[0] or need[1] or need[2]):
+                continue
+            # dC/dalpha_i = T_i c_i - sum_{j>i} alpha_j T_j c_j / (1 - alpha_i); dT/dalpha_i = -T / (1 - alpha_i).
+            gc = torch.bmm(g_c, cols.transpose(1, 2))  # [t, P, k] (dL/dC . c_i)
+            later = torch.cumsum(weights.mul_(gc), -1)  # prefix sums of alpha_j T_j (dL/dC . c_j)
+            total = later[..., -1:] + (grad_trans[tiles] * trans)[..., None]
+            later.neg_().add_(total).div_(one_minus)  # (sum over j > i + dL/dT T) / (1 - alpha_i)
+            g_raw = gc.mul_(trans_excl).sub_(later)  # dL/dalpha_i
+            g_raw.masked_fill_(~keep.logical_and_(raw <= MAX_ALPHA), 0.0)  # where(keep) and the clamp
+            if need[2]:
+                g_opac.index_add_(0, flat_idx, (g_raw * gauss).sum(1).flatten())
+            if not (need[0] or need[1]):
+                continue
+            g_sigma = g_raw.mul_(raw)  # minus dL/dsigma, [t, P, k]
+            gx, gy = g_sigma * dx, g_sigma.mul_(dy)
+            a, b, c = conics.unbind(-1)  # [t, k]
+            if need[0]:
+                sx, sy = gx.sum(1), gy.sum(1)  # dsigma/dmx = -(a dx + b dy); a, b, c constant per Gaussian
+                g_means.index_add_(0, flat_idx, torch.stack([a * sx + b * sy, c * sy + b * sx], -1).flatten(0, 1))
+            if need[1]:
+                g_abc = torch.stack([-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1)
+                g_conics.index_add_(0, flat_idx, g_abc.flatten(0, 1))
+        return g_means, g_conics, g_opac, g_colors, None, None, None
+
+
 def rasterize_tiles(
     proj: Projected,
     colors: Tensor,
@@ -118,7 +219,7 @@ def rasterize_tiles(
     *,
     tile_size: int = 16,
     backgrounds: Tensor | None = None,
-    max_chunk_elements: int = 1 << 24,
+    max_chunk_elements: int = 1 << 18,
 ) -> tuple[Tensor, Tensor]:
     """Rasterize projected Gaussians.
 
@@ -127,7 +228,8 @@ def rasterize_tiles(
         colors: ``[I, N, D]`` per-image colours/features (any D >= 1).
         width, height: image size.
         backgrounds: ``[I, D]`` or None (zeros).
-        max_chunk_elements: cap on ``tiles x pixels x Gaussians`` evaluated at once (memory bound).
+        max_chunk_elements: cap on ``tiles x pixels x Gaussians`` evaluated at once (memory and
+            cache bound; 2**18 keeps a chunk's float32 intermediates at 1 MB each).
     Returns:
         ``colors``: ``[I, H, W, D]`` and ``alphas``: ``[I, H, W]``.
     """
@@ -151,14 +253,12 @@ def rasterize_tiles(
     )
     local_pix = torch.stack([lx.reshape(-1), ly.reshape(-1)], dim=-1).to(dtype) + 0.5  # [P, 2]
 
-    out_colors = colors.new_zeros(num_tiles, pix_per_tile, d)
-    out_trans = colors.new_ones(num_tiles, pix_per_tile)
     tile_order = torch.argsort(counts, descending=True)
     nonempty = int((counts > 0).sum())
     tile_order = tile_order[:nonempty]
     starts = torch.cumsum(counts, 0) - counts
     counts_cpu = counts[tile_order].tolist()
-    pieces_c, pieces_t, pieces_idx = [], [], []
+    plan = []
     begin = 0
     while begin < nonempty:
         k = max(counts_cpu[begin], 1)
@@ -170,22 +270,11 @@ def rasterize_tiles(
         idx = torch.where(in_list, gauss_ids[pos.clamp_max(max(gauss_ids.numel() - 1, 0))], pad)
         local_tile = tiles % (tiles_x * tiles_y)
         origin = torch.stack([local_tile % tiles_x, local_tile // tiles_x], dim=-1).to(dtype) * tile_size
-        pixels = origin[:, None, :] + local_pix[None]  # [t, P, 2]
-        c, t = composite_tiles(pixels, means_t[idx], conics_t[idx], opac_t[idx], colors_t[idx])
-        pieces_c.append(c)
-        pieces_t.append(t)
-        pieces_idx.append(tiles)
+        plan.append((tiles, idx, origin[:, None, :] + local_pix[None]))  # pixels [t, P, 2]
         begin += chunk
-    if pieces_idx:
-        tiles_done = torch.cat(pieces_idx)
-        out_colors = out_colors.index_copy(0, tiles_done, torch.cat(pieces_c))
-        out_trans = out_trans.index_copy(0, tiles_done, torch.cat(pieces_t))
-    else:
-        # Nothing visible: stay attached to the graph (zero gradients), as gsplat does, so a
-        # training step whose Gaussians are all culled still backpropagates.
-        attach = colors_t[:0].sum() + means_t[:0].sum() + conics_t[:0].sum() + opac_t[:0].sum()
-        out_colors = out_colors + attach
-        out_trans = out_trans + attach
+    # With nothing visible the outputs still depend on the inputs (zero gradients), as gsplat's,
+    # so a training step whose Gaussians are all culled still backpropagates.
+    out_colors, out_trans = _CompositeTiles.apply(means_t, conics_t, opac_t, colors_t, plan, num_tiles, pix_per_tile)
 
     if backgrounds is not None:
         image_of_tile = torch.arange(num_tiles, device=device) // (tiles_x * tiles_y)
