@@ -146,8 +146,8 @@ def test_initialisations_mark_the_sensor_oracle(room):
     assert info == {"init": "random", "init_points": 300, "oracle": False} and g.num_gaussians == 300
     _, info = initial_gaussians("sensor", room)
     assert info["oracle"] is True
-    _, info = initial_gaussians("sfm", room, cfg=InitConfig(sfm_min_points=10**6))
-    assert info["init"] == "sfm+random" and info["init_points"] == 10**6 and not info["oracle"]
+    _, info = initial_gaussians("sfm", room, cfg=InitConfig(sfm_min_points=3000))
+    assert info["init"] == "sfm+random" and info["init_points"] == 3000 and not info["oracle"]
     with pytest.raises(ValueError, match="unknown initialisation"):
         initial_gaussians("colmap", room)
     with pytest.raises(ValueError, match="needs the feed-forward model"):

@@ -70,7 +70,7 @@ def test_pairs_to_ordered_weights_reproduce_the_rasterizer():
     before = torch.cat([torch.zeros(len(w), 1), w.cumsum(-1)[:, :-1]], -1)
     alphas = (w / (1 - before).clamp_min(1e-12))[valid]
     w2, ids2, valid2 = ordered_from_pairs(pix, ids[valid], alphas, len(w))
-    torch.testing.assert_close(w2, w[:, : w2.shape[1]], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w2, w[:, : w2.shape[1]], atol=2e-5, rtol=1e-3)  # float32 log-space products
     assert torch.equal(ids2, ids[:, : ids2.shape[1]]) and torch.equal(valid2, valid[:, : valid2.shape[1]])
 
 

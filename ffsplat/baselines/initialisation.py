@@ -71,12 +71,14 @@ class InitConfig:
 
 
 # ------------------------------------------------------------------------------ point sets
-def knn_scales(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+def knn_scales(points: Tensor, k: int = 3, max_elements: int = 1 << 24) -> Tensor:
     """Inria's initial scale: ``sqrt(mean of the squared distances to the k nearest other points)``
-    (``[N, 3]`` -> ``[N]``, at least 1e-7; a lone point gets 0.01)."""
+    (``[N, 3]`` -> ``[N]``, at least 1e-7; a lone point gets 0.01). Exact; the distance matrix is
+    built ``max_elements`` entries at a time."""
     n = len(points)
     if n <= 1:
         return points.new_full((n,), 0.01)
+    chunk = max(1, max_elements // n)
     out = []
     for lo in range(0, n, chunk):
         d2 = torch.cdist(points[lo : lo + chunk], points).square()
