@@ -61,7 +61,7 @@ def compare(args, shards: Path, index: Path, out: Path, methods: list[str], extr
     cmd = [sys.executable, "-m", "ffsplat.baselines", "compare", "--checkpoint", str(args.checkpoint), "--shards", str(shards),
            "--split", "test", "--index", str(index), "--out", str(out), "--scene-config", str(ROOT / "configs/baseline/quick.yaml"),
            "--iterations", str(args.iterations), "--max-examples", str(args.examples * args.scenes), "--prompt-grid", str(args.prompt_grid),
-           "--mask-grid", str(args.mask_grid), "--settings", "sparse", "--methods", *methods, *extra]  # fmt: skip
+           "--mask-grid", str(args.mask_grid), "--settings", "sparse", "--device", args.device, "--methods", *methods, *extra]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads((out / "compare.json").read_text())
 
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/ffsplat-compare"))
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt")
     p.add_argument("--label-tsv", type=Path, default=LABEL_TSV, help="scannetv2-labels.combined.tsv")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU runs: gsplat rasterizer, peak GPU memory per row)")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--scenes", type=int, default=1)
     p.add_argument("--frames", type=int, default=24)

@@ -294,8 +294,7 @@ def ordered_contributions_gsplat(
         g, flat = g.long(), img.long() * (height * width) + pix.long()
         a = _pair_alphas(proj, g, img.long(), pix.long(), width).detach()
         # running transmittance per pixel (pairs of one pixel within a batch are in depth order)
-        t = trans.reshape(-1)
-        t.index_reduce_(0, flat, (1 - a).float(), "prod")
+        trans.mul_(torch.zeros(trans.numel(), device=trans.device).index_add_(0, flat, torch.log1p(-a.float())).exp().view_as(trans))
         pairs_g.append(g)
         pairs_p.append(flat)
     if not pairs_g:
