@@ -115,3 +115,32 @@ def test_gsplat_path_contract_and_values_with_a_recording_stand_in():
     assert torch.equal(ids[valid], ids_ref[:, : ids.shape[1]][valid])
     w.sum().backward()  # alphas are recomputed in torch: gradients reach the geometry
     assert trainer.params["means"].grad is not None and trainer.params["means"].grad.abs().sum() > 0
+
+
+def test_compare_decodes_fhgs_features_at_the_teachers_scale():
+    """The glue: ``compare.score`` hands the prompt decoder FHGS's render rescaled to the teacher's norm."""
+    from types import SimpleNamespace
+
+    from ffsplat.baselines.compare import score, teacher_scale
+    from ffsplat.core.types import Example
+    from ffsplat.objectives.metrics import PromptableMeter, SegmentationMeter
+
+    class Recording:
+        def __init__(self):
+            self.norms = []
+
+        def decode(self, embeddings, points, image_size):
+            self.norms.append(float(embeddings.norm(dim=1).median()))
+            h, w = image_size
+            masks = torch.zeros(1, points.shape[1], 3, h, w)
+            return masks, masks[..., 0, 0], masks
+
+    trainer, data = scene()
+    trainer.data.teacher["sam"] = trainer.data.teacher["sam"] * 5  # a teacher far from unit norm
+    target = Views(data.images, data.cameras, data.near, data.far, instances=torch.ones(1, 2, S, S, dtype=torch.long))
+    decoder = Recording()
+    predictor = SimpleNamespace(prompt_decoder=decoder, class_embeddings=torch.eye(8))
+    meters = {"seg": SegmentationMeter(8), "source_seg": SegmentationMeter(8), "prompt": PromptableMeter()}
+    score("fhgs", trainer, trainer.method, Example(data, target, ["s"]), predictor, meters, prompt_grid=2)
+    expected = teacher_scale(trainer.data.teacher["sam"])
+    assert len(decoder.norms) == 2 and all(abs(n - expected) < 1e-3 * expected for n in decoder.norms), (decoder.norms, expected)
