@@ -66,6 +66,13 @@ BASELINES: dict[str, MethodFactory] = {
 }
 """Baseline name -> factory from (teacher names by role, example)."""
 
+SUPERVISED_FIELDS: dict[str, tuple[str, ...]] = {"semlogits": ("labels",), "protosaga": ("instances",)}
+"""Which per-view signal each baseline trains on besides RGB and teacher feature maps (the field
+:mod:`.supervision` fills with the teacher's or the ground truth's version)."""
+
+SIGNAL: dict[str, str] = {"3dgs": "rgb", "feature3dgs": "rgb + language-teacher features", "fhgs": "rgb + segmentation-teacher features"}
+"""What the baselines without a supervised field learn from (the ``supervision`` column)."""
+
 
 def dense_index(root: str | Path, split: str, index: dict[str, list[dict]], max_views: int) -> dict[str, list[dict]]:
     """The same targets, with every other stored keyframe of the scene (evenly thinned) as training views."""
@@ -177,7 +184,8 @@ def run_baseline(name: str, predictor, root: str | Path, split: str, index: dict
         _sync(predictor.device)
         start = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        data = supervised_views(supervision, example.context, predictor, roles, mask_cfg)
+        fields = SUPERVISED_FIELDS.get(name, ())
+        data = supervised_views(supervision, example.context, predictor, roles, mask_cfg, fields)
         start_gaussians, info = initial_gaussians(init, data, predictor, init_cfg)
         method = BASELINES[name](roles, example).to(predictor.device)
         trainer = SceneTrainer(cfg, data, method, init=start_gaussians)
@@ -206,8 +214,9 @@ def run_baseline(name: str, predictor, root: str | Path, split: str, index: dict
 
     result.update(
         method=name, setting=setting, examples=count, iterations=cfg.iterations,
-        init="/".join(sorted(init_names)) or init, supervision=supervision,
-        oracle=init in ORACLE_INITIALISATIONS or supervision in ORACLE_SUPERVISIONS,
+        init="/".join(sorted(init_names)) or init,
+        supervision=f"{supervision} {'/'.join(SUPERVISED_FIELDS[name])}" if name in SUPERVISED_FIELDS else SIGNAL.get(name, "rgb"),
+        oracle=init in ORACLE_INITIALISATIONS or (supervision in ORACLE_SUPERVISIONS and name in SUPERVISED_FIELDS),
         ssim_variant=ssim_variant, init_points=init_points / max(count, 1),
         reconstruction_s=recon / max(count, 1), evaluation_s=evaluation / max(count, 1),
         gaussians=gaussians / max(count, 1),

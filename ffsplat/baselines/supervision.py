@@ -121,28 +121,37 @@ def teacher_labels(features: Tensor, class_embeddings: Tensor, image_size: tuple
     return classify_by_embeddings(f, class_embeddings)
 
 
-def supervise_teacher(views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None) -> Views:
+def supervise_teacher(views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None,
+                      fields: tuple[str, ...] = ("labels", "instances")) -> Views:  # fmt: skip
     image_size = tuple(views.images.shape[-2:])
     maps = {role: views.teacher[name] for role, name in roles.items() if name in views.teacher}
     if len(maps) < 2:
         maps = predictor.teacher_maps(views)
-    labels = teacher_labels(maps["language"][0], predictor.class_embeddings, image_size)[None]
-    instances = automatic_mask_ids(predictor.prompt_decoder, maps["segmentation"][0].float(), image_size, cfg)[None]
+    labels = instances = None
+    if "labels" in fields:
+        labels = teacher_labels(maps["language"][0], predictor.class_embeddings, image_size)[None]
+    if "instances" in fields:
+        instances = automatic_mask_ids(predictor.prompt_decoder, maps["segmentation"][0].float(), image_size, cfg)[None]
     return replace(views, labels=labels, instances=instances)
 
 
-def supervise_oracle(views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None) -> Views:
-    if views.labels is None or views.instances is None:
-        raise ValueError("supervision 'oracle': the training views have no ground-truth labels / instances")
-    return views
+def supervise_oracle(views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None,
+                     fields: tuple[str, ...] = ("labels", "instances")) -> Views:  # fmt: skip
+    missing = [f for f in fields if getattr(views, f) is None]
+    if missing:
+        raise ValueError(f"supervision 'oracle': the training views have no ground-truth {' / '.join(missing)}")
+    return replace(views, labels=views.labels if "labels" in fields else None,
+                   instances=views.instances if "instances" in fields else None)  # fmt: skip
 
 
 SUPERVISIONS: dict[str, Callable[..., Views]] = {"teacher": supervise_teacher, "oracle": supervise_oracle}
 """Supervision name -> ``(views [1, V], predictor, teacher names by role, MaskConfig) -> views``."""
 
 
-def supervised_views(name: str, views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None) -> Views:
-    """The training views with the ``labels`` / ``instances`` of supervision ``name``."""
+def supervised_views(name: str, views: Views, predictor, roles: dict[str, str], cfg: MaskConfig | None = None,
+                     fields: tuple[str, ...] = ("labels", "instances")) -> Views:  # fmt: skip
+    """The training views with the ``fields`` (``labels`` / ``instances``) of supervision ``name``;
+    the other of the two is dropped (None), so a method cannot read a signal it was not given."""
     if name not in SUPERVISIONS:
         raise ValueError(f"unknown supervision {name!r}; choose one of {sorted(SUPERVISIONS)}")
-    return SUPERVISIONS[name](views, predictor, roles, cfg)
+    return SUPERVISIONS[name](views, predictor, roles, cfg, fields)
