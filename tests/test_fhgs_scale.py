@@ -76,10 +76,12 @@ def test_pairs_to_ordered_weights_reproduce_the_rasterizer():
 
 class RecordingIndices(GsplatIndices):
     """Stand-in for gsplat's CUDA calls: records what is handed over and answers from the torch
-    rasterizer's own ordered contributions (``rank`` in ``[start, end)`` per call)."""
+    rasterizer's own ordered contributions (``rank`` in ``[start, end)`` blocks of ``tile_size^2``
+    per call, as gsplat counts its ranges)."""
 
     def __init__(self, reference_ids, reference_valid, height, width):
         self.ids, self.valid, self.h, self.w = reference_ids, reference_valid, height, width
+        self.block = 1
         self.calls = []
 
     def isect(self, means2d, radii, depths, tile_size, tiles_x, tiles_y):
@@ -93,22 +95,24 @@ class RecordingIndices(GsplatIndices):
                            tuple(conics.shape), tuple(opacities.shape), conics.dtype, opacities.dtype, width, height,
                            offsets.dtype, flatten_ids.dtype))  # fmt: skip
         rank = torch.arange(self.ids.shape[1])[None].expand_as(self.ids)
-        sel = self.valid & (rank >= start) & (rank < end)
+        block = tile_size * tile_size
+        sel = self.valid & (rank >= start * block) & (rank < end * block)
         flat = torch.arange(len(self.ids))[:, None].expand_as(self.ids)[sel]
         return self.ids[sel].int(), (flat % (height * width)).int(), (flat // (height * width)).int()
 
 
 def test_gsplat_path_contract_and_values_with_a_recording_stand_in():
     trainer, data = scene()
-    settings = RasterSettings(backend="torch", tile_size=16)
+    settings = RasterSettings(backend="torch", tile_size=2)  # blocks of 4 Gaussians: several calls
     g = trainer.gaussians()
     w_ref, ids_ref, valid_ref = ordered_contributions(g, data.cameras, settings)
     backend = RecordingIndices(ids_ref, valid_ref, S, S)
-    w, ids, valid = ordered_contributions_gsplat(g, data.cameras, settings, batch=4, backend=backend)
+    w, ids, valid = ordered_contributions_gsplat(g, data.cameras, settings, batch=2, backend=backend)
     n = g.num_gaussians
-    assert backend.calls[0] == ("isect", torch.float32, (2, n, 2), torch.int32, (2, n, 2), torch.float32, 16)
+    assert backend.calls[0] == ("isect", torch.float32, (2, n, 2), torch.int32, (2, n, 2), torch.float32, 2)
     ranges = [c for c in backend.calls if c[0] == "range"]
-    assert [c[1:3] for c in ranges] == [(s, s + 4) for s in range(0, ids_ref.shape[1], 4)]
+    blocks = -(-ids_ref.shape[1] // 4)
+    assert len(ranges) > 1 and [c[1:3] for c in ranges] == [(s, s + 2) for s in range(0, blocks, 2)]
     assert all(c[3:] == (torch.float32, (2, S, S), (2, n, 2), (2, n, 3), (2, n), torch.float32, torch.float32, S, S,
                          torch.int32, torch.int32) for c in ranges)  # fmt: skip
     torch.testing.assert_close(w, w_ref[:, : w.shape[1]], atol=1e-5, rtol=1e-4)

@@ -247,13 +247,14 @@ class GsplatIndices:
 
 
 def ordered_contributions_gsplat(
-    gaussians: Gaussians, cameras: Cameras, settings: RasterSettings | None = None, batch: int = 32,
+    gaussians: Gaussians, cameras: Cameras, settings: RasterSettings | None = None, batch: int = 8,
     backend: GsplatIndices | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`ordered_contributions` on CUDA through gsplat's ``rasterize_to_indices_in_range``.
 
     Projection is ffsplat's differentiable torch projection; gsplat sorts the tile intersections
-    and, ``batch`` Gaussians of each tile's depth-sorted list at a time, returns the (Gaussian,
+    and, ``batch`` blocks of ``tile_size^2`` Gaussians of each tile's depth-sorted list at a time
+    (gsplat's ``range_start`` / ``range_end`` count such blocks), returns the (Gaussian,
     pixel, image) triples whose alpha passes and whose pixel has not yet saturated (given the
     running transmittances, updated here after every batch). Alphas are recomputed in torch from
     the projected means, conics and opacities (``min(0.999, o exp(-sigma))``, kept when
@@ -285,9 +286,10 @@ def ordered_contributions_gsplat(
     offsets, flatten_ids = backend.isect(means2d, proj.radii.int().contiguous(), proj.depths.detach().float().contiguous(), ts, tiles_x, tiles_y)
     counts = torch.diff(torch.cat([offsets.flatten(), offsets.new_tensor([len(flatten_ids)])]))
     longest = int(counts.max()) if counts.numel() else 0
+    blocks = -(-longest // (ts * ts))  # gsplat's ranges count blocks of tile_size^2 Gaussians
     trans = torch.ones(images, height, width, device=means2d.device, dtype=torch.float32)
     pairs_g, pairs_p = [], []
-    for start in range(0, longest, batch):
+    for start in range(0, blocks, batch):
         g, pix, img = backend.indices_in_range(start, start + batch, trans, means2d, conics, opac, width, height, ts, offsets, flatten_ids)
         if not len(g):
             continue
