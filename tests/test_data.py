@@ -29,7 +29,7 @@ def test_label_map_on_the_real_scannet_tsv():
     # wall floor ceiling chair table couch bed box | desk none unknown sofa ...
     assert labels.nyu40(raw)[0].tolist() == [1, 2, 22, 5, 7, 6, 4, 29]
     assert labels.eval8(raw)[0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert labels.eval8(raw)[1, :4].tolist() == [8, 0, 0, 6]  # desk -> other, 0 and unknown -> ignored
+    assert labels.eval8(raw)[1, :4].tolist() == [8, 0, 8, 6]  # desk -> other, 0 ignored, unknown -> other (LSM)
     assert labels.scannet20(np.array([1, 9, 26])).tolist() == [1, 13, 0]  # wall, desk, box (not in the 20)
     assert EVAL_CLASSES[labels.eval8(np.array([41]))[0] - 1] == "ceiling"
     assert labels.raw_id_for("couch") == 6

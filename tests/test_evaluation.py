@@ -75,5 +75,12 @@ def test_evaluation_reports_lpips_with_local_vgg_weights(tiny_shards, setup, tmp
     module, _, index, _ = setup
     trunk = make_layers(cfgs["D"])  # torchvision VGG16 feature layout (random weights)
     torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, tmp_path / "vgg16.pth")
-    result = evaluate_model(module, EvalIndexDataset(tiny_shards, "val", index), EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth")))
+    data = EvalIndexDataset(tiny_shards, "val", index)
+    with pytest.raises(ValueError, match="not torchvision's VGG16"):  # random weights are refused ...
+        evaluate_model(module, data, EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth")))
+    import hashlib
+
+    prefix = hashlib.sha256((tmp_path / "vgg16.pth").read_bytes()).hexdigest()[:8]  # ... unless expected
+    result = evaluate_model(module, data, EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth"), lpips_sha256_prefix=prefix))
     assert "lpips" in result and result["lpips"] > 0
+    assert result["reconstruction_s"] > 0 and result["evaluation_s"] > 0 and result["ssim_variant"] == "skimage"

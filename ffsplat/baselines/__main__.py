@@ -13,8 +13,16 @@ both sides are scored with. ``--split`` defaults to ``val``, as in ``evaluate.py
 shows a progress bar (``--no-progress`` hides it). Bad input (shards, split, index, frames,
 checkpoint, ``--scene-config``, numeric options, device) ends with one ``error:`` line and exit
 code 2 before anything is written. Per-scene settings come from ``configs/baseline/default.yaml``
-(Inria/gsplat defaults; ``--scene-config`` another YAML, ``--iterations`` to shorten). ``compare``
-runs each (method, setting) in its own process so that its peak memory is its own.
+(Inria/gsplat defaults, the papers' budgets: 30k steps, FHGS 10k; ``--scene-config`` another YAML,
+``--iterations`` to override every method's budget). ``compare`` runs each (method, setting) in its
+own process so that its peak memory is its own.
+
+By default the baselines start from SfM points of their training views (``--init sfm``; also
+``random``, ``predicted`` = the feed-forward model's depth) and learn from the teachers
+(``--supervision teacher``). ``--oracle`` adds, per method and setting, a row marked ORACLE that
+starts from sensor depth and learns from ground-truth labels / instances. Times are per scene:
+``reconstruction_s`` (model forward, or supervision + initialisation + fitting) and
+``evaluation_s`` (rendering + scoring) separately.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ from pathlib import Path
 
 import ffsplat  # noqa: F401  (torchvision shim first)
 from ffsplat.baselines.compare import BASELINES, run_baseline, save_json, write_table
+from ffsplat.baselines.initialisation import INITIALISATIONS
+from ffsplat.baselines.supervision import SUPERVISIONS, MaskConfig
 from ffsplat.baselines.trainer import SceneConfig
+from ffsplat.objectives.metrics import SSIM_VARIANTS
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
 from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir,
                                  check_output_file, one_line, run_command)  # fmt: skip
@@ -36,12 +47,9 @@ from ffsplat.data.sampling import load_eval_index
 
 def scene_config(args) -> SceneConfig:
     try:
-        cfg = to_dataclass(SceneConfig, args.scene_config)
+        return to_dataclass(SceneConfig, args.scene_config)
     except Exception as exc:  # noqa: BLE001  (YAML syntax, unknown keys, wrong types: all the user's file)
         raise InputError(f"--scene-config: {args.scene_config}: {one_line(exc)}") from exc
-    if args.iterations is not None:
-        cfg.iterations = args.iterations
-    return cfg
 
 
 def check_inputs(args):
@@ -90,7 +98,12 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", help="split of the shards holding the index's scenes (default val, as evaluate.py)")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--scene-config", type=Path, default=CONFIG_DIR / "baseline" / "default.yaml")
-    p.add_argument("--iterations", type=int)
+    p.add_argument("--iterations", type=int, help="steps for every method (default: the scene config's budgets)")
+    p.add_argument("--init", default="sfm", choices=sorted(INITIALISATIONS), help="initial Gaussians (sensor = oracle)")
+    p.add_argument("--supervision", default="teacher", choices=sorted(SUPERVISIONS), help="training signal (oracle = ground truth)")
+    p.add_argument("--mask-grid", type=int, default=32, help="prompt grid per side of the teacher's automatic masks")
+    p.add_argument("--ssim", default="skimage", choices=sorted(SSIM_VARIANTS), help="SSIM variant (skimage: MVSplat/SemanticSplat)")
+    p.add_argument("--lpips-vgg", type=Path, help="torchvision vgg16-397923af.pth for LPIPS (hash-checked)")
     p.add_argument("--prompt-grid", type=int, default=32)
     p.add_argument("--dense-views", type=int, default=16)
     p.add_argument("--max-examples", type=int)
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     common(cmp)
     cmp.add_argument("--methods", nargs="+", default=sorted(BASELINES), choices=sorted(BASELINES))
     cmp.add_argument("--settings", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
+    cmp.add_argument("--oracle", action="store_true", help="also run each method with sensor-depth init and ground-truth supervision")
     cmp.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args(argv)
     return run_command(lambda: execute(args))
@@ -119,46 +133,54 @@ def execute(args) -> int:
     index, cfg = check_inputs(args)
     if args.command == "run":
         predictor = load_predictor(args)
-        result = run_baseline(args.method, predictor, args.shards, args.split, index, args.setting, cfg,
-                              args.prompt_grid, args.dense_views, args.max_examples, progress=not args.no_progress)  # fmt: skip
+        result = run_baseline(args.method, predictor, args.shards, args.split, index, args.setting, scene_config(args),
+                              args.prompt_grid, args.dense_views, args.max_examples, init=args.init,
+                              supervision=args.supervision, mask_cfg=MaskConfig(points_per_side=args.mask_grid),
+                              ssim_variant=args.ssim, lpips_vgg_path=str(args.lpips_vgg) if args.lpips_vgg else None,
+                              iterations=args.iterations, progress=not args.no_progress)  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         save_json(args.out, result)
         print(json.dumps(result, indent=2))
         return 0
-
-    import time
 
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model
     from ffsplat.data.shards import EvalIndexDataset
 
     predictor = load_predictor(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     ff = evaluate_model(predictor, EvalIndexDataset(args.shards, args.split, index),
-                        EvalConfig(prompt_grid=args.prompt_grid, source_views=False, max_examples=args.max_examples))  # fmt: skip
-    ff.update(method="feed-forward", setting="sparse", seconds_per_scene=(time.perf_counter() - start) / max(ff["examples"], 1))
+                        EvalConfig(prompt_grid=args.prompt_grid, source_views=True, max_examples=args.max_examples,
+                                   ssim_variant=args.ssim, lpips_vgg_path=str(args.lpips_vgg) if args.lpips_vgg else None))  # fmt: skip
+    ff.update(method="feed-forward", setting="sparse", init="-", supervision="teachers (training)", oracle=False)
     results = [ff]
+    runs = [(args.init, args.supervision)] + ([("sensor", "oracle")] if args.oracle else [])
     for method in args.methods:
         for setting in args.settings:
-            out = args.out / f"{method}_{setting}.json"
-            cmd = [sys.executable, "-m", "ffsplat.baselines", "run", "--method", method, "--setting", setting, "--out", str(out),
-                   "--checkpoint", str(args.checkpoint), "--shards", str(args.shards), "--split", args.split,
-                   "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
-                   "--dense-views", str(args.dense_views), "--device", args.device]  # fmt: skip
-            if args.iterations is not None:
-                cmd += ["--iterations", str(args.iterations)]
-            if args.max_examples is not None:
-                cmd += ["--max-examples", str(args.max_examples)]
-            if args.no_progress:
-                cmd += ["--no-progress"]
-            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)  # stderr (progress bar, errors) goes to the user
-            if done.returncode != 0:
-                print(f"error: baseline {method} ({setting}) failed with exit code {done.returncode} (its output is above)", file=sys.stderr)
-                return 1
-            results.append(json.loads(out.read_text()))
-            print(f"[compare] {method} ({setting}) done: {results[-1]['seconds_per_scene']:.1f} s/scene", flush=True)
-    ratio = {f"{r['method']}_{r['setting']}": r["seconds_per_scene"] / max(ff["seconds_per_scene"], 1e-9) for r in results[1:]}
-    save_json(args.out / "compare.json", {"results": results, "time_ratio_vs_feed_forward": ratio})
+            for init, supervision in runs:
+                tag = "" if (init, supervision) == runs[0] else "_oracle"
+                out = args.out / f"{method}_{setting}{tag}.json"
+                cmd = [sys.executable, "-m", "ffsplat.baselines", "run", "--method", method, "--setting", setting, "--out", str(out),
+                       "--checkpoint", str(args.checkpoint), "--shards", str(args.shards), "--split", args.split,
+                       "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
+                       "--dense-views", str(args.dense_views), "--device", args.device, "--init", init, "--supervision", supervision,
+                       "--mask-grid", str(args.mask_grid), "--ssim", args.ssim]  # fmt: skip
+                for flag, value in (("--iterations", args.iterations), ("--max-examples", args.max_examples), ("--lpips-vgg", args.lpips_vgg)):
+                    if value is not None:
+                        cmd += [flag, str(value)]
+                if args.no_progress:
+                    cmd += ["--no-progress"]
+                done = subprocess.run(cmd, stdout=subprocess.DEVNULL)  # stderr (progress bar, errors) goes to the user
+                if done.returncode != 0:
+                    print(f"error: baseline {method} ({setting}, init {init}, supervision {supervision}) failed with exit code "
+                          f"{done.returncode} (its output is above)", file=sys.stderr)  # fmt: skip
+                    return 1
+                results.append(json.loads(out.read_text()))
+                r = results[-1]
+                print(f"[compare] {method} ({setting}, {init}/{supervision}) done: reconstruction {r['reconstruction_s']:.1f} s/scene, "
+                      f"evaluation {r['evaluation_s']:.1f} s/scene", flush=True)  # fmt: skip
+    ff_time = max(ff["reconstruction_s"], 1e-9)
+    ratio = {f"{r['method']}_{r['setting']}{'_oracle' if r.get('oracle') else ''}": r["reconstruction_s"] / ff_time for r in results[1:]}
+    save_json(args.out / "compare.json", {"results": results, "reconstruction_time_ratio_vs_feed_forward": ratio})
     print(write_table(results, args.out / "compare.md"))
     return 0
 

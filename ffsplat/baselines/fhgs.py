@@ -11,11 +11,14 @@ so the feature losses move geometry only, through the blend weights ``w_i = a_i 
   ``W_far,i`` / ``F_far,i`` the weight / weighted-feature sums of the Gaussians *behind* ``i`` on
   the ray and ``sigma_i = 1 / (1 + exp(k (cos(f_i, f_gt) - lambda)))`` (``lambda = 0.5``,
   ``k = 20``). It needs per-pixel depth-ordered contributor lists: :func:`ordered_contributions`
-  builds them from ffsplat's torch rasterizer (projection + tile intersection + the compositor's
-  exact alpha / stopping rules), differentiably, as padded ``[P, K]`` lists. That is dense per
-  tile and meant for small scenes (CPU tests, small CUDA scenes); gsplat's
-  ``rasterize_to_indices_in_range`` plus a differentiable alpha recomputation would be the fast
-  CUDA path and is not implemented here.
+  builds them differentiably as padded ``[P, K]`` lists: on CPU from ffsplat's torch rasterizer
+  (projection + tile intersection + the compositor's exact alpha / stopping rules, evaluated a
+  bounded number of tile x pixel x Gaussian elements at a time); on CUDA
+  (:func:`ordered_contributions_gsplat`) from gsplat's ``rasterize_to_indices_in_range`` (which
+  Gaussians hit which pixel, in depth order, batch by batch) with the alphas recomputed in torch
+  so that gradients reach the geometry. The loss itself (:func:`internal_clustering_chunked`) runs
+  over bounded pixel chunks under activation checkpointing, so the ``pixels x contributors x C``
+  tensor (about 5 GB at 256x256 with SAM's 256 channels) never exists at once.
 * ``L = L_rgb + l1 L_gt + l2 L_cf``. ``l1`` and ``l2`` are unpublished; our defaults are
   ``l1 = 1.0``, ``l2 = 0.1`` (each loss is a per-pixel sum averaged over the pixels of the view).
 
@@ -172,6 +175,150 @@ def internal_clustering(
     return pair.sum(-1)
 
 
+def internal_clustering_chunked(
+    weights: Tensor, ids: Tensor, feats: Tensor, target: Tensor | None, lam: float = 0.5, k: float = 20.0,
+    max_elements: int = 1 << 24,
+) -> Tensor:
+    """:func:`internal_clustering` over pixel chunks of at most ``max_elements`` (``pixels x K x C``)
+    elements, each under activation checkpointing when gradients are needed: autograd keeps only
+    the chunk's inputs (``[p, K]`` weights and ids) and recomputes the ``[p, K, C]`` gather in the
+    backward pass, so memory is bounded by the chunk, not the image. Same values and gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    p, kk = ids.shape
+    chunk = max(1, max_elements // max(kk * feats.shape[-1], 1))
+    grad = torch.is_grad_enabled() and (weights.requires_grad or feats.requires_grad)
+    out = []
+    for lo in range(0, p, chunk):
+        args = (weights[lo : lo + chunk], ids[lo : lo + chunk], feats, None if target is None else target[lo : lo + chunk], lam, k)
+        out.append(checkpoint(internal_clustering, *args, use_reentrant=False) if grad else internal_clustering(*args))
+    return torch.cat(out) if out else weights.new_zeros(0)
+
+
+def ordered_from_pairs(pixel_ids: Tensor, gauss_ids: Tensor, alphas: Tensor, num_pixels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Blend weights of (pixel, Gaussian) pairs listed front to back per pixel -> padded ``[P, K]``.
+
+    ``T_i = prod_{j < i} (1 - a_j)`` within each pixel's list, ``w_i = a_i T_i``; a pair is dropped
+    once ``T_i (1 - a_i) <= 1e-4`` (gsplat's / the compositor's stopping rule). Differentiable in
+    ``alphas``.
+
+    Args:
+        pixel_ids, gauss_ids: ``[M]`` int64; the pairs of each pixel appear in depth order.
+        alphas: ``[M]`` alphas (already clamped to 0.999 and >= 1/255).
+        num_pixels: ``P``.
+    Returns:
+        ``weights [P, K]``, ``gaussian_ids [P, K]`` and ``valid [P, K]`` as :func:`ordered_contributions`.
+    """
+    order = torch.argsort(pixel_ids, stable=True)
+    pix, gid, a = pixel_ids[order], gauss_ids[order], alphas[order]
+    counts = torch.bincount(pix, minlength=num_pixels)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(pix), device=pix.device) - starts[pix]
+    log_t = torch.log1p(-a)
+    csum = torch.cumsum(log_t, 0)
+    seg_start = torch.where(starts[pix] > 0, csum[(starts[pix] - 1).clamp_min(0)], torch.zeros_like(csum))
+    before = csum - log_t - seg_start  # exclusive sum within the pixel
+    t = torch.exp(before)
+    keep = (t * (1 - a)).detach() > 1e-4
+    w = torch.where(keep, a * t, torch.zeros_like(a))
+    kmax = max(int(counts.max()) if len(counts) else 1, 1)
+    weights = alphas.new_zeros(num_pixels, kmax).index_put((pix, rank), w)
+    ids = torch.zeros(num_pixels, kmax, dtype=torch.long, device=pix.device).index_put((pix, rank), torch.where(keep, gid, 0))
+    valid = weights.detach() > 0
+    return weights, torch.where(valid, ids, torch.zeros_like(ids)), valid
+
+
+class GsplatIndices:
+    """The two gsplat CUDA calls :func:`ordered_contributions_gsplat` makes (swappable in tests)."""
+
+    def isect(self, means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int):
+        from gsplat.cuda._wrapper import isect_offset_encode, isect_tiles
+
+        _, isect_ids, flatten_ids = isect_tiles(means2d, radii, depths, tile_size, tiles_x, tiles_y)
+        return isect_offset_encode(isect_ids, means2d.shape[0], tiles_x, tiles_y), flatten_ids
+
+    def indices_in_range(self, start: int, end: int, transmittances: Tensor, means2d: Tensor, conics: Tensor,
+                         opacities: Tensor, width: int, height: int, tile_size: int, isect_offsets: Tensor,
+                         flatten_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        from gsplat.cuda._wrapper import rasterize_to_indices_in_range
+
+        return rasterize_to_indices_in_range(start, end, transmittances, means2d, conics, opacities, width, height,
+                                             tile_size, isect_offsets, flatten_ids)  # fmt: skip
+
+
+def ordered_contributions_gsplat(
+    gaussians: Gaussians, cameras: Cameras, settings: RasterSettings | None = None, batch: int = 8,
+    backend: GsplatIndices | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`ordered_contributions` on CUDA through gsplat's ``rasterize_to_indices_in_range``.
+
+    Projection is ffsplat's differentiable torch projection; gsplat sorts the tile intersections
+    and, ``batch`` blocks of ``tile_size^2`` Gaussians of each tile's depth-sorted list at a time
+    (gsplat's ``range_start`` / ``range_end`` count such blocks), returns the (Gaussian,
+    pixel, image) triples whose alpha passes and whose pixel has not yet saturated (given the
+    running transmittances, updated here after every batch). Alphas are recomputed in torch from
+    the projected means, conics and opacities (``min(0.999, o exp(-sigma))``, kept when
+    ``>= 1/255`` and ``sigma >= 0``), then :func:`ordered_from_pairs` gives the weights.
+
+    Args: as :func:`ordered_contributions`; ``backend`` replaces the gsplat calls (tests).
+    Returns: ``weights [P, K]``, ``gaussian_ids [P, K]`` int64, ``valid [P, K]`` (``P = V H W``).
+    """
+    s = settings or RasterSettings()
+    backend = backend or GsplatIndices()
+    if gaussians.means.dim() == 2:
+        gaussians = Gaussians(gaussians.means[None], gaussians.scales[None], gaussians.rotations[None],
+                              gaussians.opacities[None], gaussians.sh[None])  # fmt: skip
+    cams = cameras if len(cameras.batch_shape) == 2 else cameras.reshape(1, -1)
+    height, width = cams.image_size
+    n = gaussians.num_gaussians
+    proj = project_gaussians(
+        gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
+        cams.w2c.to(gaussians.means.dtype), cams.intrinsics.to(gaussians.means.dtype), width, height,
+        near_plane=s.near_plane, far_plane=s.far_plane, eps2d=s.eps2d,
+        radius_clip=s.radius_clip, antialiased=s.rasterize_mode == "antialiased",
+    )  # fmt: skip
+    images = proj.means2d.shape[0]
+    ts = s.tile_size
+    tiles_x, tiles_y = -(-width // ts), -(-height // ts)
+    means2d = proj.means2d.detach().float().contiguous()
+    conics = proj.conics.detach().float().contiguous()
+    opac = proj.opacities.detach().float().contiguous()
+    offsets, flatten_ids = backend.isect(means2d, proj.radii.int().contiguous(), proj.depths.detach().float().contiguous(), ts, tiles_x, tiles_y)
+    counts = torch.diff(torch.cat([offsets.flatten(), offsets.new_tensor([len(flatten_ids)])]))
+    longest = int(counts.max()) if counts.numel() else 0
+    blocks = -(-longest // (ts * ts))  # gsplat's ranges count blocks of tile_size^2 Gaussians
+    trans = torch.ones(images, height, width, device=means2d.device, dtype=torch.float32)
+    pairs_g, pairs_p = [], []
+    for start in range(0, blocks, batch):
+        g, pix, img = backend.indices_in_range(start, start + batch, trans, means2d, conics, opac, width, height, ts, offsets, flatten_ids)
+        if not len(g):
+            continue
+        g, flat = g.long(), img.long() * (height * width) + pix.long()
+        a = _pair_alphas(proj, g, img.long(), pix.long(), width).detach()
+        # running transmittance per pixel (pairs of one pixel within a batch are in depth order)
+        trans.mul_(torch.zeros(trans.numel(), device=trans.device).index_add_(0, flat, torch.log1p(-a.float())).exp().view_as(trans))
+        pairs_g.append(g)
+        pairs_p.append(flat)
+    if not pairs_g:
+        zeros = gaussians.means.new_zeros(images * height * width, 1)
+        return zeros, zeros.long(), zeros.bool()
+    g, flat = torch.cat(pairs_g), torch.cat(pairs_p)
+    alphas = _pair_alphas(proj, g, flat // (height * width), flat % (height * width), width)  # differentiable
+    ok = alphas >= 1 / 255
+    weights, ids, valid = ordered_from_pairs(flat[ok], g[ok], alphas[ok], images * height * width)
+    return weights, ids % max(n, 1), valid
+
+
+def _pair_alphas(proj, g: Tensor, img: Tensor, pix: Tensor, width: int) -> Tensor:
+    """``min(0.999, o exp(-sigma))`` (0 where ``sigma < 0``) of Gaussians ``g`` at pixel centres."""
+    xy = torch.stack([pix % width, pix // width], -1).to(proj.means2d.dtype) + 0.5
+    d = xy - proj.means2d[img, g]
+    c = proj.conics[img, g]
+    sigma = 0.5 * (c[:, 0] * d[:, 0] ** 2 + c[:, 2] * d[:, 1] ** 2) + c[:, 1] * d[:, 0] * d[:, 1]
+    a = (proj.opacities[img, g] * torch.exp(-sigma)).clamp_max(0.999)
+    return torch.where(sigma >= 0, a, torch.zeros_like(a))
+
+
 def unit_teacher(teacher: Tensor, size: tuple[int, int]) -> Tensor:
     """Teacher map(s) ``[..., C, h, w]`` bilinearly resized to ``size`` and L2-normalised over C."""
     lead = teacher.shape[:-3]
@@ -260,9 +407,10 @@ class FHGS(SceneMethod):
         l_gt = external_potential(out.alpha, out.features[self.KEY], fgt).mean()
         total, logs = self.l1 * l_gt, {"gt": l_gt.item()}
         if self.l2 > 0:
-            w, ids, _ = ordered_contributions(trainer.gaussians(), trainer.view(view), trainer.cfg.render)
+            contributions = ordered_contributions_gsplat if out.alpha.is_cuda else ordered_contributions
+            w, ids, _ = contributions(trainer.gaussians(), trainer.view(view), trainer.cfg.render)
             fpix = fgt[0, 0].flatten(1).T  # [H*W, C]
-            l_cf = internal_clustering(w, ids, self.frozen(trainer), fpix, self.lam, self.k).mean()
+            l_cf = internal_clustering_chunked(w, ids, self.frozen(trainer), fpix, self.lam, self.k).mean()
             total = total + self.l2 * l_cf
             logs["cf"] = l_cf.item()
         return total, logs

@@ -29,9 +29,8 @@ Choices of this re-implementation:
   agree across views). SAM's overlapping multi-granularity masks are not modelled.
 * Embedding initialisation ``N(0, 0.1^2)`` and classifier rows ``N(0, 1)``: unpublished.
 * The probability criterion is skipped with ``use_probs=False`` (Gaga's depth-only association).
-* Evaluation (:func:`instance_metrics`): Gaga's class-agnostic Hungarian-matched mIoU and
-  precision / recall at IoU 0.5 by :func:`ffsplat.objectives.metrics.instance_matching_miou` on all views
-  pooled (IoUs over the pixels of all views), plus the mean of its per-view mIoU.
+* Evaluation (:func:`instance_metrics`): Gaga's protocol, :func:`ffsplat.objectives.metrics.gaga_instance_miou`
+  (per-view IoU, Hungarian matching, unmatched ground truth scored 0, precision / recall at IoU > 0.5).
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 
 from ffsplat.baselines.trainer import SceneMethod, SceneTrainer
 from ffsplat.core.geometry import project_points
-from ffsplat.objectives.metrics import instance_matching_miou
+from ffsplat.objectives.metrics import gaga_instance_miou
 from ffsplat.render.renderer import RenderOutput, render
 from ffsplat.core.types import Cameras, Gaussians, Views
 
@@ -178,18 +177,12 @@ def associate_masks(
 
 
 def instance_metrics(pred_ids: Tensor, gt_ids: Tensor, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Class-agnostic matching metrics (Gaga / Proto-SaGa) of ``[..., V, H, W]`` id maps.
-
-    Pools all views into one image for :func:`ffsplat.objectives.metrics.instance_matching_miou` (mIoU,
-    precision / recall at ``iou_threshold``) and adds ``miou_view_mean``, its per-view mIoU
-    averaged over views with ground truth.
-    """
+    """Class-agnostic instance metrics (Gaga's protocol) of ``[..., V, H, W]`` id maps of one scene:
+    :func:`ffsplat.objectives.metrics.gaga_instance_miou` (per-view IoU averaged over the views holding
+    an instance, unmatched instances scored 0, GT 0 an instance, hits at IoU > ``iou_threshold``)."""
     pred = pred_ids.reshape(-1, *pred_ids.shape[-2:])
     gt = gt_ids.reshape(-1, *gt_ids.shape[-2:])
-    out = instance_matching_miou(pred.reshape(-1, pred.shape[-1]), gt.reshape(-1, gt.shape[-1]), iou_threshold)
-    per_view = [instance_matching_miou(p, g, iou_threshold)["miou"] for p, g in zip(pred, gt) if (g != 0).any()]
-    out["miou_view_mean"] = sum(per_view) / len(per_view) if per_view else math.nan
-    return out
+    return gaga_instance_miou(pred, gt, iou_threshold)
 
 
 class ProtoSaGa(SceneMethod):

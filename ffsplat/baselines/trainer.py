@@ -1,10 +1,14 @@
 """Shared per-scene optimisation for the baselines (Inria 3DGS / gsplat defaults).
 
-* Initialisation: one Gaussian per pixel (every ``init_stride``-th) unprojected from depth (sensor
-  or predicted) of the given views; opacity ``init_opacity``; scale = pixel footprint.
-* Loss: ``0.8 L1 + 0.2 (1 - SSIM)`` on a random training view per step, plus the method's terms.
+* Initialisation: the given Gaussians (:mod:`ffsplat.baselines.initialisation`: SfM points, random
+  frustum points, predicted depth, or the sensor-depth oracle); without them one Gaussian per pixel
+  (every ``init_stride``-th) unprojected from the views' depth, opacity ``init_opacity``.
+* Loss: ``0.8 L1 + 0.2 (1 - SSIM)`` on one training view per step, plus the method's terms. Views
+  are drawn without replacement within an epoch (a fresh shuffled order of all views each epoch,
+  as Inria's ``viewpoint_stack``).
 * Optimiser: one Adam per attribute with Inria's learning rates (means ``1.6e-4 x scene scale``
-  decaying exponentially to 1%), ``eps = 1e-15``; SH bands unlocked every ``sh_degree_interval``.
+  decaying exponentially to 1% over Inria's ``lr_means_horizon = 30000`` steps, whatever the run
+  length, then held), ``eps = 1e-15``; SH bands unlocked every ``sh_degree_interval``.
 * Densification: gsplat's ``DefaultStrategy`` (clone / split / prune), which is pure torch and so
   runs on CPU and CUDA alike, with the opacity reset that gsplat 1.5.3 never performs (its test
   ``step % reset_every == 0 & step > 0`` is always False) done by :class:`OpacityResetStrategy`.
@@ -39,10 +43,13 @@ class SceneConfig:
     """Per-scene optimisation settings (Inria 3DGS defaults unless noted).
 
     Attributes:
-        iterations: optimisation steps (Inria: 30k; Feature 3DGS examples: 7k).
+        iterations: optimisation steps (Inria / Feature 3DGS / semantic logits / Proto-SaGa: 30k).
+        method_iterations: per-baseline overrides of ``iterations`` (FHGS: 10k), used by
+            :func:`ffsplat.baselines.compare.run_baseline` unless the iterations are set explicitly.
         sh_degree: final SH degree; ``sh_degree_interval``: steps per unlocked band.
         ssim_weight: lambda of ``(1 - lambda) L1 + lambda (1 - SSIM)``.
-        lr_*: learning rates (means scaled by the scene scale and decayed to ``lr_means_final``x).
+        lr_*: learning rates (means scaled by the scene scale and decayed to ``lr_means_final``x
+            over ``lr_means_horizon`` steps, Inria's ``position_lr_max_steps = 30000``).
         init_opacity: opacity of the initial Gaussians; init_stride: keep every n-th pixel.
         densify: run gsplat's DefaultStrategy; refine_*: its schedule; grow_grad2d: gradient
             threshold; prune_opa: opacity pruning threshold; reset_every: opacity reset period.
@@ -52,12 +59,14 @@ class SceneConfig:
         render: rasterization settings.
     """
 
-    iterations: int = 7000
+    iterations: int = 30000
+    method_iterations: dict[str, int] = field(default_factory=lambda: {"fhgs": 10000})
     sh_degree: int = 3
     sh_degree_interval: int = 1000
     ssim_weight: float = 0.2
     lr_means: float = 1.6e-4
     lr_means_final: float = 0.01
+    lr_means_horizon: int = 30000
     lr_scales: float = 5e-3
     lr_quats: float = 1e-3
     lr_opacities: float = 5e-2
@@ -164,6 +173,7 @@ class SceneTrainer:
         self.state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         self.step = 0
         self.rng = random.Random(cfg.seed)  # training-view order; saved in checkpoints
+        self.epoch_order: list[int] = []  # views left in the current epoch (drawn from the end)
         self.sh_degree_now = 0
         self.history: list[dict[str, float]] = []
 
@@ -211,31 +221,42 @@ class SceneTrainer:
             info = {"means2d": _Grad(means2d.grad[0]), "radii": out.meta["radii"][0], "width": w, "height": h,
                     "n_cameras": 1, "gaussian_ids": None}  # fmt: skip
             self.strategy.step_post_backward(self.params, self.optimizers, self.state, self.step, info)
-        decay = cfg.lr_means_final ** (1 / max(1, cfg.iterations))
         for name, optimizer in self.optimizers.items():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if name == "means":
                 for group in optimizer.param_groups:
-                    group["lr"] *= decay
+                    group["lr"] = self.means_lr(self.step + 1)
         for optimizer in self.module_optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"loss": loss.item(), "rgb": rgb.item(), **logs, "gaussians": self.num_gaussians}
 
+    def means_lr(self, step: int) -> float:
+        """Inria's exponential position-lr schedule: ``lr0 * final ** (min(step, horizon) / horizon)``."""
+        cfg = self.cfg
+        t = min(step, cfg.lr_means_horizon) / max(1, cfg.lr_means_horizon)
+        return cfg.lr_means * self.scene_scale * cfg.lr_means_final**t
+
+    def next_view(self) -> int:
+        """The next training view: every view once per epoch, in a fresh random order each epoch."""
+        if not self.epoch_order:
+            self.epoch_order = list(range(self.data.images.shape[1]))
+            self.rng.shuffle(self.epoch_order)
+        return self.epoch_order.pop()
+
     def fit(self, checkpoint: str | Path | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Run to ``cfg.iterations`` (resuming from ``checkpoint`` if it exists)."""
         if checkpoint is not None and Path(checkpoint).is_file():
             self.load(checkpoint)
-        views = self.data.images.shape[1]
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=self.cfg.iterations, initial=self.step, desc=self.method.name, unit="step")
         while self.step < self.cfg.iterations:
-            logs = self.train_step(self.rng.randrange(views))
+            logs = self.train_step(self.next_view())
             self.history.append(logs)
             if bar is not None:
                 bar.update(1)
@@ -259,6 +280,7 @@ class SceneTrainer:
             "method": self.method.name,
             # RNG states, so a resumed fit continues exactly (view order, gsplat's split sampling)
             "rng": self.rng.getstate(),
+            "epoch_order": list(self.epoch_order),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -266,7 +288,7 @@ class SceneTrainer:
             torch.save(blob, f)
 
     def load(self, path: str | Path) -> None:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("method") != self.method.name:
             raise ValueError(f"{path}: a {blob.get('method')} checkpoint, not {self.method.name}")
         device = self.params["means"].device
@@ -281,6 +303,7 @@ class SceneTrainer:
         self.state = {k: v.to(device) if torch.is_tensor(v) else v for k, v in blob["state"].items()}
         self.step = blob["step"]
         self.rng.setstate(blob["rng"])
+        self.epoch_order = list(blob.get("epoch_order", []))
         torch.set_rng_state(blob["torch_rng"])
         if blob["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])

@@ -7,7 +7,7 @@ LSM / Uni3R: 8 classes from the nyu40 class of each pixel.
 =====  =========  ===========================================
 index  class      nyu40 ids
 =====  =========  ===========================================
-0      (ignored)  raw id 0 / unknown raw ids / nyu40 id 0
+0      (ignored)  raw id 0
 1      wall       1
 2      floor      2
 3      ceiling    22
@@ -15,7 +15,8 @@ index  class      nyu40 ids
 5      table      7
 6      sofa       6
 7      bed        4
-8      other      every other nyu40 id (1..40)
+8      other      every other nyu40 id, and (as LSM's ``map_func``) every nonzero raw id that is
+                  missing from the tsv or has no nyu40 class
 =====  =========  ===========================================
 
 ScanNet-20 uses the benchmark's 20 nyu40 ids (``classes_SemVoxLabel-nyu40id.txt``) as classes
@@ -96,8 +97,11 @@ class LabelMap:
         return np.where(inside, self.raw_to_nyu40[np.clip(raw, 0, len(self.raw_to_nyu40) - 1)], 0).astype(np.uint8)
 
     def eval8(self, raw: np.ndarray) -> np.ndarray:
-        """Raw id image -> 8-class evaluation labels (0 ignored)."""
-        return NYU40_TO_EVAL[self.nyu40(raw)]
+        """Raw id image -> 8-class evaluation labels: raw 0 -> 0 (ignored); any other raw id that is
+        not one of the 7 named classes -> other (8), including ids missing from the tsv (LSM)."""
+        raw = np.asarray(raw)
+        out = NYU40_TO_EVAL[self.nyu40(raw)]
+        return np.where((raw != 0) & (out == 0), OTHER, out).astype(np.uint8)
 
     def scannet20(self, raw: np.ndarray) -> np.ndarray:
         """Raw id image -> ScanNet-20 labels (0 ignored)."""

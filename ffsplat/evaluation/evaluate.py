@@ -6,8 +6,12 @@ Metrics, as LSM / Uni3R / SemanticSplat report them:
   language teacher's space, classify each pixel by cosine against the class embeddings (CLIP text
   of the class names, or the stand-in teacher's table); mIoU / accuracy accumulated over the whole
   dataset, label 0 ignored (``miou_per_image`` is the per-image average some scorers use);
-* novel views: PSNR, SSIM (and LPIPS when local VGG weights are given);
+* novel views: PSNR, SSIM of a named variant (``skimage``: MVSplat / SemanticSplat, the default;
+  ``torchmetrics``: LSM), and LPIPS when local VGG weights are given (checked against torchvision's
+  VGG16 hash, a wrong file is refused);
 * depth: AbsRel and delta < 1.25 of the rendered expected depth against sensor depth;
+* time: ``reconstruction_s`` (the model's forward pass, per example) and ``evaluation_s`` (rendering
+  and scoring, per example) separately, ``peak_gpu_mb`` on CUDA;
 * promptable segmentation: a grid of point prompts per target view, the prompt decoder (SAM's, or
   the stand-in) on the *rendered* segmentation embeddings, best IoU of the three masks against the
   ground-truth instance under the point.
@@ -27,8 +31,16 @@ import torch
 from torch import Tensor
 
 from ffsplat.data.labels import EVAL_CLASSES
-from ffsplat.objectives.losses import make_lpips
-from ffsplat.objectives.metrics import PromptableMeter, SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.objectives.metrics import (
+    PromptableMeter,
+    VGG16_SHA256_PREFIX,
+    SegmentationMeter,
+    checked_lpips,
+    classify_by_embeddings,
+    depth_metrics,
+    image_ssim,
+    psnr,
+)
 from ffsplat.model.network import LANG, SEG
 from ffsplat.objectives.prompting import grid_prompt_points
 from ffsplat.render.renderer import render
@@ -43,7 +55,12 @@ class EvalConfig:
         prompt_grid: point prompts per side for promptable segmentation (paper: 32).
         source_views: also score segmentation at the context (source) views.
         max_examples: stop after this many examples (None: all).
-        lpips_vgg_path: local torchvision VGG16 weights for LPIPS; None skips LPIPS.
+        lpips_vgg_path: local torchvision VGG16 weights (``vgg16-397923af.pth``, hash-checked) for
+            LPIPS; None skips LPIPS.
+        lpips_sha256_prefix: expected start of the VGG file's SHA-256 (torchvision's ``397923af``);
+            a file that does not match is refused.
+        ssim_variant: ``skimage`` (MVSplat / SemanticSplat) or ``torchmetrics`` (LSM), see
+            :data:`ffsplat.objectives.metrics.SSIM_VARIANTS`.
         progress: print one flushed line per example to stderr (works in a terminal and in a log).
     """
 
@@ -51,6 +68,8 @@ class EvalConfig:
     source_views: bool = True
     max_examples: int | None = None
     lpips_vgg_path: str | None = None
+    ssim_variant: str = "skimage"
+    lpips_sha256_prefix: str = VGG16_SHA256_PREFIX
     progress: bool = False
 
 
@@ -112,15 +131,23 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
     cfg = cfg or EvalConfig()
     scores = _Scores()
     model, device = predictor.model, predictor.class_embeddings.device
-    lpips = make_lpips(cfg.lpips_vgg_path).to(device) if cfg.lpips_vgg_path else None
+    lpips = checked_lpips(cfg.lpips_vgg_path, cfg.lpips_sha256_prefix).to(device) if cfg.lpips_vgg_path else None
     conditioned = predictor.conditioned
-    start, count = time.perf_counter(), 0
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    start, count, forward = time.perf_counter(), 0, 0.0
     for example in examples:
         if cfg.max_examples is not None and count >= cfg.max_examples:
             break
         count += 1
         example = example.to(device)
+        sync()
+        t0 = time.perf_counter()
         out = predictor(example.context, predictor.teacher_maps(example.context) if conditioned else None)
+        sync()
+        forward += time.perf_counter() - t0
         sets = [("target", example.target)] + ([("source", example.context)] if cfg.source_views else [])
         for kind, views in sets:
             rendered = render(out.gaussians, views.cameras, features=[SEG, LANG])
@@ -133,7 +160,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
                 continue
             rgb, gt = rendered.rgb.clamp(0, 1).flatten(0, 1), views.images.flatten(0, 1)
             scores.add("psnr", psnr(rgb, gt).mean())
-            scores.add("ssim", ssim(rgb, gt).mean())
+            scores.add("ssim", image_ssim(rgb, gt, cfg.ssim_variant).mean())
             if lpips is not None:
                 scores.add("lpips", lpips(rgb, gt).mean())
             if views.depths is not None:
@@ -144,8 +171,15 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
                 _promptable(scores, predictor.prompt_decoder, decoded["sam"].flatten(0, 1), views.instances.flatten(0, 1), cfg.prompt_grid)
         report_progress(cfg, "model", count, example, start)
     result = scores.result()
+    sync()
+    total = time.perf_counter() - start
     result["examples"] = count
-    result["seconds"] = time.perf_counter() - start
+    result["seconds"] = total
+    result["reconstruction_s"] = forward / max(count, 1)
+    result["evaluation_s"] = (total - forward) / max(count, 1)
+    result["ssim_variant"] = cfg.ssim_variant
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
 
 

@@ -15,6 +15,7 @@ Per-image metrics return one value per image (leading dims ``...``); averaging i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -103,6 +104,58 @@ def ssim(
     return s.mean((-3, -2, -1)).reshape(lead)
 
 
+SSIM_VARIANTS: dict[str, dict] = {
+    "skimage": {"sample_covariance": True, "padding": "valid"},
+    "torchmetrics": {"sample_covariance": False, "padding": "reflect"},
+}
+"""Named SSIM variants of :func:`ssim`: ``skimage`` is MVSplat's / SemanticSplat's ``compute_ssim``
+(``skimage.metrics.structural_similarity(..., gaussian_weights=True)``: sample covariance, border
+cropped); ``torchmetrics`` is LSM's / Uni3R's ``structural_similarity_index_measure`` (population
+covariance, reflect-padded border averaged). Reports name the variant they use."""
+
+
+def image_ssim(pred: Tensor, target: Tensor, variant: str = "skimage") -> Tensor:
+    """:func:`ssim` with the settings of a named :data:`SSIM_VARIANTS` entry (``[..., C, H, W]`` -> ``[...]``)."""
+    if variant not in SSIM_VARIANTS:
+        raise ValueError(f"unknown SSIM variant {variant!r}; choose one of {sorted(SSIM_VARIANTS)}")
+    return ssim(pred, target, **SSIM_VARIANTS[variant])
+
+
+VGG16_SHA256_PREFIX = "397923af"
+"""torchvision's VGG16 ImageNet weights ``vgg16-397923af.pth``: the file name carries the first 8 hex
+digits of the file's SHA-256 (torchvision's ``check_hash`` convention)."""
+
+
+def check_lpips_weights(path: str | Path, sha256_prefix: str = VGG16_SHA256_PREFIX) -> Path:
+    """Refuse a VGG16 file that is not torchvision's ImageNet ``vgg16-397923af.pth``.
+
+    LPIPS numbers are only comparable with the papers' when the trunk is exactly that file, so a
+    different (fine-tuned, truncated, other-version) file raises ValueError naming it and the
+    expected and actual SHA-256 instead of silently giving other distances.
+    """
+    import hashlib
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"LPIPS VGG16 weights not found at {path}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if not actual.startswith(sha256_prefix):
+        raise ValueError(
+            f"{path}: not torchvision's VGG16 ImageNet weights (SHA-256 {actual[:16]}..., expected {sha256_prefix}...); "
+            "LPIPS would not be comparable"
+        )
+    return path
+
+
+def checked_lpips(path: str | Path, sha256_prefix: str = VGG16_SHA256_PREFIX) -> LPIPSLoss:
+    """:class:`LPIPSLoss` after :func:`check_lpips_weights` (the evaluation's LPIPS)."""
+    return LPIPSLoss(check_lpips_weights(path, sha256_prefix))
+
+
 def lpips_distance(pred: Tensor, target: Tensor, lpips: LPIPSLoss | None) -> Tensor | None:
     """LPIPS-VGG per image (``[..., 3, H, W]`` in ``[0, 1]`` -> ``[...]``), or ``None`` without weights."""
     if lpips is None:
@@ -116,30 +169,36 @@ def depth_metrics(pred: Tensor, gt: Tensor, valid: Tensor | None = None) -> dict
     """Depth errors over valid pixels (``gt > 0``, finite, and ``valid`` if given), pooled.
 
     ``abs_rel = mean(|d - d*| / d*)``, ``delta_1.25 = mean(max(d / d*, d* / d) < 1.25)``,
-    ``rmse = sqrt(mean((d - d*)^2))``, no scale alignment. Predictions ``<= 0`` count as failures
-    for ``delta_1.25``. Pass one image to get per-image values.
+    ``rmse = sqrt(mean((d - d*)^2))``, no scale alignment. A prediction that is not a positive
+    finite depth (NaN, inf, ``<= 0``) at a valid pixel is a *failure*, never dropped: it fails
+    ``delta_1.25`` and counts as ``d = 0`` in ``abs_rel`` (error 1) and ``rmse`` (error ``d*``), so a
+    method cannot improve its score by returning NaN where it is unsure. ``invalid_pred`` is the
+    fraction of valid pixels with such a prediction. Pass one image to get per-image values.
 
     Args:
         pred, gt: ``[...]`` z-depth in metres (same shape).
         valid: optional ``[...]`` bool mask.
 
     Returns:
-        ``{"abs_rel", "delta_1.25", "rmse"}`` scalars (NaN when no pixel is valid).
+        ``{"abs_rel", "delta_1.25", "rmse", "invalid_pred"}`` scalars (NaN when no pixel is valid).
     """
     pred, gt = pred.float(), gt.float()
-    mask = (gt > 0) & torch.isfinite(gt) & torch.isfinite(pred)
+    mask = (gt > 0) & torch.isfinite(gt)
     if valid is not None:
         mask &= valid.bool()
     d, t = pred[mask], gt[mask]
     if d.numel() == 0:
         nan = pred.new_tensor(float("nan"))
-        return {"abs_rel": nan, "delta_1.25": nan, "rmse": nan}
+        return {"abs_rel": nan, "delta_1.25": nan, "rmse": nan, "invalid_pred": nan}
+    bad = ~(torch.isfinite(d) & (d > 0))
+    d = torch.where(bad, torch.zeros_like(d), d)
     ratio = torch.maximum(d / t, t / d.clamp_min(1e-12))
-    ratio = torch.where(d > 0, ratio, torch.full_like(ratio, float("inf")))
+    ratio = torch.where(bad, torch.full_like(ratio, float("inf")), ratio)
     return {
         "abs_rel": ((d - t).abs() / t).mean(),
         "delta_1.25": (ratio < 1.25).float().mean(),
         "rmse": (d - t).square().mean().sqrt(),
+        "invalid_pred": bad.float().mean(),
     }
 
 
@@ -377,3 +436,48 @@ def instance_matching_miou(
         "num_pred": p,
         "num_matched": len(matched),
     }
+
+
+def gaga_instance_miou(pred_ids: Tensor, gt_ids: Tensor, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Class-agnostic instance mIoU with Gaga's evaluation protocol (Gaga ``eval.py``).
+
+    * Every distinct ground-truth value is an instance, 0 included (Gaga reads the label images as
+      they are: unlabelled pixels form one more instance to be matched); every distinct predicted
+      value is a segment.
+    * IoU of a (instance, segment) pair: per view, over the whole image, averaged over the views
+      where the instance is present (not pooled over views).
+    * Hungarian matching (maximising total IoU) on an ``[G, max(G, P)]`` matrix zero-padded with
+      dummy segments, so an instance left without a segment is scored 0.
+    * ``miou``: mean matched IoU over **all** ground-truth instances; ``precision`` / ``recall``:
+      matches with IoU **strictly greater** than ``iou_threshold`` over segments / instances.
+
+    Args:
+        pred_ids, gt_ids: ``[V, H, W]`` (or ``[H, W]``) integer id maps of the same views.
+
+    Returns:
+        ``{"miou", "precision", "recall", "num_gt", "num_pred"}`` (NaN ratios when undefined).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if pred_ids.shape != gt_ids.shape:
+        raise ValueError(f"shapes differ: {tuple(pred_ids.shape)} vs {tuple(gt_ids.shape)}")
+    pred = pred_ids.long().reshape(-1, pred_ids.shape[-2] * pred_ids.shape[-1]).cpu()
+    gt = gt_ids.long().reshape(-1, gt_ids.shape[-2] * gt_ids.shape[-1]).cpu()
+    gt_u, gt_inv = torch.unique(gt, return_inverse=True)
+    pr_u, pr_inv = torch.unique(pred, return_inverse=True)
+    g, p, v = len(gt_u), len(pr_u), len(gt)
+    if g == 0:
+        return {"miou": math.nan, "precision": math.nan, "recall": math.nan, "num_gt": 0, "num_pred": p}
+    view = torch.arange(v)[:, None].expand_as(gt)
+    inter = torch.bincount(((view * g + gt_inv) * p + pr_inv).flatten(), minlength=v * g * p).reshape(v, g, p).double()
+    gt_area, pr_area = inter.sum(2), inter.sum(1)  # [V, G], [V, P]
+    union = gt_area[:, :, None] + pr_area[:, None, :] - inter
+    present = gt_area > 0  # [V, G]
+    per_view = torch.where(present[:, :, None], inter / union.clamp_min(1), 0.0)
+    iou = per_view.sum(0) / present.sum(0).clamp_min(1)[:, None]  # [G, P]
+    matrix = torch.zeros(g, max(g, p), dtype=torch.float64)
+    matrix[:, :p] = iou
+    rows, cols = linear_sum_assignment(matrix.numpy(), maximize=True)
+    paired = matrix[torch.as_tensor(rows), torch.as_tensor(cols)]
+    hits = int((paired > iou_threshold).sum())
+    return {"miou": float(paired.mean()), "precision": hits / p, "recall": hits / g, "num_gt": g, "num_pred": p}
