@@ -61,7 +61,7 @@ def test_resume_restores_the_exact_state_and_continues(tmp_path):
     torch.manual_seed(0)
     killed = SceneTrainer(config(iterations=120, checkpoint_every=60), data, SceneMethod())
     while killed.step < 60:  # the same run, killed right after its step-60 checkpoint
-        killed.train_step(killed.rng.randrange(3))
+        killed.train_step(killed.next_view())
     killed.save(tmp_path / "b.ckpt")
     torch.manual_seed(123)  # a fresh process: unrelated RNG state until the checkpoint restores it
     resumed = SceneTrainer(config(iterations=120, checkpoint_every=60), data, SceneMethod())

@@ -1,5 +1,6 @@
 """The network learns: overfitting the small model to one synthetic room with the photometric loss
-through render() at least halves target-view depth AbsRel and photometric error (CPU, < 1 min)."""
+through render() at least halves target-view depth AbsRel and photometric error (CPU, ~1.5 min; 300
+steps since the scale law covers pixel footprints from the start, which lowers the untrained error)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_overfitting_one_scene_halves_depth_and_photometric_error():
     examples = scene_examples()
     absrel_0, photo_0 = target_errors(model, examples)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for step in range(200):
+    for step in range(300):
         context, target = examples[step % len(examples)]
         rendered = render(model(context).gaussians, target.cameras)
         loss = (rendered.rgb - target.images).abs().mean()

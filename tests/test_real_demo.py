@@ -90,6 +90,6 @@ def test_make_shards_rejects_a_bad_frame_range(tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     from data_prep.make_shards import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--scene", str(tmp_path), "--out", str(tmp_path / "out"), "--frame-range", "10", "5"])
-    assert exc.value.code == 2 and "error: --frame-range" in capsys.readouterr().err
+    code = main(["--scene", str(tmp_path), "--out", str(tmp_path / "out"), "--frame-range", "10", "5"])
+    assert code == 2 and "error: --frame-range" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@
     import ffsplat
 
     model = ffsplat.load()                                   # the demo checkpoint, or a model.pt path
-    scene = model.predict(["a.png", "b.png"], cameras="cams.json")   # cameras=None: 2-view pose estimate
+    scene = model.predict(["a.png", "b.png"], cameras="cams.json")   # cameras=None: registered with COLMAP
     scene.save_ply("scene.ply")                              # 3DGS PLY + seg_*/lang_* + class_id/class_conf
     out = scene.render()                                     # at the input views, or given Cameras / JSON
     chairs = scene.query("chair")                            # per-Gaussian mask and relevance
@@ -77,15 +77,20 @@ def read_image(image: ImageLike) -> np.ndarray:
     return array
 
 
-def estimate_cameras(images: Sequence[np.ndarray], hfov_deg: float = 60.0, baseline: float = 0.3) -> tuple[list[np.ndarray], np.ndarray]:
-    """Pose-free input: intrinsics from a field of view and the relative pose of exactly two views
-    (``ffsplat.inference.pose``), translation scaled to ``baseline`` metres. Returns ``(Ks, c2w [2, 4, 4])``."""
-    from ffsplat.inference.pose import default_intrinsics, estimate_relative_pose
+def estimate_cameras(
+    images: Sequence[np.ndarray], hfov_deg: float = 60.0, baseline: float = 0.3, intrinsics: Sequence[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pose-free input: 2 or more views registered with COLMAP (:func:`ffsplat.inference.pose.register_views`),
+    with the given pixel ``intrinsics`` or ones from a horizontal field of view; the first two cameras
+    are put ``baseline`` metres apart (a reconstruction from photos has no absolute scale).
+    Returns ``(Ks, c2w [V, 4, 4])``; raises ``PoseEstimationError`` naming views that do not register."""
+    from ffsplat.inference.pose import default_intrinsics, register_views
 
-    if len(images) != 2:
-        raise ValueError(f"cameras=None estimates the pose of exactly 2 views; give cameras for {len(images)} views")
-    ks = [default_intrinsics(*im.shape[:2], hfov_deg) for im in images]
-    return ks, estimate_relative_pose(images[0], images[1], ks[0], ks[1], baseline=baseline).c2w
+    if len(images) < 2:
+        raise ValueError(f"cameras=None registers 2 or more views; got {len(images)}")
+    ks = list(intrinsics) if intrinsics is not None else [default_intrinsics(*im.shape[:2], hfov_deg) for im in images]
+    registration = register_views(list(images), ks, baseline=baseline)
+    return list(registration.k), registration.c2w
 
 
 def _camera_arrays(cameras, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, float | None, float | None]:
@@ -134,7 +139,7 @@ class Model:
         Args:
             images: ``V >= 2`` images (paths or ``[H, W, 3]`` uint8 arrays).
             cameras: cameras JSON path, ``CameraFile``, ``(Ks [V, 3, 3], c2w [V, 4, 4])``, or None
-                (two views: relative pose estimated, intrinsics from ``hfov_deg``, ``baseline`` metres).
+                (COLMAP registration of 2+ views, intrinsics from ``hfov_deg``, the first two cameras ``baseline`` metres apart).
             near, far: scene depth range in metres (default: the cameras JSON's, else 0.5 and 10).
             size: square working size, a multiple of 4 (default: the model's training size, else 256).
         """

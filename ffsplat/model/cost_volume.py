@@ -100,7 +100,7 @@ def correlation_cost_volume(
             distance); 0 or >= V-1 matches against all V-1 others.
         depth_chunk: candidates warped at once (see :func:`plane_sweep_correlation`).
     Returns:
-        ``[B, V, D, h, w]`` float32: ``mean_j (f_i . f_{j->i}(d)) / sqrt(C)``; 0 where no matched view
+        ``[B, V, D, h, w]`` float32 (float64 for float64 inputs): ``mean_j (f_i . f_{j->i}(d)) / sqrt(C)``; 0 where no matched view
         sees the sample (behind that camera or outside its image).
 
     Precision: poses, the plane-sweep grid, the warp and the correlation run in float32 with
@@ -108,7 +108,9 @@ def correlation_cost_volume(
     bf16 rounding.
     """
     with float32_geometry(features.device):
-        return _cost_volume(features.float(), intrinsics.float(), extrinsics.float(), depths.float(), num_neighbors, depth_chunk)
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32  # never below float32
+        cast = lambda t: t.to(dtype)  # noqa: E731
+        return _cost_volume(cast(features), cast(intrinsics), cast(extrinsics), cast(depths), num_neighbors, depth_chunk)
 
 
 def _cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor, num_neighbors: int, depth_chunk: int) -> Tensor:
