@@ -13,7 +13,7 @@ from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.core.types import Views
 from ffsplat.model.network import ModelConfig, build_model
 from ffsplat.render import render
-from ffsplat.synthetic import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 
 SIZE = 32
 

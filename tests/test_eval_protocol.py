@@ -37,7 +37,7 @@ from ffsplat.objectives.metrics import (
     ssim,
 )
 from ffsplat.objectives.prompting import SimilarityPromptDecoder
-from ffsplat.synthetic import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 
 
 # --------------------------------------------------------------------------- Gaga's instance mIoU

@@ -19,7 +19,7 @@ from ffsplat.baselines.fhgs import (
 from ffsplat.baselines.trainer import SceneConfig, SceneTrainer
 from ffsplat.core.types import Views
 from ffsplat.render.renderer import RasterSettings
-from ffsplat.synthetic import synthetic_views
+from tests.synthetic_fixtures import synthetic_views
 
 S = 24
 
