@@ -56,7 +56,9 @@ def test_predict_scene_methods(model, tmp_path):
     agreement = (at_inputs["classes"].reshape(-1) == scene.class_id).float().mean()
     assert agreement > 0.9, agreement
     novel = scene.render(DEMO / "novel_cameras.json")
-    assert novel["rgb"].shape[1:] == (3, size, size) and float(novel["rgb"].min()) >= 0 and float(novel["rgb"].max()) <= 1
+    assert (
+        novel["rgb"].shape[1:] == (3, size, size) and float(novel["rgb"].min()) >= 0 and float(novel["rgb"].max()) <= 1
+    )
 
     for name in ("chair", "wall"):
         hit = scene.query(name)
@@ -72,7 +74,9 @@ def test_predict_from_arrays_and_pose_free(model):
     images = [np.asarray(Image.open(DEMO / f"view_{i}.png").convert("RGB")) for i in range(2)]
     scene = model.predict(images)  # cameras=None: the two-view relative pose path
     c2w = scene.cameras.extrinsics[0]
-    assert torch.allclose(c2w[0], torch.eye(4)) and float(torch.linalg.norm(c2w[1, :3, 3])) == pytest.approx(0.3, abs=1e-4)
+    assert torch.allclose(c2w[0], torch.eye(4)) and float(torch.linalg.norm(c2w[1, :3, 3])) == pytest.approx(
+        0.3, abs=1e-4
+    )
     with pytest.raises(ValueError, match="exactly 2 views"):
         model.predict(images * 2)
     with pytest.raises(ValueError, match=r"expected \[H, W, 3\] uint8"):

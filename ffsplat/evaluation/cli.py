@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 
-
 def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
     """One PNG row of panels (``ffsplat.evaluation.figures.example_panels``) for each of the first ``count`` examples."""
     from PIL import Image
@@ -39,7 +38,9 @@ def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
         if i >= count:
             break
         panels = example_panels(predictor, example.to(predictor.device))
-        row = figure_row(panels, predictor.class_names, scale=max(1, 128 // panels["target"].shape[-1]))  # titles + class legend
+        row = figure_row(
+            panels, predictor.class_names, scale=max(1, 128 // panels["target"].shape[-1])
+        )  # titles + class legend
         path = folder / f"{i:03d}_{example.scenes[0]}.png"
         with atomic_open(path) as f:
             Image.fromarray(row).save(f, format="PNG")
@@ -58,7 +59,9 @@ def markdown(results: dict[str, dict], reasons: dict[str, str] | None = None) ->
         cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else "-" for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     empty = {c for c in COLUMNS if any(not isinstance(r.get(c), float) for r in results.values())}
-    notes = [f"- `{c}` is empty: {(reasons or {}).get(c, 'not computed for this model')}" for c in COLUMNS if c in empty]
+    notes = [
+        f"- `{c}` is empty: {(reasons or {}).get(c, 'not computed for this model')}" for c in COLUMNS if c in empty
+    ]
     return "\n".join(lines) + "\n" + ("\nEmpty columns:\n" + "\n".join(notes) + "\n" if notes else "")
 
 
@@ -86,13 +89,19 @@ def empty_column_reasons(seen: Observed, args, examples: int) -> dict[str, str]:
         return {c: "no example was evaluated (all skipped, see bad_shard_data)" for c in COLUMNS}
     reasons = {}
     for c in ("target_miou", "target_acc", "source_miou", "source_acc"):
-        reasons[c] = "every labelled pixel is 0 (ignored)" if seen.labels else "the shards hold no semantic labels (label.*.png)"
+        reasons[c] = (
+            "every labelled pixel is 0 (ignored)" if seen.labels else "the shards hold no semantic labels (label.*.png)"
+        )
     if args.no_source_views:
         reasons["source_miou"] = reasons["source_acc"] = "--no-source-views"
     reasons["lpips"] = "no --lpips-vgg weights given (LPIPS needs local VGG16 weights)"
     why_depth = "no valid (non-zero) sensor depth in the target views" if seen.depths else "the shards hold no depth"
     reasons["depth_abs_rel"] = reasons["depth_delta_1.25"] = why_depth
-    why_prompt = "no ground-truth instance under any prompt point" if seen.instances else "the shards hold no instance masks (inst.*.png)"
+    why_prompt = (
+        "no ground-truth instance under any prompt point"
+        if seen.instances
+        else "the shards hold no instance masks (inst.*.png)"
+    )
     reasons["promptable_iou"] = "--prompt-grid 0" if args.prompt_grid == 0 else why_prompt
     reasons["psnr"] = reasons["ssim"] = "not computed for this model (the 2D teacher renders no images)"
     return reasons
@@ -108,7 +117,11 @@ def check_args(args) -> None:
         check_device("--device", args.device)
     check_input_file("--checkpoint", args.checkpoint, "checkpoint")
     check_input_file("--index", args.index, "evaluation index")
-    for option, path in (("--lpips-vgg", args.lpips_vgg), ("--sam-checkpoint", args.sam_checkpoint), ("--lseg-checkpoint", args.lseg_checkpoint)):
+    for option, path in (
+        ("--lpips-vgg", args.lpips_vgg),
+        ("--sam-checkpoint", args.sam_checkpoint),
+        ("--lseg-checkpoint", args.lseg_checkpoint),
+    ):
         if path:
             check_input_file(option, Path(path), "weights file")
     check_output_dir("--out", args.out)
@@ -197,7 +210,9 @@ def run(args) -> int:
     reasons = empty_column_reasons(seen, args, results["model"]["examples"])
     with cleanup_on_error(created_dir=args.out):
         args.out.mkdir(parents=True, exist_ok=True)
-        figures = write_figures(predictor, EvalIndexDataset(args.shards, args.split, index), args.out / "figures", args.figures)
+        figures = write_figures(
+            predictor, EvalIndexDataset(args.shards, args.split, index), args.out / "figures", args.figures
+        )
         report = {"checkpoint": str(args.checkpoint), "shards": str(args.shards), "split": args.split, "index": str(args.index),
                   "settings": vars(cfg), "resolution": resolution, "results": results, "figures": figures,
                   "empty_columns": {c: reasons[c] for c in COLUMNS if not isinstance(results["model"].get(c), float)},

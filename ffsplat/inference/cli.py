@@ -62,7 +62,9 @@ def load_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("RGB", "RGBA", "L"):
-                raise InputError(f"--views: {path} has {len(im.getbands())} channels (mode {im.mode}); expected RGB, RGBA or grayscale")
+                raise InputError(
+                    f"--views: {path} has {len(im.getbands())} channels (mode {im.mode}); expected RGB, RGBA or grayscale"
+                )
             return np.asarray(im.convert("RGB")).copy()
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"--views: cannot read image {path}: {exc}") from exc
@@ -98,18 +100,32 @@ class Progress:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--views", type=Path, nargs="+", required=True, help="2 or more images")
-    p.add_argument("--cameras", type=Path, help="cameras JSON (OpenCV axes, c2w, pixel intrinsics; c2w may be omitted), "
-                   "a COLMAP sparse model folder, a nerfstudio transforms.json or a ScanNet scene folder")
+    p.add_argument(
+        "--cameras",
+        type=Path,
+        help="cameras JSON (OpenCV axes, c2w, pixel intrinsics; c2w may be omitted), "
+        "a COLMAP sparse model folder, a nerfstudio transforms.json or a ScanNet scene folder",
+    )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="a model.pt from training")
     p.add_argument("--out", type=Path, default=Path("outputs/scene.ply"))
-    p.add_argument("--size", type=int, default=None, help="square working size (default: the size the model was trained at)")
+    p.add_argument(
+        "--size", type=int, default=None, help="square working size (default: the size the model was trained at)"
+    )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for every view (no poses needed)")
-    p.add_argument("--focal", type=float, help="focal length in pixels of the input images, principal point at the centre")
+    p.add_argument(
+        "--focal", type=float, help="focal length in pixels of the input images, principal point at the centre"
+    )
     p.add_argument("--fov", type=float, help="horizontal field of view (degrees) for photos without EXIF focal length")
     p.add_argument("--baseline", type=float, default=0.3, help="metres between the first two registered cameras")
-    p.add_argument("--refine-intrinsics", action="store_true", help="refine focal lengths in COLMAP's bundle adjustment (3+ views)")
-    p.add_argument("--save-depth", action="store_true", help="write each input view's predicted depth (16-bit mm PNG + float metres .npy)")
+    p.add_argument(
+        "--refine-intrinsics", action="store_true", help="refine focal lengths in COLMAP's bundle adjustment (3+ views)"
+    )
+    p.add_argument(
+        "--save-depth",
+        action="store_true",
+        help="write each input view's predicted depth (16-bit mm PNG + float metres .npy)",
+    )
     p.add_argument("--near", type=float, help="nearest scene depth in metres (default: cameras JSON or 0.5)")
     p.add_argument("--far", type=float, help="farthest scene depth in metres (default: cameras JSON or 10)")
     p.add_argument("--render", action="store_true", help="write RGB/depth/class PNGs at the input views")
@@ -159,7 +175,9 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
     check_output(args.out)
     try:
-        predictor = Predictor(args.checkpoint, args.device, teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint))
+        predictor = Predictor(
+            args.checkpoint, args.device, teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint)
+        )
     except (CheckpointError, FileNotFoundError, KeyError) as exc:
         raise InputError(f"--checkpoint: {exc}") from exc
     if predictor.needs_labels:
@@ -167,7 +185,10 @@ def run(args: argparse.Namespace) -> None:
             f"--checkpoint: {args.checkpoint} is conditioned on label-derived stand-in teachers, which need ground-truth "
             "labels; it can be evaluated on labelled shards (evaluate.py) but not run on new photos"
         )
-    progress("load", f"loaded {args.checkpoint} (trained on {predictor.meta.get('trained_on', '?')}, stage {predictor.meta.get('stage', '?')})")
+    progress(
+        "load",
+        f"loaded {args.checkpoint} (trained on {predictor.meta.get('trained_on', '?')}, stage {predictor.meta.get('stage', '?')})",
+    )
 
     images = [load_image(p) for p in args.views]
     size = _first(args.size, predictor.meta.get("image_size"), 256)
@@ -220,9 +241,17 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
     write_ply(args.out, g0, extra={"class_id": class_id.reshape(-1).cpu().numpy().astype(np.int32),
                                    "class_conf": class_conf.reshape(-1).cpu().numpy().astype(np.float32)})  # fmt: skip
     summary = {
-        "ply": str(args.out), "gaussians": g0.num_gaussians, "class_names": ["unlabelled"] + predictor.class_names,
-        "cameras": {"how": how, "K": context.cameras.intrinsics[0].tolist(), "c2w": context.cameras.extrinsics[0].tolist(),
-                    "size": size, "near": near, "far": far},  # fmt: skip
+        "ply": str(args.out),
+        "gaussians": g0.num_gaussians,
+        "class_names": ["unlabelled"] + predictor.class_names,
+        "cameras": {
+            "how": how,
+            "K": context.cameras.intrinsics[0].tolist(),
+            "c2w": context.cameras.extrinsics[0].tolist(),
+            "size": size,
+            "near": near,
+            "far": far,
+        },  # fmt: skip
     }
     if registration is not None:
         summary["cameras"]["registration"] = registration.report.to_dict()
@@ -244,7 +273,10 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
         summary["queries"] = write_queries(queries, predictor, g0, lang, stem, written)
         matched = sum(1 for r in summary["queries"].values() if r["gaussians"])
         progress("query", f"{matched} of {len(queries)} quer{'y' if len(queries) == 1 else 'ies'} matched Gaussians")
-    summary["seconds"] = {**{k: round(v, 3) for k, v in progress.times.items()}, "total": round(time.perf_counter() - progress.start, 3)}
+    summary["seconds"] = {
+        **{k: round(v, 3) for k, v in progress.times.items()},
+        "total": round(time.perf_counter() - progress.start, 3),
+    }
     written.append(Path(f"{stem}.json"))
     with atomic_open(Path(f"{stem}.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -285,7 +317,10 @@ def view_intrinsics(args, images) -> tuple[list[np.ndarray], list[str]]:
         elif args.fov is not None:
             k, source = default_intrinsics(h, w, args.fov), f"--fov {args.fov:g} deg"
         else:
-            k, source = default_intrinsics(h, w, 60.0), "assumed 60 deg field of view (no EXIF focal length; give --focal or --intrinsics)"
+            k, source = (
+                default_intrinsics(h, w, 60.0),
+                "assumed 60 deg field of view (no EXIF focal length; give --focal or --intrinsics)",
+            )
         ks.append(k)
         sources.append(source)
     return ks, sources
@@ -302,10 +337,14 @@ def resolve_cameras(args, images):
             raise InputError("--intrinsics/--focal/--fov cannot be combined with --cameras (its intrinsics are used)")
         cams, fmt = load_cameras(args.cameras, [p.name for p in args.views], [im.shape[:2] for im in images])
         if len(cams.views) != len(images):
-            raise InputError(f"--cameras: {args.cameras} has {len(cams.views)} views but {len(images)} images were given")
+            raise InputError(
+                f"--cameras: {args.cameras} has {len(cams.views)} views but {len(images)} images were given"
+            )
         for i, (view, image, path) in enumerate(zip(cams.views, images, args.views)):
             if (view.height, view.width) != image.shape[:2]:
-                raise InputError(f"--cameras: views[{i}] is {view.width}x{view.height} but {path} is {image.shape[1]}x{image.shape[0]}")
+                raise InputError(
+                    f"--cameras: views[{i}] is {view.width}x{view.height} but {path} is {image.shape[1]}x{image.shape[0]}"
+                )
             if view.image and Path(view.image).name != path.name:
                 raise InputError(f"--cameras: views[{i}] names {view.image} but the image given is {path.name}")
         near, far = near or cams.near, far or cams.far
@@ -330,7 +369,9 @@ def resolve_cameras(args, images):
         raise InputError(f"--refine-intrinsics: {exc}" if args.refine_intrinsics else str(exc)) from exc
     if intrinsics_from is None:
         unique = sorted(set(sources), key=sources.index)
-        intrinsics_from = "intrinsics from " + ("; ".join(f"{p.name}: {s}" for p, s in zip(args.views, sources)) if len(unique) > 1 else unique[0])
+        intrinsics_from = "intrinsics from " + (
+            "; ".join(f"{p.name}: {s}" for p, s in zip(args.views, sources)) if len(unique) > 1 else unique[0]
+        )
     how = f"{reg.report.summary()}; {intrinsics_from}" + ("; focal lengths refined" if args.refine_intrinsics else "")
     return list(reg.k), reg.c2w, near or 0.5, far or 10.0, how, reg
 
@@ -375,7 +416,11 @@ def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
         raise InputError(f"--size must be a multiple of 4, got {size}")
     crops, kk = zip(*(resize_and_center_crop(im, k, (size, size)) for im, k in zip(images, ks)))
     tensor = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)[None]
-    cams = Cameras(torch.tensor(np.stack(kk), dtype=torch.float32)[None], torch.tensor(c2ws, dtype=torch.float32)[None], (size, size))
+    cams = Cameras(
+        torch.tensor(np.stack(kk), dtype=torch.float32)[None],
+        torch.tensor(c2ws, dtype=torch.float32)[None],
+        (size, size),
+    )
     try:
         cams.validate("cameras")
     except ValueError as exc:
@@ -428,7 +473,11 @@ def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for v in range(r.rgb.shape[1]):
-        for name, image in (("rgb", r.rgb[0, v]), ("depth", colorize_depth(r.depth[0, v])), ("classes", colorize_labels(ids[v]))):
+        for name, image in (
+            ("rgb", r.rgb[0, v]),
+            ("depth", colorize_depth(r.depth[0, v])),
+            ("classes", colorize_labels(ids[v])),
+        ):
             path = folder / f"view_{v}_{name}.png"
             with atomic_open(path) as f:
                 Image.fromarray(to_uint8(image).numpy()).save(f, format="PNG")
@@ -446,7 +495,9 @@ def check_distinct_poses(c2ws: np.ndarray, where: str, min_baseline: float = 1e-
     centres = np.asarray(c2ws)[:, :3, 3]
     spread = np.linalg.norm(centres[:, None] - centres[None], axis=-1).max()
     if spread < min_baseline:
-        raise InputError(f"{where}: all views have the same camera position (zero baseline); the views must be taken from different places")
+        raise InputError(
+            f"{where}: all views have the same camera position (zero baseline); the views must be taken from different places"
+        )
 
 
 def check_image_sizes(images: list[np.ndarray], paths: list[Path], size: int) -> None:
@@ -472,7 +523,9 @@ def query_embeddings(args, predictor) -> dict:
         else:
             unknown.append(query)
     if unknown and not args.clip_path:
-        raise InputError(f"--query {unknown[0]!r}: this model knows the classes {names}; other words need --clip-path (a local CLIP text model)")
+        raise InputError(
+            f"--query {unknown[0]!r}: this model knows the classes {names}; other words need --clip-path (a local CLIP text model)"
+        )
     if unknown:
         from ffsplat.teachers.clip_text import ClipTextEncoder
 
@@ -482,7 +535,9 @@ def query_embeddings(args, predictor) -> dict:
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"--clip-path: cannot load a CLIP text model from {args.clip_path}: {exc}") from exc
         if encoded.shape[-1] != predictor.class_embeddings.shape[-1]:
-            raise InputError(f"--clip-path: {args.clip_path} gives {encoded.shape[-1]}-d text embeddings, the model's language field is {predictor.class_embeddings.shape[-1]}-d")
+            raise InputError(
+                f"--clip-path: {args.clip_path} gives {encoded.shape[-1]}-d text embeddings, the model's language field is {predictor.class_embeddings.shape[-1]}-d"
+            )
         for query, emb in zip(unknown, encoded):
             queries[query] = emb.to(predictor.device)
     return queries
@@ -510,7 +565,10 @@ def write_queries(queries: dict, predictor, gaussians, lang, stem: Path, written
         keep = match.reshape(-1).cpu()
         count = int(keep.sum())
         if count == 0:
-            print(f"query {query!r}: no Gaussian matched (its best label is never {query!r}); nothing written for it", flush=True)
+            print(
+                f"query {query!r}: no Gaussian matched (its best label is never {query!r}); nothing written for it",
+                flush=True,
+            )
             results[query] = {"relevance_maps": [], "ply": None, "gaussians": 0}
             continue
         relevance = cos.softmax(dim=1)[:, q_index]

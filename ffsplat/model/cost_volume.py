@@ -108,10 +108,14 @@ def correlation_cost_volume(
     bf16 rounding.
     """
     with float32_geometry(features.device):
-        return _cost_volume(features.float(), intrinsics.float(), extrinsics.float(), depths.float(), num_neighbors, depth_chunk)
+        return _cost_volume(
+            features.float(), intrinsics.float(), extrinsics.float(), depths.float(), num_neighbors, depth_chunk
+        )
 
 
-def _cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor, num_neighbors: int, depth_chunk: int) -> Tensor:
+def _cost_volume(
+    features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor, num_neighbors: int, depth_chunk: int
+) -> Tensor:
     b, v, c, h, w = features.shape
     d = depths.shape[-1]
     if num_neighbors < 0:
