@@ -1,9 +1,8 @@
 """Build hook: a wheel carries what the console scripts need beyond the ``ffsplat`` package.
 
-``pip install .`` (not editable) copies into the built package
-``ffsplat/_scripts/{infer,evaluate,train}.py`` (the entry points behind ``ffsplat-infer``,
-``ffsplat-eval``, ``ffsplat-train``; see ``ffsplat/cli.py``), ``ffsplat/_configs/`` (``configs/``)
-and ``ffsplat/_demo/model.pt`` (``checkpoints/demo/model.pt``). ``ffsplat.core.config.resource_path``
+``pip install .`` (not editable) copies into the built package ``ffsplat/_configs/`` (``configs/``)
+and ``ffsplat/_demo/model.pt`` (``checkpoints/demo/model.pt``); the console scripts themselves are
+library code (``ffsplat/cli.py``). ``ffsplat.core.config.resource_path``
 finds them there, and falls back to the checkout for editable installs. Everything else is in
 ``pyproject.toml``.
 """
@@ -15,18 +14,12 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-ENTRY_POINTS = ("infer.py", "evaluate.py", "train.py")
 
 
 class BuildWithResources(build_py):
     def run(self):
         super().run()
         package = Path(self.build_lib) / "ffsplat"
-        scripts = package / "_scripts"
-        scripts.mkdir(parents=True, exist_ok=True)
-        (scripts / "__init__.py").write_text('"""The top-level entry points, bundled by setup.py."""\n')
-        for name in ENTRY_POINTS:
-            shutil.copy2(HERE / name, scripts / name)
         shutil.copytree(HERE / "configs", package / "_configs", dirs_exist_ok=True)
         demo = HERE / "checkpoints" / "demo" / "model.pt"
         if demo.is_file():

@@ -2,72 +2,15 @@
 
     python train.py experiment=synthetic_seg                          # small model, synthetic rooms, CPU
     python train.py model=paper data=scannet teacher=real stage=seg trainer=gpu
-    python train.py model=paper data=scannet teacher=real stage=seg trainer=multigpu trainer.num_nodes=2
-    python train.py ... stage=lang stage.init_from=checkpoints/<stage-1 run>/model.pt
 
-Config groups and every field: configs/train.yaml and ffsplat/training/config.py. Checkpoints go
-to checkpoints/<run_name>/ (last.ckpt resumes automatically, or the newest intact step=N.ckpt when
-last.ckpt is damaged; model.pt is what infer.py loads). A config that cannot work (missing data
-root, split, evaluation index, init/resume checkpoint, out-of-range numbers) ends with one
-``error:`` line and exit code 2 before anything is written; too many non-finite steps in a row end
-with an ``error:`` line and exit code 1, without model.pt, as do shards with no usable sample.
+The command lives in :mod:`ffsplat.training.cli` (also installed as ``ffsplat-train``); the library
+call is :func:`ffsplat.training.module.fit`. Config groups and every field: configs/train.yaml and
+ffsplat/training/config.py.
 """
-
-from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-import ffsplat  # noqa: F401  (installs the torchvision shim before Lightning imports torchvision)
-from ffsplat.core.config import CONFIG_DIR, to_dataclass
-from ffsplat.core.errors import InputError, report
-from ffsplat.training.config import TrainConfig
-
-
-def run(cfg: TrainConfig) -> int:
-    """Check the config, train, and map failures to the error contract; returns the exit code."""
-    from ffsplat.data.shards import TrainingDataError
-    from ffsplat.training.guards import NonFiniteTrainingError, check_train_config
-    from ffsplat.training.module import fit
-
-    try:
-        check_train_config(cfg)
-        fit(cfg)
-    except InputError as exc:
-        return report(exc)
-    except (NonFiniteTrainingError, TrainingDataError) as exc:
-        report(exc)
-        return 1
-    return 0
-
-
-def _remove_hydra_run_dir() -> None:
-    """Bad input writes nothing: drop the run folder Hydra made for this run (its config copy and log)."""
-    import shutil
-
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
-    except ValueError:  # not running under Hydra
-        pass
-
-
-@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")  # bundled configs when installed
-def main(cfg: DictConfig) -> None:
-    try:
-        config = to_dataclass(TrainConfig, cfg)
-    except Exception as exc:  # noqa: BLE001  (wrong types / unknown keys in the user's config)
-        _remove_hydra_run_dir()
-        sys.exit(report(InputError(f"config: {exc}")))
-    code = run(config)
-    if code == 2:
-        _remove_hydra_run_dir()
-    if code:
-        sys.exit(code)
-
+from ffsplat.training.cli import main, run  # noqa: F401  (run: the library call behind main)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -86,7 +86,14 @@ def main() -> None:
     shards, index = make_data(args.work, args.scenes, args.size, args.frames, args.examples, args.label_tsv)
     report["default"] = compare(args, shards, index, args.work / "default", args.methods, [])
     if args.oracle_methods:
-        report["oracle"] = compare(args, shards, index, args.work / "oracle", args.oracle_methods, ["--init", "sensor", "--supervision", "oracle"])
+        report["oracle"] = compare(
+            args,
+            shards,
+            index,
+            args.work / "oracle",
+            args.oracle_methods,
+            ["--init", "sensor", "--supervision", "oracle"],
+        )
     text = json.dumps(report, indent=2, default=str)
     (args.work / "report.json").write_text(text)
     print(text)

@@ -92,7 +92,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     report = {
         "benchmark": "data",
-        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "source": f"hololens-office x {args.scenes} (540x360 RGB-D, 260 frames each)",
         "size": args.size,
         "clip_length": args.clip_length,

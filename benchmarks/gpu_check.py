@@ -138,7 +138,9 @@ def make_shards(root: Path, size: int, frames: int, teacher_size: tuple[int, int
                 (6, "couch", 6), (11, "bed", 4), (26, "box", 29)]  # fmt: skip
         labels.write_text("id\traw_category\tnyu40id\n" + "".join(f"{i}\t{n}\t{k}\n" for i, n, k in rows))
     for i in range(3):
-        write_synthetic_scene(root / "scenes" / f"room{i}", 10 + i, SyntheticConfig(height=size, width=size, frames=frames))
+        write_synthetic_scene(
+            root / "scenes" / f"room{i}", 10 + i, SyntheticConfig(height=size, width=size, frames=frames)
+        )
     cfg = ShardConfig(size=size, clip_length=8, min_clip_length=8, keyframe_translation=0.0,
                       teachers={"label_seg": {}, "label_lang": {}}, teacher_size=teacher_size)  # fmt: skip
     scenes = {"train": [root / "scenes" / "room0", root / "scenes" / "room1"], "val": [root / "scenes" / "room2"]}
@@ -168,14 +170,24 @@ def step_train(dry: bool) -> dict:
     cfg.model = to_dataclass(ModelConfig, group_file("model", "small" if dry else "paper"))
     d = cfg.data
     d.root, d.batch_size, d.num_workers, d.epoch_length, d.val_examples = str(shards), 2, 0 if dry else 4, 10_000, 2
-    d.sampler = ViewSamplerConfig(num_context=2, num_target=1 if dry else 4, min_gap=2, max_gap=6, gap_warmup_steps=steps // 2)
+    d.sampler = ViewSamplerConfig(
+        num_context=2, num_target=1 if dry else 4, min_gap=2, max_gap=6, gap_warmup_steps=steps // 2
+    )
     cfg.stage.name = "seg"
     cfg.optim.max_steps, cfg.optim.warmup_steps = steps, min(20, steps)
     t = cfg.trainer
     t.accelerator, t.precision = ("cpu", "32-true") if dry else ("gpu", "bf16-mixed")
     t.val_every_n_steps, t.log_every_n_steps = 0, 50
-    cfg.logging.wandb_mode, cfg.logging.images_every_n_steps, cfg.logging.save_dir = "disabled", 0, str(work / "outputs")
-    cfg.checkpoint.dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.resume = str(work / "checkpoints"), steps // 2, None
+    cfg.logging.wandb_mode, cfg.logging.images_every_n_steps, cfg.logging.save_dir = (
+        "disabled",
+        0,
+        str(work / "outputs"),
+    )
+    cfg.checkpoint.dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.resume = (
+        str(work / "checkpoints"),
+        steps // 2,
+        None,
+    )
     cfg.loss.num_prompts = 2 if dry else 8
 
     backend = os.environ.get("GPU_CHECK_BACKEND", "gsplat")
@@ -225,7 +237,9 @@ def step_train(dry: bool) -> dict:
         "shard_seconds": round(shard_seconds, 1),
         "fit_seconds": round(end - t1, 1),
         "steps_per_s": round(timed / (end - timer.times[warm]), 3) if warm in timer.times else None,
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
         "first_losses": [round(x, 4) for x in timer.losses[:3]],
         "last_losses": [round(x, 4) for x in timer.losses[-3:]],
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in module.model.parameters()),
@@ -269,7 +283,9 @@ def run_step(name: str, cmd: list[str], timeout: float, out: Path, env: dict, su
 
 
 def pytest_summary(log_text: str) -> str | None:
-    lines = [ln for ln in log_text.splitlines() if " passed" in ln or " failed" in ln or " skipped" in ln or " error" in ln]
+    lines = [
+        ln for ln in log_text.splitlines() if " passed" in ln or " failed" in ln or " skipped" in ln or " error" in ln
+    ]
     return lines[-1].strip("= ") if lines else None
 
 
@@ -296,7 +312,12 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p)
     dry = ["--dry-run"] if args.dry_run else []
     py = sys.executable
-    summary: dict = {"check": "gpu_check", "dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": {}}
+    summary: dict = {
+        "check": "gpu_check",
+        "dry_run": args.dry_run,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "steps": {},
+    }
     scale = args.timeout_scale or (6.0 if args.dry_run else 1.0)
     budget = args.budget * scale
     deadline = time.perf_counter() + budget
@@ -317,7 +338,19 @@ def main() -> None:
     train_env = dict(env, GPU_CHECK_BACKEND="gsplat" if (gsplat_ok or args.dry_run) else "torch")
     run_step("train", [py, me, "--step", "train", *dry], left(200, reserve=30), out, train_env, summary)
     if args.dry_run:
-        model_cmd = [py, "benchmarks/model.py", "--device", "cpu", "--repeats", "1", "--case", "small", "64", "2", "forward"]
+        model_cmd = [
+            py,
+            "benchmarks/model.py",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--case",
+            "small",
+            "64",
+            "2",
+            "forward",
+        ]
         render_cmd = [py, "benchmarks/render.py", "--device", "cpu", "--repeats", "1", "--case", "64", "0", "torch"]
     else:
         model_cmd = [py, "-c", (

@@ -80,7 +80,10 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args.repeats)))
         return
-    results = [run_case_subprocess(__file__, ["--repeats", str(args.repeats), "--case", c]) for c in ("cost_volume", "rotate_sh")]
+    results = [
+        run_case_subprocess(__file__, ["--repeats", str(args.repeats), "--case", c])
+        for c in ("cost_volume", "rotate_sh")
+    ]
     print(json.dumps({"benchmark": "kernels", "machine": machine(), "results": results}, indent=2))
 
 

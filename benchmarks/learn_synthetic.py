@@ -97,7 +97,10 @@ def main() -> None:
     torch.manual_seed(0)
     untrained = SemanticSplatModule(seg_cfg)
     untrained._move_helpers()
-    results = {"untrained": evaluate_model(untrained, examples(), eval_cfg), "teacher_2d": evaluate_teacher(untrained, examples(), eval_cfg)}
+    results = {
+        "untrained": evaluate_model(untrained, examples(), eval_cfg),
+        "teacher_2d": evaluate_teacher(untrained, examples(), eval_cfg),
+    }
 
     start = time.perf_counter()
     seg = fit(seg_cfg)
@@ -115,22 +118,35 @@ def main() -> None:
 
     keys = ["psnr", "depth_abs_rel", "target_miou", "promptable_iou"]
     lower_is_better = {"depth_abs_rel"}
-    beats = {k: (results["trained"][k] < results["untrained"][k]) if k in lower_is_better else (results["trained"][k] > results["untrained"][k]) for k in keys}
+    beats = {
+        k: (results["trained"][k] < results["untrained"][k])
+        if k in lower_is_better
+        else (results["trained"][k] > results["untrained"][k])
+        for k in keys
+    }
     report = {
         "benchmark": "learn_synthetic",
         "machine": machine(),
-        "settings": {**vars(args), "work": str(args.work), "eval_examples": sum(map(len, index.values())),
-                     "seg_config": asdict(seg_cfg.optim), "lang_config": asdict(lang_cfg.optim)},  # fmt: skip
+        "settings": {
+            **vars(args),
+            "work": str(args.work),
+            "eval_examples": sum(map(len, index.values())),
+            "seg_config": asdict(seg_cfg.optim),
+            "lang_config": asdict(lang_cfg.optim),
+        },  # fmt: skip
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "train_samples_per_s": {
             "seg": round(args.seg_steps * seg_cfg.data.batch_size / timings["seg_train_s"], 3),
             "lang": round(args.lang_steps * lang_cfg.data.batch_size / timings["lang_train_s"], 3),
         },
-        "results": {name: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for name, r in results.items()},
+        "results": {
+            name: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for name, r in results.items()
+        },
         "trained_beats_untrained": beats,
         "trained_beats_2d_teacher": {
             "target_miou": results["trained"]["target_miou"] > results["teacher_2d"].get("target_miou", float("nan")),
-            "promptable_iou": results["trained"]["promptable_iou"] > results["teacher_2d"].get("promptable_iou", float("nan")),
+            "promptable_iou": results["trained"]["promptable_iou"]
+            > results["teacher_2d"].get("promptable_iou", float("nan")),
         },
     }
     text = json.dumps(report, indent=2, default=str)

@@ -39,7 +39,9 @@ def inputs(size: int, views: int, device: str) -> tuple[Views, dict[str, torch.T
     k = torch.tensor([[0.9 * size, 0, size / 2], [0, 0.9 * size, size / 2], [0, 0, 1.0]]).expand(1, views, 3, 3).clone()
     c2w = torch.eye(4).repeat(1, views, 1, 1)
     c2w[0, :, 0, 3] = torch.linspace(-0.3, 0.3, views)
-    context = Views(torch.rand(1, views, 3, size, size), Cameras(k, c2w, (size, size)), torch.tensor([0.5]), torch.tensor([10.0]))
+    context = Views(
+        torch.rand(1, views, 3, size, size), Cameras(k, c2w, (size, size)), torch.tensor([0.5]), torch.tensor([10.0])
+    )
     cond = {"sam": torch.randn(1, views, 256, 64, 64), "lseg": torch.randn(1, views, 512, size // 2, size // 2)}
     return context.to(device), {k: v.to(device) for k, v in cond.items()}
 
@@ -60,7 +62,9 @@ def run_case(config: str, size: int, views: int, mode: str, device: str, repeats
     extra = {}
     if mode.startswith(("forward_compiled", "forward_inference")):
         compile_mode = "reduce-overhead" if "_cudagraphs" in mode else "default"
-        fast = inference_forward(model, FastInferenceConfig(compile="compiled" in mode, compile_mode=compile_mode, bf16=True))
+        fast = inference_forward(
+            model, FastInferenceConfig(compile="compiled" in mode, compile_mode=compile_mode, bf16=True)
+        )
         start = time.perf_counter()
         fast(context, cond)
         if device == "cuda":
@@ -106,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="add torch.compile inference cases (CUDA; compiling takes minutes)")
+    parser.add_argument(
+        "--compile", action="store_true", help="add torch.compile inference cases (CUDA; compiling takes minutes)"
+    )
     parser.add_argument("--only", choices=["small", "paper"], help="run only this config's cases")
     parser.add_argument("--case", nargs=4, metavar=("CONFIG", "SIZE", "VIEWS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

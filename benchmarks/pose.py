@@ -108,8 +108,14 @@ def main() -> None:
     p.add_argument("--gaps", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--stride", type=int, default=20, help="frames between the first frames of consecutive pairs")
     p.add_argument("--max-pairs", type=int, default=0, help="at most this many pairs per gap (0: all)")
-    p.add_argument("--multiview", type=int, nargs="*", default=[], metavar="FIRST",
-                   help="instead of pairs: register --views frames FIRST, FIRST+gap, ... at once (COLMAP only)")
+    p.add_argument(
+        "--multiview",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="FIRST",
+        help="instead of pairs: register --views frames FIRST, FIRST+gap, ... at once (COLMAP only)",
+    )
     p.add_argument("--views", type=int, default=8, help="views per --multiview set")
     args = p.parse_args()
     if args.multiview:
@@ -189,7 +195,12 @@ def multiview(args) -> None:
                         "max_rot_err": max(rot), "median_t_err": float(np.median(trans)),
                         "points": reg.report.points, "reproj_px": reg.report.mean_reprojection_error,
                         "seconds": time.perf_counter() - t0})  # fmt: skip
-    settings = {"data": "hololens-office 540x360", "views": args.views, "gap": gap, "colmap": RegistrationConfig().__dict__}
+    settings = {
+        "data": "hololens-office 540x360",
+        "views": args.views,
+        "gap": gap,
+        "colmap": RegistrationConfig().__dict__,
+    }
     print(json.dumps({"machine": machine(), "settings": settings, "multiview": results}))
 
 

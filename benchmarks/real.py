@@ -68,7 +68,11 @@ def load_frames(seq: RGBDSequence, ids: list[int], size: int) -> tuple[Tensor, T
         ks.append(k)
         c2ws.append(f.c2w)
     img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)[None]
-    cams = Cameras(torch.tensor(np.stack(ks), dtype=torch.float32)[None], torch.tensor(np.stack(c2ws), dtype=torch.float32)[None], (size, size))
+    cams = Cameras(
+        torch.tensor(np.stack(ks), dtype=torch.float32)[None],
+        torch.tensor(np.stack(c2ws), dtype=torch.float32)[None],
+        (size, size),
+    )
     return img, torch.from_numpy(np.stack(depths)).float()[None], cams
 
 
@@ -134,8 +138,12 @@ class Scores:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SHARED / "data" / "hololens-office")
-    p.add_argument("--espnet", type=Path, default=SHARED / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth")
-    p.add_argument("--old", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt", help="the shipped demo model")
+    p.add_argument(
+        "--espnet", type=Path, default=SHARED / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth"
+    )
+    p.add_argument(
+        "--old", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt", help="the shipped demo model"
+    )
     p.add_argument("--candidate", type=Path, action="append", default=[], help="more models to score (repeatable)")
     p.add_argument("--holdout-start", type=int, default=HOLDOUT_START)
     p.add_argument("--gaps", type=int, nargs="+", default=[4, 8, 16])
@@ -147,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-pairs", type=int, help="use only the first N pairs (quick runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    for path, what in ((args.data / "pose", "--data"), (args.espnet, "--espnet"), *((c, "--candidate") for c in args.candidate)):
+    for path, what in (
+        (args.data / "pose", "--data"),
+        (args.espnet, "--espnet"),
+        *((c, "--candidate") for c in args.candidate),
+    ):
         if not path.exists():
             print(f"error: {what}: {path} does not exist", file=sys.stderr)
             raise SystemExit(2)
@@ -175,7 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     for first, second, targets in chosen:
         images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
         images, depths, cams = images.to(device), depths.to(device), cams.to(device)
-        ctx = Views(images[:, :2], cams[:, :2], torch.tensor([args.near], device=device), torch.tensor([args.far], device=device))
+        ctx = Views(
+            images[:, :2],
+            cams[:, :2],
+            torch.tensor([args.near], device=device),
+            torch.tensor([args.far], device=device),
+        )
         tgt_cams, gt, gt_depth = cams[:, 2:], images[0, 2:], depths[0, 2:]
         teacher_labels = teacher.probabilities(gt).argmax(1)  # [T, H, W], 0 = background (ignored)
         for name, pred in predictors.items():

@@ -56,7 +56,13 @@ def main() -> None:
         feats = teacher.encode(images[1:], labels[1:], instances[1:])
         seconds = (time.perf_counter() - start) / args.frames
         results.append({"teacher": name, "seconds_per_frame": round(seconds, 4), "output": list(feats.shape[1:])})
-    report = {"benchmark": "teachers", "machine": machine(), "size": args.size, "frames": args.frames, "results": results}
+    report = {
+        "benchmark": "teachers",
+        "machine": machine(),
+        "size": args.size,
+        "frames": args.frames,
+        "results": results,
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -23,7 +23,15 @@ import os  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 
-from ffsplat.core.errors import ArgumentParser, InputError, check_input_file, check_number, check_output_dir, report, run_command  # noqa: E402
+from ffsplat.core.errors import (
+    ArgumentParser,
+    InputError,
+    check_input_file,
+    check_number,
+    check_output_dir,
+    report,
+    run_command,
+)  # noqa: E402
 from ffsplat.data.sens import export_scene  # noqa: E402
 
 
@@ -72,7 +80,9 @@ def run(args) -> int:
                 stats = summary["scenes"][name] = job.result()
                 line = f"{stats['status']}: {stats['exported']}/{stats['frames']} frames, {stats['seconds']} s"
                 if stats["skipped_frames"]:
-                    line += f"; skipped {len(stats['skipped_frames'])} frames: {describe_skipped(stats['skipped_frames'])}"
+                    line += (
+                        f"; skipped {len(stats['skipped_frames'])} frames: {describe_skipped(stats['skipped_frames'])}"
+                    )
             except Exception as exc:  # noqa: BLE001  (reported per file; the others go on)
                 summary["failed"][name] = f"{type(exc).__name__}: {exc}"
                 line = f"FAILED (nothing written): {summary['failed'][name]}"

@@ -29,14 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
     parser.add_argument("--split", default="val", help="split of the shards to index")
-    parser.add_argument("--protocol", choices=["lsm", "sampled"], required=True,
-                        help="lsm: the LSM/Uni3R ScanNet protocol (one entry per target frame); sampled: seeded random entries")
+    parser.add_argument(
+        "--protocol",
+        choices=["lsm", "sampled"],
+        required=True,
+        help="lsm: the LSM/Uni3R ScanNet protocol (one entry per target frame); sampled: seeded random entries",
+    )
     parser.add_argument("--out", type=Path, required=True, help="evaluation index JSON to write")
     parser.add_argument("--lsm-frames", type=int, default=30, help="lsm: frames in the per-scene subsample")
     parser.add_argument("--num-context", type=int, default=2, help="sampled: context views per entry")
     parser.add_argument("--num-target", type=int, default=4, help="sampled: target views per entry")
-    parser.add_argument("--min-gap", type=int, default=10, help="sampled: smallest keyframe gap between the outer context views")
-    parser.add_argument("--max-gap", type=int, default=30, help="sampled: largest keyframe gap between the outer context views")
+    parser.add_argument(
+        "--min-gap", type=int, default=10, help="sampled: smallest keyframe gap between the outer context views"
+    )
+    parser.add_argument(
+        "--max-gap", type=int, default=30, help="sampled: largest keyframe gap between the outer context views"
+    )
     parser.add_argument("--entries-per-scene", type=int, default=1, help="sampled: entries per scene")
     parser.add_argument("--seed", type=int, default=0, help="sampled: random seed (per scene, stable)")
     args = parser.parse_args(argv)
@@ -62,10 +70,14 @@ def run(args) -> int:
         config = ViewSamplerConfig(
             num_context=args.num_context, num_target=args.num_target, min_gap=args.min_gap, max_gap=args.max_gap
         )
-        index = build_eval_index(scenes, config, seed=args.seed, entries_per_scene=args.entries_per_scene, skip_short=True)
+        index = build_eval_index(
+            scenes, config, seed=args.seed, entries_per_scene=args.entries_per_scene, skip_short=True
+        )
     skipped = sorted(set(scenes) - set(index))
     if not index:
-        raise InputError(f"--shards: no scene of split {args.split!r} is long enough for this protocol ({len(scenes)} scenes, all too short); nothing written")
+        raise InputError(
+            f"--shards: no scene of split {args.split!r} is long enough for this protocol ({len(scenes)} scenes, all too short); nothing written"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_eval_index(args.out, index)
     print(json.dumps({"out": str(args.out), "scenes": len(index), "entries": sum(map(len, index.values())),

@@ -31,7 +31,15 @@ import sys
 from pathlib import Path
 
 
-from ffsplat.core.errors import ArgumentParser, InputError, check_input_dir, check_input_file, check_number, check_output_dir, run_command  # noqa: E402
+from ffsplat.core.errors import (
+    ArgumentParser,
+    InputError,
+    check_input_dir,
+    check_input_file,
+    check_number,
+    check_output_dir,
+    run_command,
+)  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, ShardSettingsError, scene_label_map, write_shards  # noqa: E402
 
 
@@ -66,24 +74,37 @@ def read_split_list(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes-root", type=Path, help="folder whose sub-folders are scenes")
-    parser.add_argument("--scene", type=Path, nargs="*", default=[], help="individual scene folders (split --default-split)")
+    parser.add_argument(
+        "--scene", type=Path, nargs="*", default=[], help="individual scene folders (split --default-split)"
+    )
     parser.add_argument("--split", action="append", default=[], metavar="NAME=LIST",
                         help="split name and a file listing scene names (one per line); repeatable")  # fmt: skip
     parser.add_argument("--default-split", default="train", help="split for scenes not assigned by --split")
     parser.add_argument("--out", type=Path, required=True, help="output folder: <split>/*.tar shards + manifest.json")
-    parser.add_argument("--labels-tsv", type=Path,
-                        help="scannetv2-labels.combined.tsv (needed for ScanNet scenes with label-filt/; synthetic rooms ship their own)")
-    parser.add_argument("--size", type=int, default=256, help="square frame size in pixels (resize + centre crop, intrinsics follow)")
+    parser.add_argument(
+        "--labels-tsv",
+        type=Path,
+        help="scannetv2-labels.combined.tsv (needed for ScanNet scenes with label-filt/; synthetic rooms ship their own)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="square frame size in pixels (resize + centre crop, intrinsics follow)"
+    )
     parser.add_argument("--clip-length", type=int, default=24, help="keyframes per clip (one shard sample)")
-    parser.add_argument("--clip-stride", type=int, help="keyframes between clip starts (default: --clip-length, no overlap)")
+    parser.add_argument(
+        "--clip-stride", type=int, help="keyframes between clip starts (default: --clip-length, no overlap)"
+    )
     parser.add_argument("--frame-skip", type=int, default=1, help="use every n-th source frame")
-    parser.add_argument("--keyframe-translation", type=float, default=0.05, help="metres the camera must move for a new keyframe")
+    parser.add_argument(
+        "--keyframe-translation", type=float, default=0.05, help="metres the camera must move for a new keyframe"
+    )
     parser.add_argument("--keyframe-rotation-deg", type=float, default=5.0, help="or degrees it must turn")
     parser.add_argument("--max-shard-mb", type=float, default=256, help="start a new .tar shard beyond this size (MiB)")
     parser.add_argument("--workers", type=int, default=1, help="scenes written in parallel (processes)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
                         help="cache this teacher's features (sam, lseg, label_lang, label_seg); repeatable")  # fmt: skip
-    parser.add_argument("--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size")
+    parser.add_argument(
+        "--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size"
+    )
     parser.add_argument("--teacher-device", default="cpu", help="device for --teacher models (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--color-ext", default="jpg", help="extension of the colour images in the scene folders")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="stored depth units per metre")
@@ -122,10 +143,14 @@ def check_scene(path: Path, option: str, labels_tsv: Path | None, color_ext: str
     check_input_dir(option, path, "scene folder")
     missing = [sub for sub in ("color", "depth", "pose") if not (path / sub).is_dir()]
     if missing:
-        raise InputError(f"{option}: {path} is not a scene folder (no {', '.join(m + '/' for m in missing)}); see data_prep/export_sens.py")
+        raise InputError(
+            f"{option}: {path} is not a scene folder (no {', '.join(m + '/' for m in missing)}); see data_prep/export_sens.py"
+        )
     if not (path / "intrinsic" / "intrinsic_color.txt").is_file():
         raise InputError(f"{option}: {path} has no intrinsic/intrinsic_color.txt")
-    if (path / "label-filt").is_dir() and labels_tsv is None and scene_label_map(path) is None:  # synthetic rooms bring their own
+    if (
+        (path / "label-filt").is_dir() and labels_tsv is None and scene_label_map(path) is None
+    ):  # synthetic rooms bring their own
         raise InputError(f"--labels-tsv: {path} has label-filt/ (ScanNet raw ids) but no label map; pass the ScanNet "
                          "label map (scannetv2-labels.combined.tsv from your ScanNet download)")  # fmt: skip
 
@@ -145,7 +170,11 @@ def run(args) -> int:
     scenes: dict[str, list[Path]] = {}
     if args.scenes_root:
         check_input_dir("--scenes-root", args.scenes_root, "scenes folder")
-        available = {p.name: p for p in sorted(args.scenes_root.iterdir()) if (p / "pose").is_dir() and not p.name.startswith(".")}
+        available = {
+            p.name: p
+            for p in sorted(args.scenes_root.iterdir())
+            if (p / "pose").is_dir() and not p.name.startswith(".")
+        }
         assigned: set[str] = set()
         for item in args.split:
             name, _, list_path = item.partition("=")
@@ -154,7 +183,10 @@ def run(args) -> int:
             wanted = read_split_list(Path(list_path))
             missing = [s for s in wanted if s not in available]
             if missing:
-                print(f"warning: split {name}: {len(missing)} listed scenes not under {args.scenes_root} (e.g. {missing[:3]})", file=sys.stderr)
+                print(
+                    f"warning: split {name}: {len(missing)} listed scenes not under {args.scenes_root} (e.g. {missing[:3]})",
+                    file=sys.stderr,
+                )
             scenes[name] = [available[s] for s in wanted if s in available]
             assigned.update(wanted)
         if not args.split:
@@ -195,7 +227,11 @@ def run(args) -> int:
     summary = {split: {k: v for k, v in entry.items() if k != "shards"} | {"shards": len(entry["shards"])}
                for split, entry in manifest["splits"].items()}  # fmt: skip
     skipped = {name: s["skipped_frames"] for name, s in manifest["scenes"].items() if s.get("skipped_frames")}
-    print(json.dumps({"out": str(args.out), "run": manifest["run"], "splits": summary, "skipped_frames": skipped}, indent=1))
+    print(
+        json.dumps(
+            {"out": str(args.out), "run": manifest["run"], "splits": summary, "skipped_frames": skipped}, indent=1
+        )
+    )
     return 0
 
 

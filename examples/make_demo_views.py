@@ -53,7 +53,9 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, help="a real RGB-D sequence folder (hololens-office) instead of a synthetic room")
+    parser.add_argument(
+        "--real", type=Path, help="a real RGB-D sequence folder (hololens-office) instead of a synthetic room"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.real:

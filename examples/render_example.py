@@ -143,7 +143,9 @@ def main() -> None:
         save_png(args.out / f"view_{i}_rgb.png", rgb)
         save_png(args.out / f"view_{i}_depth.png", gray)
     write_ply(args.out / "room.ply", gaussians)
-    print(f"[3/3] wrote {args.views} RGB + depth PNGs and room.ply to {args.out} ({time.perf_counter() - start:.1f}s total)")
+    print(
+        f"[3/3] wrote {args.views} RGB + depth PNGs and room.ply to {args.out} ({time.perf_counter() - start:.1f}s total)"
+    )
 
 
 if __name__ == "__main__":

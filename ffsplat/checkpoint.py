@@ -111,7 +111,11 @@ def save_model(
 def validate(blob: Any, path: str | Path) -> dict:
     """Check a loaded blob: format, required keys, types and (version >= 2) the checksum."""
     if not isinstance(blob, dict) or blob.get("format") != SLIM_FORMAT:
-        hint = " (a Lightning last.ckpt? use the run's model.pt)" if isinstance(blob, dict) and "state_dict" in blob else ""
+        hint = (
+            " (a Lightning last.ckpt? use the run's model.pt)"
+            if isinstance(blob, dict) and "state_dict" in blob
+            else ""
+        )
         raise CheckpointError(f"{path}: not an ffsplat model file{hint}")
     for key in REQUIRED_KEYS:
         if key not in blob:
@@ -129,7 +133,9 @@ def validate(blob: Any, path: str | Path) -> dict:
             raise CheckpointError(f"{path}: 'teachers' has no {role!r} entry with a 'name'")
     version = blob.get("version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: model file version {version!r}; this ffsplat reads versions 1..{FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: model file version {version!r}; this ffsplat reads versions 1..{FORMAT_VERSION}"
+        )
     if version >= 2:
         stored = blob.get("checksum") or {}
         if stored.get("algorithm") != "sha256" or not isinstance(stored.get("tensors"), str):
@@ -162,7 +168,9 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); use the run's model.pt") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); use the run's model.pt"
+        ) from exc
     if isinstance(blob, dict) and blob.get("format") == SLIM_FORMAT:
         return validate(blob, path)["state_dict"]
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):

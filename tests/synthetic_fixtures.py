@@ -25,7 +25,11 @@ def synthetic_views(seed: int, frames: list[int], height: int = 32, width: int |
     def stack(j: int):
         return torch.from_numpy(np.stack([r[j] for r in rendered]))[None]
 
-    cams = Cameras(torch.from_numpy(k).float().expand(1, len(frames), 3, 3).clone(), torch.from_numpy(poses[list(frames)]).float()[None], (height, width))
+    cams = Cameras(
+        torch.from_numpy(k).float().expand(1, len(frames), 3, 3).clone(),
+        torch.from_numpy(poses[list(frames)]).float()[None],
+        (height, width),
+    )
     return Views(
         images=stack(0).permute(0, 1, 4, 2, 3).float() / 255,
         cameras=cams,

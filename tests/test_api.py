@@ -56,7 +56,9 @@ def test_predict_scene_methods(model, tmp_path):
     agreement = (at_inputs["classes"].reshape(-1) == scene.class_id).float().mean()
     assert agreement > 0.9, agreement
     novel = scene.render(DEMO / "novel_cameras.json")
-    assert novel["rgb"].shape[1:] == (3, size, size) and float(novel["rgb"].min()) >= 0 and float(novel["rgb"].max()) <= 1
+    assert (
+        novel["rgb"].shape[1:] == (3, size, size) and float(novel["rgb"].min()) >= 0 and float(novel["rgb"].max()) <= 1
+    )
 
     for name in ("chair", "wall"):
         hit = scene.query(name)

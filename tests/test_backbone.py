@@ -222,9 +222,7 @@ def test_window_locality_and_shift():
     # Expected set after the shifted layer (shift 2): window0 plus every token allowed to attend to it.
     expected = torch.zeros(8, 8, dtype=torch.bool)
     for p in itertools.product(range(8), range(8)):
-        expected[p] = any(
-            allowed(p, q, (8, 8), (8, 8), 2, (2, 2)) for q in itertools.product(range(4), range(4))
-        )
+        expected[p] = any(allowed(p, q, (8, 8), (8, 8), 2, (2, 2)) for q in itertools.product(range(4), range(4)))
     assert torch.equal(changed[0], expected) and torch.equal(changed[1], expected)
     # Without the Swin mask (7, 7) would share a rolled window with (0, 0); it must stay unchanged.
     assert not changed[:, 7, 7].any() and not changed[:, 0, 7].any()

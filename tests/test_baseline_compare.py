@@ -29,7 +29,11 @@ def setup(tiny_shards, tmp_path_factory):
     cfg.model = to_dataclass(ModelConfig, group_file("model", "small"))
     torch.manual_seed(0)
     slim = export_slim(SemanticSplatModule(cfg), tmp / "model.pt")
-    index = build_eval_index(scene_frame_ids(tiny_shards, "val"), ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=4), seed=0)
+    index = build_eval_index(
+        scene_frame_ids(tiny_shards, "val"),
+        ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=4),
+        seed=0,
+    )
     save_eval_index(tmp / "index.json", index)
     return slim, index, tmp
 
@@ -53,7 +57,9 @@ def test_every_baseline_is_scored_on_the_index(tiny_shards, setup, method):
     assert {"psnr", "ssim", "depth_abs_rel"} | EXPECTED[method] <= set(result), result.keys()
     assert 0 < result["psnr"] < 60
     assert result["init"] in ("sfm", "sfm+random") and result["oracle"] is False
-    assert result["supervision"] == {"semlogits": "teacher labels", "protosaga": "teacher instances"}.get(method, result["supervision"])
+    assert result["supervision"] == {"semlogits": "teacher labels", "protosaga": "teacher instances"}.get(
+        method, result["supervision"]
+    )
     assert method in ("semlogits", "protosaga") or result["supervision"].startswith("rgb")
     assert result["iterations"] == 5 and result["ssim_variant"] == "skimage"
     if method in ("feature3dgs", "semlogits"):

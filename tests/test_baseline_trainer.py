@@ -16,8 +16,17 @@ def small_scene(size: int = 32, frames=(0, 4, 8)) -> Views:
     views = synthetic_views(3, list(frames), size)
     return Views(views.images, views.cameras, views.near, views.far, depths=views.depths)
 
+
 def config(**kw) -> SceneConfig:
-    base = dict(iterations=160, refine_start=50, refine_every=50, reset_every=200, grow_grad2d=5e-5, sh_degree=1, sh_degree_interval=100)
+    base = dict(
+        iterations=160,
+        refine_start=50,
+        refine_every=50,
+        reset_every=200,
+        grow_grad2d=5e-5,
+        sh_degree=1,
+        sh_degree_interval=100,
+    )
     return SceneConfig(**{**base, **kw})
 
 
@@ -87,4 +96,6 @@ def test_resume_restores_the_exact_state_and_continues(tmp_path):
 def test_scene_scale_is_not_tiny_for_close_views():
     centers = torch.tensor([[0.0, 0, 0], [0.05, 0, 0]])
     points = torch.randn(100, 3) * 0.1 + torch.tensor([0.0, 0, 3.0])
-    assert scene_scale(centers, points) == pytest.approx(1.1 * 0.5 * (points - centers.mean(0)).norm(dim=-1).median().item())
+    assert scene_scale(centers, points) == pytest.approx(
+        1.1 * 0.5 * (points - centers.mean(0)).norm(dim=-1).median().item()
+    )

@@ -22,7 +22,9 @@ def known_c2w(i: int) -> np.ndarray:
     angle = 0.3 + 0.2 * i
     c, s = np.cos(angle), np.sin(angle)
     c2w = np.eye(4)
-    c2w[:3, :3] = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]) @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    c2w[:3, :3] = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]]
+    )
     c2w[:3, 3] = [0.5 * i, -0.2, 1.0 + i]
     return c2w
 
@@ -47,11 +49,15 @@ SIZES = [(H, W), (H, W)]
 @pytest.mark.parametrize("ext", ["bin", "txt"])
 def test_colmap_sparse_model_round_trip(tmp_path, ext):
     rec = pycolmap.Reconstruction()
-    camera = pycolmap.Camera(model="PINHOLE", width=W, height=H, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=1)
+    camera = pycolmap.Camera(
+        model="PINHOLE", width=W, height=H, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=1
+    )
     rec.add_camera_with_trivial_rig(camera)
     for i, name in enumerate(reversed(NAMES)):  # stored order differs from --views order: matched by name
         w2c = np.linalg.inv(known_c2w(1 - i))
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"images/{name}", camera_id=1, image_id=i + 1), pycolmap.Rigid3d(w2c[:3]))
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(name=f"images/{name}", camera_id=1, image_id=i + 1), pycolmap.Rigid3d(w2c[:3])
+        )
     folder = tmp_path / "sparse"
     folder.mkdir()
     (rec.write_binary if ext == "bin" else rec.write_text)(folder)
@@ -66,7 +72,9 @@ def test_colmap_sparse_model_round_trip(tmp_path, ext):
 
 def test_colmap_refuses_distortion(tmp_path):
     rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_RADIAL", width=W, height=H, params=[70.0, 32, 24, 0.05], camera_id=1))
+    rec.add_camera_with_trivial_rig(
+        pycolmap.Camera(model="SIMPLE_RADIAL", width=W, height=H, params=[70.0, 32, 24, 0.05], camera_id=1)
+    )
     rec.add_image_with_trivial_frame(pycolmap.Image(name="a.jpg", camera_id=1, image_id=1), pycolmap.Rigid3d())
     rec.write_text(tmp_path)
     with pytest.raises(CameraFileError, match="lens distortion"):
@@ -75,7 +83,10 @@ def test_colmap_refuses_distortion(tmp_path):
 
 def test_nerfstudio_transforms_round_trip(tmp_path):
     gl_from_cv = np.diag([1.0, -1.0, -1.0, 1.0])
-    frames = [{"file_path": f"images/{n}", "transform_matrix": (known_c2w(i) @ gl_from_cv).tolist()} for i, n in enumerate(NAMES)]
+    frames = [
+        {"file_path": f"images/{n}", "transform_matrix": (known_c2w(i) @ gl_from_cv).tolist()}
+        for i, n in enumerate(NAMES)
+    ]
     data = {"camera_model": "OPENCV", "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "w": W, "h": H,
             "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames[::-1]}  # fmt: skip
     path = tmp_path / "transforms.json"
@@ -170,7 +181,9 @@ def test_exif_focal_length(tmp_path):
     f35 = jpeg_with_exif(tmp_path / "f35.jpg", {0xA405: 28})
     focal, how = exif_focal(f35, H, W)
     assert focal == pytest.approx(28 * np.hypot(W, H) / np.hypot(36, 24)) and "35 mm" in how
-    plane = jpeg_with_exif(tmp_path / "plane.jpg", {0x920A: IFDRational(43, 10), 0xA20E: IFDRational(2000, 1), 0xA210: 3})
+    plane = jpeg_with_exif(
+        tmp_path / "plane.jpg", {0x920A: IFDRational(43, 10), 0xA20E: IFDRational(2000, 1), 0xA210: 3}
+    )
     focal, how = exif_focal(plane, H, W)
     assert focal == pytest.approx(4.3 * 2000 / 10.0) and "focal-plane" in how  # 2000 px per cm
     assert exif_focal(jpeg_with_exif(tmp_path / "none.jpg", {}), H, W) is None

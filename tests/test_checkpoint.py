@@ -34,7 +34,9 @@ def test_round_trip_with_checksum(tmp_path):
     blob = load_model(path)
     assert blob["format"] == SLIM_FORMAT and blob["version"] == FORMAT_VERSION == 2
     assert torch.equal(blob["state_dict"]["layer.weight"], MARKER) and blob["global_step"] == 7
-    items = {f"state_dict/{k}": v for k, v in blob["state_dict"].items()} | {"class_embeddings": blob["class_embeddings"]}
+    items = {f"state_dict/{k}": v for k, v in blob["state_dict"].items()} | {
+        "class_embeddings": blob["class_embeddings"]
+    }
     assert blob["checksum"] == {"algorithm": "sha256", "tensors": tensor_checksum(items)}
     assert torch.equal(load_weights(path)["layer.weight"], MARKER)
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves nothing behind
@@ -80,7 +82,9 @@ def test_tampered_tensor_with_valid_container_is_caught(tmp_path):
 
 def test_refuses_non_finite_weights_and_names_them(tmp_path):
     bad = {"good": torch.ones(2), "enc.w": torch.tensor([1.0, float("nan")]), "dec.b": torch.tensor([float("inf")])}
-    with pytest.raises(CheckpointError, match=r"non-finite weights in 2 tensor\(s\): state_dict/enc.w, state_dict/dec.b"):
+    with pytest.raises(
+        CheckpointError, match=r"non-finite weights in 2 tensor\(s\): state_dict/enc.w, state_dict/dec.b"
+    ):
         write(tmp_path / "model.pt", **bad)
     assert not (tmp_path / "model.pt").exists() and not list(tmp_path.iterdir())
     assert write(tmp_path / "ints.pt", ids=torch.tensor([1, 2]), w=torch.ones(1)).is_file()  # integer tensors are fine
@@ -125,7 +129,10 @@ def test_validation_errors_name_the_file(tmp_path, edit, message):
 def test_missing_file_and_lightning_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_model(tmp_path / "nope.pt")
-    torch.save({"state_dict": {"model.layer.weight": torch.ones(2), "other": torch.ones(1)}, "epoch": 1}, tmp_path / "last.ckpt")
+    torch.save(
+        {"state_dict": {"model.layer.weight": torch.ones(2), "other": torch.ones(1)}, "epoch": 1},
+        tmp_path / "last.ckpt",
+    )
     with pytest.raises(CheckpointError, match="Lightning last.ckpt"):
         load_model(tmp_path / "last.ckpt")
     assert list(load_weights(tmp_path / "last.ckpt")) == ["layer.weight"]

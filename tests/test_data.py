@@ -78,7 +78,9 @@ def test_resample_nearest_between_cameras():
 def random_clip(length=4, size=24, seed=0, labels=True, teacher=True) -> Clip:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
-    images = np.stack([np.stack([(xx * 9 + i * 20) % 256, (yy * 7) % 256, (xx + yy) * 4 % 256], -1) for i in range(length)])
+    images = np.stack(
+        [np.stack([(xx * 9 + i * 20) % 256, (yy * 7) % 256, (xx + yy) * 4 % 256], -1) for i in range(length)]
+    )
     return Clip(
         scene=f"scene{seed:04d}_00",
         frame_ids=np.arange(length, dtype=np.int64) * 7 + seed,
@@ -110,7 +112,9 @@ def test_clip_round_trips_through_a_shard_bit_exactly(tmp_path, labels):
     for name in ("frame_ids", "depths", "intrinsics", "extrinsics", "labels", "nyu40", "instances"):
         a, b = getattr(clip, name), getattr(back, name)
         assert (a is None and b is None) or (np.array_equal(a, b) and a.dtype == b.dtype), name
-    jpeg_decoded = np.stack([np.asarray(Image.open(io.BytesIO(encode_clip(clip, "x")[f"rgb.{j:03d}.jpg"]))) for j in range(4)])
+    jpeg_decoded = np.stack(
+        [np.asarray(Image.open(io.BytesIO(encode_clip(clip, "x")[f"rgb.{j:03d}.jpg"]))) for j in range(4)]
+    )
     assert np.array_equal(back.images, jpeg_decoded)
     assert np.abs(back.images.astype(int) - clip.images).mean() < 3
     assert (back.scene, back.near, back.far) == (clip.scene, clip.near, clip.far)
@@ -168,7 +172,9 @@ def test_shard_writer_maps_labels_and_resamples(tmp_path):
     np.testing.assert_allclose(clip.depths[0], 2000)  # mm
     # Intrinsics follow the resize (30x40 -> 16x22 covers 16x16) and the centre crop (3 px off x).
     sx, sy = 22 / 40, 16 / 30
-    np.testing.assert_allclose(clip.intrinsics[0], [[35 * sx, 0, 20 * sx - 3], [0, 35 * sy, 15 * sy], [0, 0, 1]], atol=1e-9)
+    np.testing.assert_allclose(
+        clip.intrinsics[0], [[35 * sx, 0, 20 * sx - 3], [0, 35 * sy, 15 * sy], [0, 0, 1]], atol=1e-9
+    )
     assert 0.1 <= clip.near < 2.0 and clip.far > 2.0
 
 
@@ -220,7 +226,9 @@ def test_hololens_ingests_and_depth_agrees_with_poses(tmp_path):
     manifest = write_shards({"train": [root]}, tmp_path, cfg, progress=False)
     entry = manifest["splits"]["train"]
     assert entry["scenes"] == 1 and entry["samples"] >= 5
-    (sample, *_) = list(wds.DataPipeline(wds.SimpleShardList([str(tmp_path / entry["shards"][0]["path"])]), wds.tarfile_to_samples()))
+    (sample, *_) = list(
+        wds.DataPipeline(wds.SimpleShardList([str(tmp_path / entry["shards"][0]["path"])]), wds.tarfile_to_samples())
+    )
     clip = decode_clip(sample)
     # Warp frame 1 into frame 0 with frame 0's depth and both poses; compare colours.
     depth0 = torch.from_numpy(clip.depths[0].astype(np.float64) / 1000)

@@ -14,7 +14,11 @@ from tests.test_baseline_compare import setup  # noqa: F401  (fixture)
 
 
 def args_for(command: str, shards: Path, slim: Path, index: Path, out: Path) -> list:
-    extra = ["--method", "3dgs", "--out", out / "r.json"] if command == "run" else ["--methods", "3dgs", "--settings", "sparse", "--out", out]
+    extra = (
+        ["--method", "3dgs", "--out", out / "r.json"]
+        if command == "run"
+        else ["--methods", "3dgs", "--settings", "sparse", "--out", out]
+    )
     return [command, "--checkpoint", slim, "--shards", shards, "--split", "val", "--index", index, "--iterations", "2",
             "--prompt-grid", "2", *extra]  # fmt: skip
 
@@ -55,7 +59,9 @@ def bad_case(kind: str, args: list, tmp: Path, index: Path) -> tuple[list, str]:
     if kind == "device":
         return args + ["--device", "tpu"], "--device"
     if kind == "unknown_method":
-        return replace(args, "--method", "nerf") if "--method" in args else replace(args, "--methods", "nerf"), "invalid choice"
+        return replace(args, "--method", "nerf") if "--method" in args else replace(
+            args, "--methods", "nerf"
+        ), "invalid choice"
     raise AssertionError(kind)
 
 
@@ -68,7 +74,9 @@ CASES = ["missing_shards", "wrong_split", "missing_scene", "missing_frames", "ma
 def test_bad_input_gives_one_error_line_and_writes_nothing(tiny_shards, setup, tmp_path, capsys, command, kind):  # noqa: F811
     slim, _, tmp = setup
     out = tmp_path / "out"
-    args, message = bad_case(kind, args_for(command, tiny_shards, slim, tmp / "index.json", out), tmp_path, tmp / "index.json")
+    args, message = bad_case(
+        kind, args_for(command, tiny_shards, slim, tmp / "index.json", out), tmp_path, tmp / "index.json"
+    )
     with pytest.raises(SystemExit) if kind == "unknown_method" else _nothing() as raised:
         code = baselines_main([str(a) for a in args])
     if kind == "unknown_method":

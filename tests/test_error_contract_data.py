@@ -77,7 +77,9 @@ def damage(sample: dict, kind: str) -> tuple[dict, str]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["bad_zip", "nan_teacher", "teacher_dtype", "teacher_shape", "nan_pose", "truncated_jpeg", "depth_8bit"])
+@pytest.mark.parametrize(
+    "kind", ["bad_zip", "nan_teacher", "teacher_dtype", "teacher_shape", "nan_pose", "truncated_jpeg", "depth_8bit"]
+)
 def test_decode_verifies_every_member(kind):
     sample = encode_clip(random_clip(), "k")
     decode_clip(dict(sample))  # intact: fine
@@ -189,7 +191,13 @@ def test_manifest_never_mixes_settings(room, tmp_path):
     data[len(data) // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
     result = verify_shards(out)
-    assert result["bad"] == [{"shard": "train/room-0000.tar", "split": "train", "problem": "SHA-256 differs from manifest.json (damaged or replaced)"}]
+    assert result["bad"] == [
+        {
+            "shard": "train/room-0000.tar",
+            "split": "train",
+            "problem": "SHA-256 differs from manifest.json (damaged or replaced)",
+        }
+    ]
     assert verify_cli.main(["--shards", str(out)]) == 1
 
 
@@ -229,7 +237,9 @@ def test_export_sens_bad_input(tmp_path, capsys, case):
     if "--out" not in argv:
         argv += ["--out", tmp_path / "out"]
     code, err = run_cli(export_cli.main, argv + ["--workers", 1] if "--workers" not in argv else argv, capsys)
-    err = "\n".join(line for line in err.splitlines() if line.startswith("error:")) + "\n" if case == "truncated" else err
+    err = (
+        "\n".join(line for line in err.splitlines() if line.startswith("error:")) + "\n" if case == "truncated" else err
+    )
     assert_contract(code, err, message)
     assert not (tmp_path / "out").exists() or not [p for p in (tmp_path / "out").iterdir()]
 
@@ -246,7 +256,10 @@ def test_make_shards_bad_input(room, tmp_path, capsys):
     out = tmp_path / "out"
     cases = {
         "missing_root": (["--scenes-root", tmp_path / "none"], "--scenes-root: scenes folder not found"),
-        "missing_list": (["--scenes-root", tmp_path, "--split", f"val={tmp_path / 'none.txt'}"], "--split: scene list file not found"),
+        "missing_list": (
+            ["--scenes-root", tmp_path, "--split", f"val={tmp_path / 'none.txt'}"],
+            "--split: scene list file not found",
+        ),
         "bad_split_syntax": (["--scenes-root", tmp_path, "--split", "val"], "--split: expected NAME=LIST"),
         "not_a_scene": (["--scene", tmp_path / "notascene"], "is not a scene folder"),
         "labels_without_tsv": (["--scene", labelled], "--labels-tsv"),
@@ -269,7 +282,12 @@ def test_make_shards_bad_input(room, tmp_path, capsys):
     code, err = run_cli(shards_cli.main, ["--scene", room, "--out", out, "--size", 8, "--clip-length", 4], capsys)
     assert_contract(code, err, "built with other settings")
     assert json.loads((out / "manifest.json").read_text())["config"]["size"] == 16
-    assert run_cli(shards_cli.main, ["--scene", room, "--out", out, "--size", 8, "--clip-length", 4, "--overwrite"], capsys)[0] == 0
+    assert (
+        run_cli(
+            shards_cli.main, ["--scene", room, "--out", out, "--size", 8, "--clip-length", 4, "--overwrite"], capsys
+        )[0]
+        == 0
+    )
     assert json.loads((out / "manifest.json").read_text())["config"]["size"] == 8
 
 

@@ -120,7 +120,12 @@ def test_damaged_shard_is_skipped_and_named_and_resolution_stated(tiny_shards, s
     save_eval_index(tmp_path / "index.json", {"room2": [{"context": frames[0:2], "target": frames[2:4]},
                                                          {"context": frames[-4:-2], "target": frames[-2:]}]})  # fmt: skip
     tar = next((copy / "val").glob("*.tar"))
-    rewrite_tar(tar, lambda sample: sample | {"rgb.001.jpg": sample["rgb.001.jpg"][:120]} if sample["__key__"] == "room2_0001" else sample)
+    rewrite_tar(
+        tar,
+        lambda sample: (
+            sample | {"rgb.001.jpg": sample["rgb.001.jpg"][:120]} if sample["__key__"] == "room2_0001" else sample
+        ),
+    )
     module.image_size = 64  # the tiny shards are 32x32
     slim = export_slim(module, tmp_path / "model64.pt")
     del module.image_size  # the fixture is shared with other tests

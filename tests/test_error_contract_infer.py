@@ -91,7 +91,16 @@ def _bad_setup(tmp_path: Path, inputs, kind: str):  # noqa: F811
     if kind == "unknown_query":
         return ["--views", *views, "--cameras", cams, "--query", "spaceship"], "--query 'spaceship'"
     if kind == "bad_clip_path":
-        return ["--views", *views, "--cameras", cams, "--query", "spaceship", "--clip-path", tmp_path / "noclip"], "--clip-path"
+        return [
+            "--views",
+            *views,
+            "--cameras",
+            cams,
+            "--query",
+            "spaceship",
+            "--clip-path",
+            tmp_path / "noclip",
+        ], "--clip-path"
     if kind == "bad_render_cameras":
         novel = dict(data)
         novel["views"] = [dict(data["views"][0]), dict(data["views"][1])]
@@ -102,7 +111,9 @@ def _bad_setup(tmp_path: Path, inputs, kind: str):  # noqa: F811
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["identical_poses", "tiny_image", "unknown_query", "bad_clip_path", "bad_render_cameras"])
+@pytest.mark.parametrize(
+    "kind", ["identical_poses", "tiny_image", "unknown_query", "bad_clip_path", "bad_render_cameras"]
+)
 def test_impossible_setups_and_failing_queries_write_nothing(tmp_path, checkpoint, inputs, capsys, kind):  # noqa: F811
     args, message = _bad_setup(tmp_path, inputs, kind)
     out = tmp_path / "result" / "scene.ply"
@@ -111,7 +122,13 @@ def test_impossible_setups_and_failing_queries_write_nothing(tmp_path, checkpoin
     assert not (tmp_path / "result").exists()
 
 
-def test_a_failure_after_the_ply_was_written_removes_this_runs_outputs(tmp_path, checkpoint, inputs, capsys, monkeypatch):  # noqa: F811
+def test_a_failure_after_the_ply_was_written_removes_this_runs_outputs(
+    tmp_path,
+    checkpoint,  # noqa: F811  (fixture)
+    inputs,  # noqa: F811  (fixture)
+    capsys,
+    monkeypatch,
+):
     views, cams = inputs
     out = tmp_path / "result" / "scene.ply"
 

@@ -74,7 +74,9 @@ def test_init_from_never_unpickles_code(tmp_path):
 
 def test_checkpoints_with_nonfinite_weights_are_refused(tmp_path):
     with pytest.raises(NonFiniteCheckpointError, match="non-finite weights"):
-        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "last.ckpt")
+        AtomicCheckpointIO().save_checkpoint(
+            {"state_dict": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "last.ckpt"
+        )
     assert not list(tmp_path.iterdir())
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.ckpt")
     assert (tmp_path / "last.ckpt").is_file()

@@ -214,7 +214,12 @@ def test_views_are_drawn_without_replacement_per_epoch(room):
 
 def test_position_lr_decays_over_the_inria_horizon_not_the_run(room):
     cfg = SceneConfig(iterations=3, sh_degree=0, densify=False)
-    trainer = SceneTrainer(cfg, room, SceneMethod(), init=initial_gaussians("random", room, cfg=InitConfig(random_points=50, sh_degree=0))[0])
+    trainer = SceneTrainer(
+        cfg,
+        room,
+        SceneMethod(),
+        init=initial_gaussians("random", room, cfg=InitConfig(random_points=50, sh_degree=0))[0],
+    )
     lr0 = trainer.optimizers["means"].param_groups[0]["lr"]
     trainer.fit(progress=False)
     lr3 = trainer.optimizers["means"].param_groups[0]["lr"]

@@ -28,7 +28,12 @@ def setup(tiny_shards, tmp_path_factory):
     module = SemanticSplatModule(cfg)
     tmp = tmp_path_factory.mktemp("eval")
     slim = export_slim(module, tmp / "model.pt")
-    index = build_eval_index(scene_frame_ids(tiny_shards, "val"), ViewSamplerConfig(num_context=2, num_target=2, min_gap=3, max_gap=5), seed=0, entries_per_scene=2)
+    index = build_eval_index(
+        scene_frame_ids(tiny_shards, "val"),
+        ViewSamplerConfig(num_context=2, num_target=2, min_gap=3, max_gap=5),
+        seed=0,
+        entries_per_scene=2,
+    )
     save_eval_index(tmp / "index.json", index)
     return module, slim, index, tmp
 
@@ -81,6 +86,8 @@ def test_evaluation_reports_lpips_with_local_vgg_weights(tiny_shards, setup, tmp
     import hashlib
 
     prefix = hashlib.sha256((tmp_path / "vgg16.pth").read_bytes()).hexdigest()[:8]  # ... unless expected
-    result = evaluate_model(module, data, EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth"), lpips_sha256_prefix=prefix))
+    result = evaluate_model(
+        module, data, EvalConfig(prompt_grid=0, lpips_vgg_path=str(tmp_path / "vgg16.pth"), lpips_sha256_prefix=prefix)
+    )
     assert "lpips" in result and result["lpips"] > 0
     assert result["reconstruction_s"] > 0 and result["evaluation_s"] > 0 and result["ssim_variant"] == "skimage"

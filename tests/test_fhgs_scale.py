@@ -85,12 +85,16 @@ class RecordingIndices(GsplatIndices):
         self.calls = []
 
     def isect(self, means2d, radii, depths, tile_size, tiles_x, tiles_y):
-        self.calls.append(("isect", means2d.dtype, tuple(means2d.shape), radii.dtype, tuple(radii.shape), depths.dtype, tile_size))
+        self.calls.append(
+            ("isect", means2d.dtype, tuple(means2d.shape), radii.dtype, tuple(radii.shape), depths.dtype, tile_size)
+        )
         images = means2d.shape[0]
         offsets = torch.zeros(images, tiles_y, tiles_x, dtype=torch.int32)
         return offsets, torch.arange(self.ids.shape[1], dtype=torch.int32)  # longest list = K
 
-    def indices_in_range(self, start, end, transmittances, means2d, conics, opacities, width, height, tile_size, offsets, flatten_ids):
+    def indices_in_range(
+        self, start, end, transmittances, means2d, conics, opacities, width, height, tile_size, offsets, flatten_ids
+    ):
         self.calls.append(("range", start, end, transmittances.dtype, tuple(transmittances.shape), tuple(means2d.shape),
                            tuple(conics.shape), tuple(opacities.shape), conics.dtype, opacities.dtype, width, height,
                            offsets.dtype, flatten_ids.dtype))  # fmt: skip
@@ -147,4 +151,7 @@ def test_compare_decodes_fhgs_features_at_the_teachers_scale():
     meters = {"seg": SegmentationMeter(8), "source_seg": SegmentationMeter(8), "prompt": PromptableMeter()}
     score("fhgs", trainer, trainer.method, Example(data, target, ["s"]), predictor, meters, prompt_grid=2)
     expected = teacher_scale(trainer.data.teacher["sam"])
-    assert len(decoder.norms) == 2 and all(abs(n - expected) < 1e-3 * expected for n in decoder.norms), (decoder.norms, expected)
+    assert len(decoder.norms) == 2 and all(abs(n - expected) < 1e-3 * expected for n in decoder.norms), (
+        decoder.norms,
+        expected,
+    )

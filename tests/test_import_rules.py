@@ -54,7 +54,9 @@ def violations(root: Path = PACKAGE) -> list[str]:
         if layer in EXEMPT:
             continue
         if layer not in LAYERS:
-            bad.append(f"{rel}: module outside the known layers {sorted(LAYERS)} (add it to the README layout and LAYERS)")
+            bad.append(
+                f"{rel}: module outside the known layers {sorted(LAYERS)} (add it to the README layout and LAYERS)"
+            )
             continue
         for line, module in imports(path):
             target = part_of(module)
@@ -63,7 +65,9 @@ def violations(root: Path = PACKAGE) -> list[str]:
             if target not in LAYERS:
                 bad.append(f"{rel}:{line}: imports {module} (unknown layer {target})")
             elif LAYERS[target] > LAYERS[layer] or (layer, target) in FORBIDDEN:
-                bad.append(f"{rel}:{line}: {layer} (level {LAYERS[layer]}) imports {module} ({target}, level {LAYERS[target]})")
+                bad.append(
+                    f"{rel}:{line}: {layer} (level {LAYERS[layer]}) imports {module} ({target}, level {LAYERS[target]})"
+                )
     return bad
 
 
@@ -74,8 +78,16 @@ def test_no_import_goes_up_a_layer():
 @pytest.mark.parametrize(
     "where, source, expected",
     [
-        ("inference/x.py", "from ffsplat.training.module import SLIM_FORMAT\n", "inference (level 3) imports ffsplat.training.module"),
-        ("teachers/x.py", "def f():\n    from ffsplat.data.labels import EVAL_CLASSES\n", "teachers (level 1) imports ffsplat.data.labels"),
+        (
+            "inference/x.py",
+            "from ffsplat.training.module import SLIM_FORMAT\n",
+            "inference (level 3) imports ffsplat.training.module",
+        ),
+        (
+            "teachers/x.py",
+            "def f():\n    from ffsplat.data.labels import EVAL_CLASSES\n",
+            "teachers (level 1) imports ffsplat.data.labels",
+        ),
         ("core/x.py", "import ffsplat.model.network\n", "core (level 0) imports ffsplat.model.network"),
         ("model/x.py", "from ffsplat import objectives\n", "imports ffsplat.objectives"),
         ("teachers/x.py", "from ..data import labels\n", "imports ffsplat.data"),
@@ -98,7 +110,9 @@ def test_the_checker_catches_upward_imports(tmp_path, where, source, expected):
 def test_allowed_imports_pass(tmp_path):
     path = tmp_path / "ffsplat" / "training" / "x.py"
     path.parent.mkdir(parents=True)
-    path.write_text("from ffsplat.inference.predictor import Predictor\nfrom ffsplat.core.types import Views\nimport torch\n")
+    path.write_text(
+        "from ffsplat.inference.predictor import Predictor\nfrom ffsplat.core.types import Views\nimport torch\n"
+    )
     global PACKAGE
     saved, PACKAGE = PACKAGE, tmp_path / "ffsplat"
     try:

@@ -111,7 +111,9 @@ def test_infer_estimates_the_pose_without_cameras(tmp_path, checkpoint, room_vie
     for i, image in enumerate(images):
         paths.append(tmp_path / f"v{i}.png")
         Image.fromarray(image).save(paths[-1])
-    code = run_infer("--views", *paths, "--checkpoint", checkpoint, "--out", tmp_path / "s.ply", "--fov", "60", "--device", "cpu")
+    code = run_infer(
+        "--views", *paths, "--checkpoint", checkpoint, "--out", tmp_path / "s.ply", "--fov", "60", "--device", "cpu"
+    )
     assert code == 0, capsys.readouterr().err
     assert "COLMAP two-view geometry" in capsys.readouterr().out
     assert read_ply(tmp_path / "s.ply")[0].num_gaussians == 8192
@@ -154,7 +156,18 @@ def bad_case(tmp_path: Path, inputs, kind: str) -> tuple[list, str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["unreadable", "channels", "count", "singular", "nan", "missing_checkpoint", "wrong_checkpoint", "unwritable", "one_view"]
+    "kind",
+    [
+        "unreadable",
+        "channels",
+        "count",
+        "singular",
+        "nan",
+        "missing_checkpoint",
+        "wrong_checkpoint",
+        "unwritable",
+        "one_view",
+    ],
 )
 def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, checkpoint, inputs, capsys, kind):
     args, message = bad_case(tmp_path, inputs, kind)
@@ -180,11 +193,29 @@ def test_render_at_context_cameras_reuses_the_semantics_render(tmp_path, checkpo
     real = renderer.render
     monkeypatch.setattr(renderer, "render", lambda *a, **k: calls.append(k.get("features")) or real(*a, **k))
     out = tmp_path / "a" / "scene.ply"
-    assert run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--render", "--device", "cpu") == 0
+    assert (
+        run_infer(
+            "--views",
+            *views,
+            "--cameras",
+            cams,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--render",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert calls == [["lang"]], calls  # one render, of the one field the step decodes
     summary = json.loads((tmp_path / "a" / "scene.json").read_text())
     size = summary["cameras"]["size"]
-    same = [CameraView(np.array(k), np.array(c2w), size, size) for k, c2w in zip(summary["cameras"]["K"], summary["cameras"]["c2w"])]
+    same = [
+        CameraView(np.array(k), np.array(c2w), size, size)
+        for k, c2w in zip(summary["cameras"]["K"], summary["cameras"]["c2w"])
+    ]
     write_cameras(tmp_path / "same.json", CameraFile(same, 0.3, 8.0))
     out_b = tmp_path / "b" / "scene.ply"
     assert run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out_b,

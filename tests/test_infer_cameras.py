@@ -18,14 +18,31 @@ from tests.test_infer import checkpoint, inputs, room_views, run_infer  # noqa: 
 def test_save_depth_writes_mm_png_and_metres_npy_with_crop(tmp_path, checkpoint, inputs, capsys):  # noqa: F811
     views, cams = inputs
     out = tmp_path / "scene.ply"
-    assert run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--save-depth", "--device", "cpu") == 0
+    assert (
+        run_infer(
+            "--views",
+            *views,
+            "--cameras",
+            cams,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--save-depth",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "scene.json").read_text())
     depth = summary["depth"]
     assert len(depth["views"]) == 2
     for _v, (view, path) in enumerate(zip(depth["views"], views)):
         metres = np.load(view["npy_m"])
         mm = np.asarray(Image.open(view["png_mm"]))
-        assert metres.dtype == np.float32 and metres.shape == (64, 64) and mm.dtype == np.uint16 and mm.shape == (64, 64)
+        assert (
+            metres.dtype == np.float32 and metres.shape == (64, 64) and mm.dtype == np.uint16 and mm.shape == (64, 64)
+        )
         assert 0.3 <= metres.min() and metres.max() <= 8.0  # inside the cameras' near/far
         np.testing.assert_array_equal(mm, np.round(metres * 1000).astype(np.uint16))
         h, w = np.asarray(Image.open(path)).shape[:2]
@@ -45,7 +62,9 @@ def test_registration_with_exif_intrinsics(tmp_path, checkpoint, room_views, cap
         paths.append(tmp_path / f"v{i}.jpg")
         Image.fromarray(image).save(paths[-1], "JPEG", quality=95, exif=exif)
     out = tmp_path / "s.ply"
-    assert run_infer("--views", *paths, "--checkpoint", checkpoint, "--out", out, "--device", "cpu") == 0, capsys.readouterr().err
+    assert run_infer("--views", *paths, "--checkpoint", checkpoint, "--out", out, "--device", "cpu") == 0, (
+        capsys.readouterr().err
+    )
     summary = json.loads((tmp_path / "s.json").read_text())
     how = summary["cameras"]["how"]
     assert "COLMAP two-view geometry" in how and "EXIF 35 mm-equivalent focal length" in how
@@ -71,7 +90,21 @@ def test_scannet_folder_as_cameras(tmp_path, checkpoint, capsys):  # noqa: F811
 
     root = shared_data("hololens-office")
     views = [root / "color" / "100.jpg", root / "color" / "104.jpg"]
-    assert run_infer("--views", *views, "--cameras", root, "--checkpoint", checkpoint, "--out", tmp_path / "s.ply", "--device", "cpu") == 0
+    assert (
+        run_infer(
+            "--views",
+            *views,
+            "--cameras",
+            root,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path / "s.ply",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["cameras"]["how"] == f"cameras from {root} (scannet)"
 
@@ -98,14 +131,25 @@ def bad_camera_case(tmp_path: Path, room_views, inputs, kind: str) -> tuple[list
     if kind == "intrinsics_text":
         return ["--views", *pngs, "--intrinsics", "200,200,128"], "--intrinsics: expected four numbers"
     if kind == "intrinsics_outside":
-        return ["--views", *pngs, "--intrinsics", "200,200,1000,128"], "principal point (1000, 128) is far outside the 256x256 image"
+        return [
+            "--views",
+            *pngs,
+            "--intrinsics",
+            "200,200,1000,128",
+        ], "principal point (1000, 128) is far outside the 256x256 image"
     if kind == "near_string":
         data = json.loads(Path(cams).read_text())
         data["near"] = "0.3"
         (tmp_path / "c.json").write_text(json.dumps(data))
         return ["--views", *views, "--cameras", tmp_path / "c.json"], '"near": expected a finite number'
     if kind == "refine_two":
-        return ["--views", *pngs, "--refine-intrinsics", "--focal", "200"], "--refine-intrinsics: refining intrinsics needs 3 or more views"
+        return [
+            "--views",
+            *pngs,
+            "--refine-intrinsics",
+            "--focal",
+            "200",
+        ], "--refine-intrinsics: refining intrinsics needs 3 or more views"
     if kind == "focal_with_cameras":
         return ["--views", *views, "--cameras", cams, "--focal", "200"], "cannot be combined with --cameras"
     if kind == "missing_folder_view":
@@ -118,8 +162,17 @@ def bad_camera_case(tmp_path: Path, room_views, inputs, kind: str) -> tuple[list
 
 @pytest.mark.parametrize(
     "kind",
-    ["unrelated", "identical", "corrupt_exif", "intrinsics_text", "intrinsics_outside", "near_string", "refine_two",
-     "focal_with_cameras", "missing_folder_view"],
+    [
+        "unrelated",
+        "identical",
+        "corrupt_exif",
+        "intrinsics_text",
+        "intrinsics_outside",
+        "near_string",
+        "refine_two",
+        "focal_with_cameras",
+        "missing_folder_view",
+    ],
 )
 def test_bad_camera_input_gives_one_clear_error_and_no_output(tmp_path, checkpoint, room_views, inputs, capsys, kind):  # noqa: F811
     args, message = bad_camera_case(tmp_path, room_views, inputs, kind)

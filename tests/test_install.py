@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "setup.py", "README.md", "infer.py", "evaluate.py", "train.py", "ffsplat", "configs", "checkpoints/demo"]
+SOURCES = [
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "infer.py",
+    "evaluate.py",
+    "train.py",
+    "ffsplat",
+    "configs",
+    "checkpoints/demo",
+]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -38,11 +48,28 @@ def venv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env_dir = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
     python = env_dir / "bin" / "python"
-    purelib = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, dict(os.environ)).stdout.strip()
+    purelib = run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, dict(os.environ)
+    ).stdout.strip()
     Path(purelib, "_parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, pip, setuptools, ...
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed", str(src)], tmp, env)
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--ignore-installed",
+            str(src),
+        ],
+        tmp,
+        env,
+    )
     shutil.rmtree(src)  # the installed copy must not lean on the sources
     return env_dir, env
 
@@ -50,12 +77,22 @@ def venv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.mark.slow
 def test_console_scripts_work_from_a_non_editable_install(venv, tmp_path):
     env_dir, env = venv
-    where = run([str(env_dir / "bin" / "python"), "-c", "import ffsplat, ffsplat.core.config as c; print(ffsplat.__file__); print(c.CONFIG_DIR); print(c.DEMO_CHECKPOINT)"], tmp_path, env)
+    where = run(
+        [
+            str(env_dir / "bin" / "python"),
+            "-c",
+            "import ffsplat, ffsplat.core.config as c; print(ffsplat.__file__); print(c.CONFIG_DIR); print(c.DEMO_CHECKPOINT)",
+        ],
+        tmp_path,
+        env,
+    )
     module, configs, demo = where.stdout.split()
     assert str(env_dir) in module and configs.endswith("ffsplat/_configs") and demo.endswith("ffsplat/_demo/model.pt")
     for script in ("ffsplat-infer", "ffsplat-eval"):
         assert "usage:" in run([str(env_dir / "bin" / script), "--help"], tmp_path, env).stdout
-    assert "experiment" in run([str(env_dir / "bin" / "ffsplat-train"), "--help"], tmp_path, env).stdout  # Hydra found the bundled configs
+    assert (
+        "experiment" in run([str(env_dir / "bin" / "ffsplat-train"), "--help"], tmp_path, env).stdout
+    )  # Hydra found the bundled configs
     demo_views = ROOT / "examples" / "demo"
     out = tmp_path / "out" / "scene.ply"
     run([str(env_dir / "bin" / "ffsplat-infer"), "--views", str(demo_views / "view_0.png"), str(demo_views / "view_1.png"),

@@ -83,7 +83,9 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(tmp_path):
     # A truncated shard.
     data = (tmp_path / "train" / "scene0000_00-0000.tar").read_bytes()
     (tmp_path / "train" / "truncated.tar").write_bytes(data[: len(data) // 2 + 100])
-    dataset = ClipExamples(urls + [str(tmp_path / "train" / n) for n in ("broken.tar", "truncated.tar")], SAMPLER, shuffle_buffer=0)
+    dataset = ClipExamples(
+        urls + [str(tmp_path / "train" / n) for n in ("broken.tar", "truncated.tar")], SAMPLER, shuffle_buffer=0
+    )
     seen = seen_clips(dataset, 0)
     assert dataset.corrupt.count >= 2
     assert any("broken_0000" in e for e in dataset.corrupt.examples)

@@ -32,7 +32,9 @@ def make_views(b: int, v: int, h: int, w: int, seed: int = 0) -> Views:
     c2w = torch.eye(4).repeat(b, v, 1, 1)
     c2w[..., 0, 3] = torch.linspace(-0.3, 0.3, v)
     c2w[..., 2, 3] = torch.linspace(0.0, 0.1, v)
-    return Views(torch.rand(b, v, 3, h, w, generator=gen), Cameras(k, c2w, (h, w)), torch.full((b,), 0.5), torch.full((b,), 8.0))
+    return Views(
+        torch.rand(b, v, 3, h, w, generator=gen), Cameras(k, c2w, (h, w)), torch.full((b,), 0.5), torch.full((b,), 8.0)
+    )
 
 
 def conditions_for(views: Views, names=("sam", "lseg")) -> dict[str, torch.Tensor]:
@@ -94,8 +96,12 @@ def test_permuting_views_permutes_outputs():
     torch.testing.assert_close(b.depth.depth, a.depth.depth[:, perm], atol=1e-4, rtol=1e-4)
     per_view = lambda t: t.reshape(1, 3, 32 * 32, *t.shape[2:])  # noqa: E731
     for name in ("means", "opacities", "sh"):
-        torch.testing.assert_close(per_view(getattr(b.gaussians, name)), per_view(getattr(a.gaussians, name))[:, perm], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(per_view(b.gaussians.features[LANG]), per_view(a.gaussians.features[LANG])[:, perm], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            per_view(getattr(b.gaussians, name)), per_view(getattr(a.gaussians, name))[:, perm], atol=1e-4, rtol=1e-4
+        )
+    torch.testing.assert_close(
+        per_view(b.gaussians.features[LANG]), per_view(a.gaussians.features[LANG])[:, perm], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_gradients_reach_every_parameter_group():
@@ -107,7 +113,9 @@ def test_gradients_reach_every_parameter_group():
     out = model(views, conditions_for(views))
     rendered = render(out.gaussians, views.cameras)
     decoded = model.decode_fields(rendered.features, {"sam": (8, 8), "lseg": (16, 16)})
-    loss = rendered.rgb.mean() + rendered.depth.mean() + decoded["sam"].square().mean() + decoded["lseg"].square().mean()
+    loss = (
+        rendered.rgb.mean() + rendered.depth.mean() + decoded["sam"].square().mean() + decoded["lseg"].square().mean()
+    )
     loss.backward()
     for group, params in model.parameter_groups().items():
         assert params, group
@@ -154,7 +162,6 @@ def test_cost_volume_peaks_at_the_plane_depth(depth):
     assert (best[0, 1, 8:56, 4:40] == nearest).float().mean() > 0.95
 
 
-
 def _einsum_cost_volume(features, intrinsics, extrinsics, depths, pairs=None):
     """The cost volume as it was before chunking (one full warp per offset, ``einsum``), optionally
     restricted to given source views ``pairs[b][i]`` per reference view."""
@@ -169,7 +176,7 @@ def _einsum_cost_volume(features, intrinsics, extrinsics, depths, pairs=None):
     count = features.new_zeros(b, v, d, h, w)
     for bi in range(b):
         for i in range(v):
-            for j in (pairs[bi][i] if pairs is not None else [j for j in range(v) if j != i]):
+            for j in pairs[bi][i] if pairs is not None else [j for j in range(v) if j != i]:
                 grid, valid = plane_sweep_grid(
                     intrinsics[bi, i], extrinsics[bi, i], intrinsics[bi, j], w2c[bi, j], depths[bi, i], h, w
                 )
@@ -205,7 +212,9 @@ def test_chunked_cost_volume_equals_einsum_reference(views, neighbors, chunk):
     assert (ref != 0).float().mean() > 0.3
     torch.testing.assert_close(ours, ref)
     up = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(torch.autograd.grad((ours * up).sum(), feats)[0], torch.autograd.grad((ref * up).sum(), feats)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad((ours * up).sum(), feats)[0], torch.autograd.grad((ref * up).sum(), feats)[0]
+    )
 
 
 def test_cost_volume_neighbours_reach_the_network_config():
@@ -228,6 +237,7 @@ def test_cost_volume_neighbours_reach_the_network_config():
         all3 = model(views, cond).depth.probabilities
     assert not torch.allclose(full, near)
     torch.testing.assert_close(full, all3)
+
 
 def test_plane_sweep_grid_is_identity_for_the_same_camera():
     cams = make_views(1, 1, 16, 24).cameras
@@ -274,11 +284,8 @@ def test_sh_rotation_matches_rotating_the_directions(degree):
     torch.testing.assert_close(rotated, original)
 
 
-
 @pytest.mark.parametrize("degree", [1, 3])
-@pytest.mark.parametrize(
-    "coeff_shape,rot_shape", [((2, 3, 17), (2, 3, 1)), ((5,), (5,)), ((2, 4), (1, 4)), ((6,), ())]
-)
+@pytest.mark.parametrize("coeff_shape,rot_shape", [((2, 3, 17), (2, 3, 1)), ((5,), (5,)), ((2, 4), (1, 4)), ((6,), ())])
 def test_rotate_sh_equals_broadcast_matmul(degree, coeff_shape, rot_shape):
     """rotate_sh (einsum, no per-Gaussian copy of the rotation) equals ``A^T @ coeffs`` with the
     rotation broadcast over the Gaussians, values and gradients."""
@@ -291,12 +298,19 @@ def test_rotate_sh_equals_broadcast_matmul(degree, coeff_shape, rot_shape):
     ref = sh_rotation(degree, rot).transpose(-1, -2) @ coeffs
     torch.testing.assert_close(ours, ref)
     up = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(torch.autograd.grad((ours * up).sum(), coeffs), torch.autograd.grad((ref * up).sum(), coeffs))
+    torch.testing.assert_close(
+        torch.autograd.grad((ours * up).sum(), coeffs), torch.autograd.grad((ref * up).sum(), coeffs)
+    )
+
 
 def test_configs_document_and_build(tmp_path):
     paper = to_dataclass(ModelConfig, group_file("model", "paper"))
     assert paper.name == "mvsplat"  # MVSplat's geometry: 6-layer d=128 transformer, 128 candidates
-    assert paper.mvsplat.num_transformer_layers == 6 and paper.mvsplat.d_feature == 128 and paper.mvsplat.num_depth_candidates == 128
+    assert (
+        paper.mvsplat.num_transformer_layers == 6
+        and paper.mvsplat.d_feature == 128
+        and paper.mvsplat.num_depth_candidates == 128
+    )
     assert 5e6 < sum(p.numel() for p in build_model(paper).parameters()) < 15e6  # MVSplat: 12M
     with pytest.raises(FileNotFoundError, match="choose one of"):
         group_file("model", "enormous")

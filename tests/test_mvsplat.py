@@ -44,7 +44,12 @@ def context(b: int = 1, v: int = 2, size: int = 32, seed: int = 0) -> tuple[View
     c2w = torch.eye(4).repeat(b, v, 1, 1)
     c2w[..., :3, :3] = quat_to_rotmat(q / q.norm(dim=-1, keepdim=True))
     c2w[..., :3, 3] = 0.3 * torch.randn(b, v, 3, generator=g)
-    views = Views(torch.rand(b, v, 3, size, size, generator=g), Cameras(k, c2w, (size, size)), torch.full((b,), 0.5), torch.full((b,), 20.0))
+    views = Views(
+        torch.rand(b, v, 3, size, size, generator=g),
+        Cameras(k, c2w, (size, size)),
+        torch.full((b,), 0.5),
+        torch.full((b,), 20.0),
+    )
     cond = {"sam": torch.randn(b, v, 256, 8, 8, generator=g), "lseg": torch.randn(b, v, 512, 16, 16, generator=g)}
     return views, cond
 
@@ -52,7 +57,10 @@ def context(b: int = 1, v: int = 2, size: int = 32, seed: int = 0) -> tuple[View
 def test_paper_config_loads_an_mvsplat_encoder_state_dict_strictly(tmp_path):
     fixture = json.loads(FIXTURE.read_text())
     g = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(shape, generator=g) if shape else torch.randn((), generator=g) for k, shape in fixture["keys"].items()}
+    state = {
+        k: torch.randn(shape, generator=g) if shape else torch.randn((), generator=g)
+        for k, shape in fixture["keys"].items()
+    }
     state["decoder.background_color"] = torch.zeros(3)  # outside the encoder: ignored, counted
     path = tmp_path / "re10k.ckpt"
     torch.save({"state_dict": state, "global_step": 300000}, path)
@@ -102,7 +110,7 @@ def test_mismatching_checkpoints_name_the_keys(tmp_path):
 def test_unimatch_backbone_loads_and_ignores_other_heads():
     src = build_model(small_cfg())
     backbone = src.backbone.state_dict()
-    state = {f"backbone.{k[len('backbone.'):]}" if k.startswith("backbone.") else k: v for k, v in backbone.items()}
+    state = {f"backbone.{k[len('backbone.') :]}" if k.startswith("backbone.") else k: v for k, v in backbone.items()}
     state["upsampler.0.weight"] = torch.zeros(3)  # UniMatch's flow upsampler: not ours
     dst = build_model(small_cfg())
     report = load_geometry_checkpoint(dst, state, "unimatch")
@@ -118,7 +126,9 @@ def test_semantic_conditioning_starts_without_effect_on_geometry():
     torch.manual_seed(0)
     conditioned = build_model(small_cfg(conditioned=True)).eval()
     plain = build_model(small_cfg(conditioned=False)).eval()
-    report = load_geometry_checkpoint(plain, {f"encoder.{k}": v for k, v in conditioned.geometry_state_dict().items()}, "mvsplat")
+    report = load_geometry_checkpoint(
+        plain, {f"encoder.{k}": v for k, v in conditioned.geometry_state_dict().items()}, "mvsplat"
+    )
     assert report["loaded"] == len(conditioned.geometry_state_dict())
     views, cond = context(v=3)
     with torch.no_grad():
@@ -148,7 +158,9 @@ def test_mvsplat_forward_shapes_depth_contract_and_gradients():
     assert torch.allclose(g.rotations.norm(dim=-1), torch.ones(()), atol=1e-5)
     # DepthOutput.depth is the camera-frame z of the means (MVSplat's depth is the ray distance).
     c2w = views.cameras.extrinsics
-    local = (c2w[:, :, None, :3, :3].transpose(-1, -2) @ (g.means.view(2, 2, -1, 3) - c2w[:, :, None, :3, 3])[..., None])[..., 0]
+    local = (
+        c2w[:, :, None, :3, :3].transpose(-1, -2) @ (g.means.view(2, 2, -1, 3) - c2w[:, :, None, :3, 3])[..., None]
+    )[..., 0]
     torch.testing.assert_close(local[..., 2], out.depth.depth.flatten(2), rtol=1e-4, atol=1e-4)
     near, far = views.near[0].item(), views.far[0].item()
     ray = (g.means.view(2, 2, -1, 3) - c2w[:, :, None, :3, 3]).norm(dim=-1)

@@ -152,7 +152,7 @@ def write_inria_ply(path, sh_degree: int, n: int, drop: tuple[str, ...] = (), nu
     """A plain Inria 3DGS file built with plyfile directly (no ffsplat comments)."""
     names = [name for name in inria_property_names(sh_degree) if name not in drop and not name.startswith("f_rest_")]
     rest = [f"f_rest_{i}" for i in range(3 * ((sh_degree + 1) ** 2 - 1) if num_rest is None else num_rest)]
-    names = names[: names.index("opacity")] + rest + names[names.index("opacity"):]
+    names = names[: names.index("opacity")] + rest + names[names.index("opacity") :]
     rng = np.random.default_rng(1)
     data = np.empty(n, dtype=[(name, "f4") for name in names])
     for name in names:

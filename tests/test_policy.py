@@ -46,7 +46,9 @@ def test_classify_is_the_cosine_argmax_with_clip_temperature():
     feats, table = torch.randn(2, 5, 3, 4), torch.randn(3, 5)
     ids, conf = policy.classify(feats, table)
     assert torch.equal(ids, classify_by_embeddings(feats, table))
-    cos = torch.nn.functional.normalize(feats, dim=1).permute(0, 2, 3, 1) @ torch.nn.functional.normalize(table, dim=1).T
+    cos = (
+        torch.nn.functional.normalize(feats, dim=1).permute(0, 2, 3, 1) @ torch.nn.functional.normalize(table, dim=1).T
+    )
     expected = (cos / 0.07).softmax(-1).max(-1).values
     torch.testing.assert_close(conf, expected)
     assert ids.min() >= 1 and ids.max() <= 3
@@ -113,16 +115,40 @@ def test_unconditioned_sam_model_gets_sams_prompt_decoder_and_promptable_iou(unc
     predictor = Predictor(unconditioned_sam_checkpoint, teacher_overrides={"segmentation": {"builder": tiny_sam}})
     assert not predictor.conditioned and predictor.prompt_decoder_name == "sam"
     assert isinstance(predictor.prompt_decoder, SAMTeacher)  # was None before: evaluation failed at promptable IoU
-    index = build_eval_index(scene_frame_ids(tiny_shards, "val"), ViewSamplerConfig(num_context=2, num_target=1, min_gap=3, max_gap=5), seed=0)
-    result = evaluate_model(predictor, EvalIndexDataset(tiny_shards, "val", index), EvalConfig(prompt_grid=2, max_examples=1, source_views=False))
+    index = build_eval_index(
+        scene_frame_ids(tiny_shards, "val"),
+        ViewSamplerConfig(num_context=2, num_target=1, min_gap=3, max_gap=5),
+        seed=0,
+    )
+    result = evaluate_model(
+        predictor,
+        EvalIndexDataset(tiny_shards, "val", index),
+        EvalConfig(prompt_grid=2, max_examples=1, source_views=False),
+    )
     assert result["examples"] == 1 and 0.0 <= result["promptable_iou"] <= 1.0
 
 
-def test_unconditioned_sam_model_without_sam_weights_fails_clearly_only_when_prompting(unconditioned_sam_checkpoint, tmp_path):
+def test_unconditioned_sam_model_without_sam_weights_fails_clearly_only_when_prompting(
+    unconditioned_sam_checkpoint, tmp_path
+):
     """Inference on photos needs no SAM weights; asking for the prompt decoder names the missing file."""
     blob = torch.load(unconditioned_sam_checkpoint, weights_only=True)
     blob["teachers"]["segmentation"]["kwargs"]["checkpoint"] = str(tmp_path / "missing_sam.pth")
-    meta = {k: v for k, v in blob.items() if k not in ("format", "version", "checksum", "model_config", "state_dict", "teachers", "class_names", "class_embeddings")}
+    meta = {
+        k: v
+        for k, v in blob.items()
+        if k
+        not in (
+            "format",
+            "version",
+            "checksum",
+            "model_config",
+            "state_dict",
+            "teachers",
+            "class_names",
+            "class_embeddings",
+        )
+    }
     path = save_model(tmp_path / "model.pt", model_config=blob["model_config"], state_dict=blob["state_dict"], teachers=blob["teachers"],
                       class_names=blob["class_names"], class_embeddings=blob["class_embeddings"], **meta)  # fmt: skip
     predictor = Predictor(path)  # loads: an unconditioned model needs nothing but images

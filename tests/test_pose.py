@@ -41,14 +41,20 @@ def test_two_views_recover_relative_pose_and_scale(room):
     assert np.linalg.norm(reg.c2w[1, :3, 3]) == pytest.approx(0.25)
     np.testing.assert_allclose(reg.k, np.stack([k, k]))  # two views: the priors are kept
     rep = reg.report
-    assert rep.method.startswith("two-view geometry (") and rep.pairs[0].inliers >= 30 and rep.pairs[0].matches >= rep.pairs[0].inliers
+    assert (
+        rep.method.startswith("two-view geometry (")
+        and rep.pairs[0].inliers >= 30
+        and rep.pairs[0].matches >= rep.pairs[0].inliers
+    )
     assert rep.points >= 30 and rep.mean_reprojection_error < 1.0 and "a.png and b.png are 0.25 m apart" in rep.scale
 
 
 def test_refuses_unrelated_and_identical_photos(room):
     images, k, _ = room
     noise = np.random.default_rng(0).integers(0, 255, images[0].shape, dtype=np.uint8)
-    with pytest.raises(PoseEstimationError, match=r"a\.png and noise\.png could not be registered: \d+ feature matches"):
+    with pytest.raises(
+        PoseEstimationError, match=r"a\.png and noise\.png could not be registered: \d+ feature matches"
+    ):
         register_views([images[0], noise], [k, k], names=["a.png", "noise.png"], config=FAST)
     with pytest.raises(PoseEstimationError, match="a.png and b.png are the same photo"):
         register_views([images[0], images[0].copy()], [k, k], names=["a.png", "b.png"], config=FAST)

@@ -51,7 +51,9 @@ def test_gaussian_adapter_matches_explicit_world_frame_construction():
 
     # Rotation: local -> camera (predicted) then camera -> world.
     rot_cam = quat_to_rotmat(normalize_quat(rot_raw + torch.tensor([1.0, 0, 0, 0])))
-    torch.testing.assert_close(quat_to_rotmat(g.rotations[0]), (rot_c2w @ rot_cam).expand(h * w, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        quat_to_rotmat(g.rotations[0]), (rot_c2w @ rot_cam).expand(h * w, 3, 3), atol=1e-5, rtol=0
+    )
 
     # SH: colour seen along world direction d == camera-frame SH evaluated at R_c2w^T d.
     sh_cam = (sh_raw.reshape(k, 3) * 0.1).expand(h * w, k, 3).clone()
@@ -93,7 +95,9 @@ def test_bf16_autocast_network_hands_render_float32_and_exact_plane_sweep(monkey
                  "viewmats": viewmats, "ks": ks, "backgrounds": backgrounds}  # fmt: skip
         received.extend(named.items())
         assert not torch.is_autocast_enabled("cpu")
-        return renderer._rasterize_torch(means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s)
+        return renderer._rasterize_torch(
+            means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s
+        )
 
     grids: list[tuple[tuple, torch.Tensor]] = []
     original_grid = cost_volume.plane_sweep_grid
@@ -130,7 +134,9 @@ def test_bf16_autocast_network_hands_render_float32_and_exact_plane_sweep(monkey
     cams = views.cameras.resize(feat_h, feat_w)
     cand = inverse_depth_candidates(views.near, views.far, model.cfg.depth.num_candidates)[:, None].expand(1, 2, -1)
     src = torch.tensor([1, 0])
-    expected, _ = plane_sweep_grid(cams.intrinsics, cams.extrinsics, cams.intrinsics[:, src], cams.w2c[:, src], cand, feat_h, feat_w)
+    expected, _ = plane_sweep_grid(
+        cams.intrinsics, cams.extrinsics, cams.intrinsics[:, src], cams.w2c[:, src], cand, feat_h, feat_w
+    )
     torch.testing.assert_close(grid, expected.flatten(0, 1), rtol=0, atol=0)
 
 
@@ -177,7 +183,9 @@ def test_field_decoder_reduction_gives_every_rendered_pixel_gradient():
     # a constant field stays constant; upsampling is plain bilinear
     torch.testing.assert_close(resize_field(torch.ones(1, 1, 32, 48), (8, 12)), torch.ones(1, 1, 8, 12))
     up = torch.randn(1, 2, 4, 4)
-    torch.testing.assert_close(resize_field(up, (8, 8)), torch.nn.functional.interpolate(up, size=(8, 8), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        resize_field(up, (8, 8)), torch.nn.functional.interpolate(up, size=(8, 8), mode="bilinear", align_corners=False)
+    )
     dec = FieldDecoder(4, 6, 8)
     rendered = torch.randn(1, 2, 4, 32, 48, requires_grad=True)
     dec(rendered, (8, 12)).sum().backward()

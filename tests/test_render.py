@@ -119,7 +119,9 @@ def test_gradcheck_tiny_scene():
         out = render(Gaussians(means, scales, quats, opac, sh, {"f": feat}), cams, background=[0.2, 0.1, 0.0])
         return out.rgb, out.features["f"], out.depth, out.alpha
 
-    inputs = [t.clone().requires_grad_(True) for t in (g.means, g.scales, g.rotations, g.opacities, g.sh, g.features["feat"])]
+    inputs = [
+        t.clone().requires_grad_(True) for t in (g.means, g.scales, g.rotations, g.opacities, g.sh, g.features["feat"])
+    ]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
@@ -166,6 +168,7 @@ def test_front_gaussian_occludes_back_one():
     front_green = isotropic([[0, 0, 3.0], [0, 0, 2.0]], 0.3, [0.7, 0.6], [red, green])
     a = render(front_red, cams).rgb[0, :, 16, 16]
     b = render(front_green, cams).rgb[0, :, 16, 16]
+
     # Pixel (16, 16) is 0.5 px from the centre in x and y: compute alphas there.
     def alpha_at(opacity, z):
         var = (40 * 0.3 / z) ** 2 + 0.3
@@ -183,7 +186,9 @@ def test_compositing_stops_before_transmittance_falls_below_1e4():
     out = render(g, cams)
     # alpha capped at 0.999: after the first T = 1e-3; the second would leave 1e-6 <= 1e-4, so
     # compositing stops there and neither the second nor the third contributes.
-    torch.testing.assert_close(out.rgb[0, :, 16, 16], torch.tensor([0.999, 0, 0], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        out.rgb[0, :, 16, 16], torch.tensor([0.999, 0, 0], dtype=torch.float64), atol=1e-12, rtol=0
+    )
     assert out.alpha[0, 16, 16].item() == pytest.approx(0.999, abs=1e-12)
 
 
@@ -275,7 +280,9 @@ def test_gsplat_cuda_matches_torch_backend(channels, mode):
         params = [gg.means, gg.scales, gg.rotations, gg.opacities, gg.sh] + list(gg.features.values())
         for p in params:
             p.requires_grad_(True)
-        out = render(gg, cams, background=[0.3, 0.2, 0.1], settings=RasterSettings(backend=backend, rasterize_mode=mode))
+        out = render(
+            gg, cams, background=[0.3, 0.2, 0.1], settings=RasterSettings(backend=backend, rasterize_mode=mode)
+        )
         torch.manual_seed(0)
         stack = [out.rgb, out.alpha[:, :, None], out.depth[:, :, None] / 4] + list(out.features.values())
         loss = sum((t * torch.randn_like(t)).sum() for t in stack)
@@ -340,7 +347,10 @@ def _opaque_stack_scene(dtype):
     0.999 alpha clamp are both exercised."""
     g = random_gaussians(1, 50, 0, dtype=dtype, seed=3)
     extra = 12
-    means = torch.cat([g.means, torch.zeros(1, extra, 3, dtype=dtype) + torch.linspace(-0.3, 0.3, extra, dtype=dtype)[None, :, None]], 1)
+    means = torch.cat(
+        [g.means, torch.zeros(1, extra, 3, dtype=dtype) + torch.linspace(-0.3, 0.3, extra, dtype=dtype)[None, :, None]],
+        1,
+    )
     scales = torch.cat([g.scales, torch.full((1, extra, 3), 0.3, dtype=dtype)], 1)
     rotations = torch.cat([g.rotations, torch.tensor([1.0, 0, 0, 0], dtype=dtype).expand(1, extra, 4)], 1)
     opacities = torch.cat([g.opacities, torch.full((1, extra), 0.99, dtype=dtype)], 1)
@@ -348,9 +358,7 @@ def _opaque_stack_scene(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize(
-    "tile,chunk,channels", [(4, 1 << 20, 67), (16, 1 << 24, 1), (4, 1 << 12, 7), (16, 1, 3)]
-)
+@pytest.mark.parametrize("tile,chunk,channels", [(4, 1 << 20, 67), (16, 1 << 24, 1), (4, 1 << 12, 7), (16, 1, 3)])
 def test_custom_backward_compositor_equals_autograd_compositor(dtype, tile, chunk, channels):
     """rasterize_tiles (hand-written backward, chunk recompute) equals the previous dense autograd
     compositor in values and in gradients w.r.t. every input, incl. upstream alpha gradients."""

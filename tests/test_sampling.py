@@ -23,8 +23,10 @@ from ffsplat.data.sampling import (
 
 REPO = Path(__file__).resolve().parents[1]
 # Non-contiguous, increasing frame ids (keyframes picked by pose change, invalid frames dropped).
-SCENES = {f"scene{s:04d}_00": sorted({int(x) for x in np.cumsum(np.random.default_rng(s).integers(1, 9, 40))})
-          for s in range(6)}
+SCENES = {
+    f"scene{s:04d}_00": sorted({int(x) for x in np.cumsum(np.random.default_rng(s).integers(1, 9, 40))})
+    for s in range(6)
+}
 
 
 def _check_draw(ctx: np.ndarray, tgt: np.ndarray, n: int, cfg: ViewSamplerConfig, max_gap: int) -> None:
@@ -44,8 +46,14 @@ def _check_draw(ctx: np.ndarray, tgt: np.ndarray, n: int, cfg: ViewSamplerConfig
 @pytest.mark.parametrize("target_range", ["between", "clip"])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_sampler_properties(num_context: int, target_range: str, overlap: bool) -> None:
-    cfg = ViewSamplerConfig(num_context=num_context, num_target=3, min_gap=4, max_gap=12,
-                            target_range=target_range, allow_target_overlap=overlap)
+    cfg = ViewSamplerConfig(
+        num_context=num_context,
+        num_target=3,
+        min_gap=4,
+        max_gap=12,
+        target_range=target_range,
+        allow_target_overlap=overlap,
+    )
     rng = np.random.default_rng(123)
     gaps, outside = set(), 0
     for _ in range(500):
@@ -54,8 +62,11 @@ def test_sampler_properties(num_context: int, target_range: str, overlap: bool) 
         _check_draw(ctx, tgt, n, cfg, cfg.max_gap)
         gaps.add(int(ctx[-1] - ctx[0]))
         outside += int(np.sum((tgt < ctx[0]) | (tgt > ctx[-1])))
-        free = (ctx[-1] - ctx[0] + 1) - (0 if overlap else num_context) if target_range == "between" else \
-            n - (0 if overlap else num_context)
+        free = (
+            (ctx[-1] - ctx[0] + 1) - (0 if overlap else num_context)
+            if target_range == "between"
+            else n - (0 if overlap else num_context)
+        )
         if free >= cfg.num_target:
             assert len(set(tgt.tolist())) == cfg.num_target, "targets distinct when enough frames"
     assert gaps == set(range(4, 13)), "every allowed gap is drawn"
@@ -96,8 +107,9 @@ def test_too_short_clip_and_bad_config_raise() -> None:
     with pytest.raises(ValueError, match=r"min_gap=5.*num_context=2.*at least .*6 frames"):
         sample_views(5, ViewSamplerConfig(), np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"num_context=3.*target_range='clip'"):
-        sample_views(3, ViewSamplerConfig(num_context=3, min_gap=2, max_gap=2, target_range="clip"),
-                     np.random.default_rng(0))
+        sample_views(
+            3, ViewSamplerConfig(num_context=3, min_gap=2, max_gap=2, target_range="clip"), np.random.default_rng(0)
+        )
     with pytest.raises(ValueError, match=r"min_gap=2 is too small.*num_context=3"):
         ViewSamplerConfig(num_context=3, min_gap=2)
     with pytest.raises(ValueError, match=r"max_gap=3 must be >= min_gap=5"):
@@ -147,8 +159,9 @@ def test_build_eval_index_same_across_processes_and_hash_seeds() -> None:
     outs = []
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO)}
-        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                             check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        )
         outs.append(json.loads(res.stdout))
     local = build_eval_index(SCENES, ViewSamplerConfig(num_context=3), seed=11)
     assert outs[0] == outs[1] == json.loads(json.dumps(local))
@@ -187,10 +200,16 @@ def test_save_load_round_trip_and_atomic(tmp_path: Path) -> None:
 
 def test_load_mvsplat_single_dict_form(tmp_path: Path) -> None:
     path = tmp_path / "mvsplat.json"
-    path.write_text(json.dumps({"s1": {"context": [10, 40], "target": [20, 30]}, "s2": None,
-                                "s3": [{"context": [1, 2, 5], "target": [3]}]}))
-    assert load_eval_index(path) == {"s1": [{"context": [10, 40], "target": [20, 30]}], "s2": [],
-                                     "s3": [{"context": [1, 2, 5], "target": [3]}]}
+    path.write_text(
+        json.dumps(
+            {"s1": {"context": [10, 40], "target": [20, 30]}, "s2": None, "s3": [{"context": [1, 2, 5], "target": [3]}]}
+        )
+    )
+    assert load_eval_index(path) == {
+        "s1": [{"context": [10, 40], "target": [20, 30]}],
+        "s2": [],
+        "s3": [{"context": [1, 2, 5], "target": [3]}],
+    }
     save_eval_index(tmp_path / "out.json", {"s1": {"context": np.array([10, 40]), "target": (20,)}})
     assert json.loads((tmp_path / "out.json").read_text()) == {"s1": [{"context": [10, 40], "target": [20]}]}
 

@@ -140,7 +140,12 @@ def test_export_and_back(sens_file, tmp_path):
     path, frames = sens_file
     out = tmp_path / "exported"
     stats = export_sens(path, out)
-    assert stats == {"frames": 5, "exported": 4, "skipped_invalid_pose": 1, "skipped_frames": {NAN_FRAME: "inf/NaN in the pose"}}
+    assert stats == {
+        "frames": 5,
+        "exported": 4,
+        "skipped_invalid_pose": 1,
+        "skipped_frames": {NAN_FRAME: "inf/NaN in the pose"},
+    }
     kept = [i for i in range(5) if i != NAN_FRAME]
     for sub, ext in [("color", "jpg"), ("depth", "png"), ("pose", "txt")]:
         assert sorted(int(p.stem) for p in (out / sub).glob(f"*.{ext}")) == kept
@@ -177,11 +182,18 @@ def test_export_frame_skip_and_depth_shift(tmp_path):
     frames = [(c2w, rgb, (depth // 4).astype(np.uint16), ts) for c2w, rgb, depth, ts in frames]
     path = tmp_path / "shift.sens"
     write_sens(
-        path, frames, intrinsic_color=K_COLOR, intrinsic_depth=K_DEPTH, color_hw=COLOR_HW, depth_hw=DEPTH_HW,
+        path,
+        frames,
+        intrinsic_color=K_COLOR,
+        intrinsic_depth=K_DEPTH,
+        color_hw=COLOR_HW,
+        depth_hw=DEPTH_HW,
         depth_shift=4000.0,
     )
     stats = export_sens(path, tmp_path / "out", frame_skip=2)
-    assert stats["exported"] == 2 and stats["skipped_frames"] == {2: "inf/NaN in the pose"}  # 0 and 4 kept, 2 has a NaN pose
+    assert stats["exported"] == 2 and stats["skipped_frames"] == {
+        2: "inf/NaN in the pose"
+    }  # 0 and 4 kept, 2 has a NaN pose
     assert sorted(int(p.stem) for p in (tmp_path / "out" / "depth").glob("*.png")) == [0, 4]
     png = cv2.imread(str(tmp_path / "out" / "depth" / "4.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(png, np.rint(frames[4][2] / 4.0).astype(np.uint16))  # millimetres
@@ -260,9 +272,21 @@ def test_cli_two_files(tmp_path):
     write_scene(tmp_path / "sceneA.sens")
     write_scene(tmp_path / "sceneB.sens", synthetic_frames(3, seed=5))
     result = subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "export_sens.py"), "--sens", str(tmp_path / "sceneA.sens"),
-         str(tmp_path / "sceneB.sens"), "--out", str(tmp_path / "out"), "--workers", "2"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "export_sens.py"),
+            "--sens",
+            str(tmp_path / "sceneA.sens"),
+            str(tmp_path / "sceneB.sens"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{") :])
@@ -297,5 +321,6 @@ def test_real_scene_round_trip(tmp_path):
         np.testing.assert_allclose(pose, np.loadtxt(src / "pose" / f"{i}.txt"), atol=1e-6)
     np.testing.assert_allclose(
         np.loadtxt(tmp_path / "out" / "intrinsic" / "intrinsic_color.txt"),
-        np.loadtxt(src / "intrinsic" / "intrinsic_color.txt"), rtol=1e-7,
+        np.loadtxt(src / "intrinsic" / "intrinsic_color.txt"),
+        rtol=1e-7,
     )

@@ -62,7 +62,9 @@ def test_logits_match_the_public_implementation_on_a_real_frame():
     net = load_espnetv2(weights())
     img = Image.open(shared_data("hololens-office/color/120.jpg")).convert("RGB").resize((256, 256), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None] / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         logits = net(x)
     torch.testing.assert_close(logits.mean((0, 2, 3)), torch.tensor(REFERENCE_MEAN_LOGITS), atol=2e-3, rtol=0)

@@ -54,7 +54,9 @@ def tiny_tokenizer():
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("p", "h"), ("o", "f</w>")]
-    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    tokens = (
+        alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    )
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 
 
@@ -64,7 +66,9 @@ def tiny_clip(tokenizer, seed: int):
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
     torch.manual_seed(seed)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
 
@@ -94,7 +98,9 @@ def write_official_checkpoint(path, net: LSegNet, extra: dict | None = None) -> 
     state = official_state_dict(net)
     state["net.clip_pretrained.positional_embedding"] = torch.zeros(77, 512)  # dropped on load, as documented
     state.update(extra or {})
-    torch.save({"epoch": 200, "global_step": 1, "state_dict": state, "hyper_parameters": {"backbone": "clip_vitl16_384"}}, path)
+    torch.save(
+        {"epoch": 200, "global_step": 1, "state_dict": state, "hyper_parameters": {"backbone": "clip_vitl16_384"}}, path
+    )
     return state
 
 

@@ -22,16 +22,26 @@ def tiny_sam(seed: int = 0) -> Sam:
     torch.manual_seed(seed)
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            img_size=S, patch_size=PATCH, embed_dim=32, depth=2, num_heads=2, out_chans=256,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=8,
+            img_size=S,
+            patch_size=PATCH,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            out_chans=256,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=8,
             global_attn_indexes=(1,),
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=256, image_embedding_size=(G, G), input_image_size=(S, S), mask_in_chans=16
         ),
         mask_decoder=MaskDecoder(
-            transformer_dim=256, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256, num_heads=8),
-            num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=64,
+            transformer_dim=256,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256, num_heads=8),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=64,
         ),
     )
     with torch.no_grad():  # non-trivial positional/rel-pos weights (zeros at init)

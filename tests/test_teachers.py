@@ -69,7 +69,9 @@ def test_noise_and_blur_levels(frames):
     cos = (feats * clean).sum(dim=1)
     expected = 1 / math.sqrt(1 + sigma**2 * 512)  # |e + sigma n|^2 ~ 1 + sigma^2 d
     assert abs(cos.mean().item() - expected) < 0.01
-    blurred = LabelLanguageTeacher(flip_rate=0.0, blur_sigma=2.0, noise_std=0.0, stride=1).encode(images, labels, instances)
+    blurred = LabelLanguageTeacher(flip_rate=0.0, blur_sigma=2.0, noise_std=0.0, stride=1).encode(
+        images, labels, instances
+    )
     cos_blur = (blurred * clean).sum(dim=1)
     # Away from class boundaries (7x7 neighbourhood of one class) features are unchanged...
     pooled_max = torch.nn.functional.max_pool2d(labels[:, None].float(), 13, 1, 6)[:, 0]
@@ -108,7 +110,9 @@ def test_segmentation_teacher_separates_instances(frames):
 def test_cached_teacher_features_equal_online_ones(tmp_path):
     write_synthetic_scene(tmp_path / "scenes" / "room", 5, SyntheticConfig(height=64, width=64, frames=10))
     specs = {"label_lang": {"flip_rate": 0.2}, "label_seg": {}}
-    cfg = ShardConfig(size=32, clip_length=5, min_clip_length=2, keyframe_translation=0.0, teachers=specs, teacher_size=(8, 8))
+    cfg = ShardConfig(
+        size=32, clip_length=5, min_clip_length=2, keyframe_translation=0.0, teachers=specs, teacher_size=(8, 8)
+    )
     from tests.conftest import shared_data
 
     manifest = write_shards({"train": [tmp_path / "scenes" / "room"]}, tmp_path / "out", cfg,

@@ -57,7 +57,9 @@ def tiny_config(shards: Path, tmp: Path, stage: str = "seg", **overrides) -> Tra
 def run_driver(cfg: TrainConfig, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     path = tmp / f"config_{len(list(tmp.glob('config_*.json')))}.json"
     path.write_text(json.dumps(asdict(cfg)))
-    return subprocess.run([sys.executable, str(DRIVER), str(path), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(DRIVER), str(path), *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -86,7 +88,11 @@ def test_each_stage_trains_exactly_its_parameters(shards, tmp_path, stage):
     module._move_helpers()
     loss, logs = module.compute_losses(batch)
     assert torch.isfinite(loss) and loss > 0
-    expected_terms = {"geometry": {"rgb_l1"}, "seg": {"rgb_l1", "sam_cos", "sam_mask"}, "lang": {"lang_plain", "lang_total"}}[stage]
+    expected_terms = {
+        "geometry": {"rgb_l1"},
+        "seg": {"rgb_l1", "sam_cos", "sam_mask"},
+        "lang": {"lang_plain", "lang_total"},
+    }[stage]
     assert expected_terms <= set(logs), logs.keys()
     loss.backward()
     optimizer.step()
@@ -118,13 +124,23 @@ def uninterrupted_stream(cfg: TrainConfig, steps: int) -> dict[int, list]:
     from ffsplat.data.shards import ClipExamples, collate_examples, manifest_shards
 
     d = cfg.data
-    data = ClipExamples(manifest_shards(d.root, d.train_split), d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, cfg.trainer.seed)
+    data = ClipExamples(
+        manifest_shards(d.root, d.train_split),
+        d.sampler,
+        d.shuffle_buffer,
+        d.resampled,
+        d.epoch_length,
+        cfg.trainer.seed,
+    )
     out: dict[int, list] = {}
     epoch = 0
     while len(out) < steps:
         data.set_position(epoch, len(out), 0, d.batch_size)
         for batch in DataLoader(data, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples):
-            ids = [[s, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()] for i, s in enumerate(batch.scenes)]
+            ids = [
+                [s, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()]
+                for i, s in enumerate(batch.scenes)
+            ]
             out[len(out)] = ids
         epoch += 1
     return {s: out[s] for s in range(steps)}
@@ -146,7 +162,9 @@ def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
 
     state = saved["optimizer_states"][0]["state"]
     saved_optimizer = checksum([v for k in sorted(state) for v in state[k].values() if torch.is_tensor(v)])
-    resumed = run_driver(cfg, tmp_path, "--report-dir", str(tmp_path / "report"), "--samples", str(tmp_path / "resumed.jsonl"))
+    resumed = run_driver(
+        cfg, tmp_path, "--report-dir", str(tmp_path / "report"), "--samples", str(tmp_path / "resumed.jsonl")
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The data stream of an uninterrupted run: epochs of 4 steps, so the resume lands mid-epoch 0.
     ref = uninterrupted_stream(cfg, 6)
@@ -169,7 +187,9 @@ def test_wandb_offline_run_and_slim_export(shards, tmp_path):
                       trainer__val_every_n_steps=2, logging__images_every_n_steps=1, logging__progress_every_n_steps=1)  # fmt: skip
     done = run_driver(cfg, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[train] step 1/2 (50.0%) loss " in done.stderr and "[train] step 2/2 (100.0%)" in done.stderr  # plain progress lines
+    assert (
+        "[train] step 1/2 (50.0%) loss " in done.stderr and "[train] step 2/2 (100.0%)" in done.stderr
+    )  # plain progress lines
     runs = list((tmp_path / "outputs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     slim = Path(cfg.checkpoint.dir) / cfg.run_name / "model.pt"
@@ -182,9 +202,13 @@ def test_wandb_offline_run_and_slim_export(shards, tmp_path):
     load_model_weights(model, slim)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, blob["state_dict"][name])
-    load_model_weights(model, Path(cfg.checkpoint.dir) / cfg.run_name / "last.ckpt")  # Lightning's file, weights_only=True
+    load_model_weights(
+        model, Path(cfg.checkpoint.dir) / cfg.run_name / "last.ckpt"
+    )  # Lightning's file, weights_only=True
     # the next stage starts from it
     module = SemanticSplatModule(tiny_config(shards, tmp_path, "lang", stage__init_from=str(slim)))
-    torch.testing.assert_close(module.model.state_dict()["seg_head.net.0.weight"], blob["state_dict"]["seg_head.net.0.weight"])
+    torch.testing.assert_close(
+        module.model.state_dict()["seg_head.net.0.weight"], blob["state_dict"]["seg_head.net.0.weight"]
+    )
     export_slim(module, tmp_path / "again.pt")
     assert (tmp_path / "again.pt").is_file()

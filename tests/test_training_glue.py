@@ -134,12 +134,16 @@ def test_validation_index_is_split_across_ranks(tiny_shards, monkeypatch):
     data = EvalIndexDataset(tiny_shards, "train", one)
     assert [data.rank_entries(r, 2) for r in (0, 1)] == [one, one]
     three = {scene: entries[:3] for scene, entries in list(index.items())[:1]}
-    assert [sum(map(len, EvalIndexDataset(tiny_shards, "train", three).rank_entries(r, 2).values())) for r in (0, 1)] == [2, 2]
+    assert [
+        sum(map(len, EvalIndexDataset(tiny_shards, "train", three).rank_entries(r, 2).values())) for r in (0, 1)
+    ] == [2, 2]
 
 
 def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):
     sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=7, gap_warmup_steps=10)
-    data = ClipExamples(manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=0, resampled=True, epoch_length=48, seed=0)
+    data = ClipExamples(
+        manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=0, resampled=True, epoch_length=48, seed=0
+    )
     data.set_position(epoch=0, epoch_start_step=0, batch_size=4)
     loader = DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples)
     gaps = [(b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist() for b in loader]
@@ -150,14 +154,20 @@ def test_view_gap_curriculum_advances_inside_dataloader_workers(tiny_shards):
     assert max(max(b) for b in gaps[10::2]) > 4 and max(max(b) for b in gaps[11::2]) > 4  # each worker widened
     # A later epoch starting at step 1000 samples the full range from its first batch.
     data.set_position(epoch=1, epoch_start_step=1000, batch_size=4)
-    late = [g for b in DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples) for g in (b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist()]
+    late = [
+        g
+        for b in DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate_examples)
+        for g in (b.context.frame_ids[:, 1] - b.context.frame_ids[:, 0]).tolist()
+    ]
     assert max(late[:8]) > 4 and max(late) <= 7
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resumed_stream_continues_after_the_consumed_batches(tiny_shards, workers):
     sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=6, gap_warmup_steps=4)
-    data = ClipExamples(manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=4, resampled=True, epoch_length=12, seed=5)
+    data = ClipExamples(
+        manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=4, resampled=True, epoch_length=12, seed=5
+    )
 
     def stream(consumed: int) -> list:
         data.set_position(epoch=2, epoch_start_step=40, consumed_batches=consumed, batch_size=2)

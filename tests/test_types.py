@@ -37,7 +37,14 @@ def camera(height=48, width=64, gen=None) -> Cameras:
 def test_quaternion_round_trip_including_near_180_degrees():
     gen = torch.Generator().manual_seed(1)
     q = normalize_quat(torch.randn(500, 4, generator=gen, dtype=torch.float64))
-    q = torch.cat([q, torch.tensor([[0.0, 1.0, 0.0, 0.0], [1e-9, 0.0, 0.7071067811865476, 0.7071067811865476]], dtype=torch.float64)])
+    q = torch.cat(
+        [
+            q,
+            torch.tensor(
+                [[0.0, 1.0, 0.0, 0.0], [1e-9, 0.0, 0.7071067811865476, 0.7071067811865476]], dtype=torch.float64
+            ),
+        ]
+    )
     q = torch.where(q[:, :1] < 0, -q, q)
     back = rotmat_to_quat(quat_to_rotmat(q))
     # q and -q are the same rotation; compare rotations.
@@ -92,7 +99,9 @@ def test_image_edits_keep_projection_consistent(op):
         new = cams.resize_and_center_crop(32, 32)
         assert cover_size((48, 64), (32, 32)) == (32, 43)
         # Rounded to whole pixels, x scales by 43/64 and y by 32/48.
-        expected = uv * torch.tensor([43 / 64, 32 / 48], dtype=torch.float64) - torch.tensor([(43 - 32) // 2, 0], dtype=torch.float64)
+        expected = uv * torch.tensor([43 / 64, 32 / 48], dtype=torch.float64) - torch.tensor(
+            [(43 - 32) // 2, 0], dtype=torch.float64
+        )
     got, _ = project_points(pts, new.intrinsics, new.w2c)
     torch.testing.assert_close(got, expected)
     assert new.image_size == {"resize": (24, 96), "crop": (30, 40)}.get(op, (32, 32))

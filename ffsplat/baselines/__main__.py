@@ -95,14 +95,20 @@ def load_predictor(args):
 def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="feed-forward model.pt (references for scoring)")
     p.add_argument("--shards", type=Path, required=True)
-    p.add_argument("--split", default="val", help="split of the shards holding the index's scenes (default val, as evaluate.py)")
+    p.add_argument(
+        "--split", default="val", help="split of the shards holding the index's scenes (default val, as evaluate.py)"
+    )
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--scene-config", type=Path, default=CONFIG_DIR / "baseline" / "default.yaml")
     p.add_argument("--iterations", type=int, help="steps for every method (default: the scene config's budgets)")
     p.add_argument("--init", default="sfm", choices=sorted(INITIALISATIONS), help="initial Gaussians (sensor = oracle)")
-    p.add_argument("--supervision", default="teacher", choices=sorted(SUPERVISIONS), help="training signal (oracle = ground truth)")
+    p.add_argument(
+        "--supervision", default="teacher", choices=sorted(SUPERVISIONS), help="training signal (oracle = ground truth)"
+    )
     p.add_argument("--mask-grid", type=int, default=32, help="prompt grid per side of the teacher's automatic masks")
-    p.add_argument("--ssim", default="skimage", choices=sorted(SSIM_VARIANTS), help="SSIM variant (skimage: MVSplat/SemanticSplat)")
+    p.add_argument(
+        "--ssim", default="skimage", choices=sorted(SSIM_VARIANTS), help="SSIM variant (skimage: MVSplat/SemanticSplat)"
+    )
     p.add_argument("--lpips-vgg", type=Path, help="torchvision vgg16-397923af.pth for LPIPS (hash-checked)")
     p.add_argument("--prompt-grid", type=int, default=32)
     p.add_argument("--dense-views", type=int, default=16)
@@ -112,7 +118,9 @@ def common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m ffsplat.baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="python -m ffsplat.baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one baseline, one setting")
     common(run)
@@ -123,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     common(cmp)
     cmp.add_argument("--methods", nargs="+", default=sorted(BASELINES), choices=sorted(BASELINES))
     cmp.add_argument("--settings", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
-    cmp.add_argument("--oracle", action="store_true", help="also run each method with sensor-depth init and ground-truth supervision")
+    cmp.add_argument(
+        "--oracle", action="store_true", help="also run each method with sensor-depth init and ground-truth supervision"
+    )
     cmp.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args(argv)
     return run_command(lambda: execute(args))
@@ -164,7 +174,11 @@ def execute(args) -> int:
                        "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
                        "--dense-views", str(args.dense_views), "--device", args.device, "--init", init, "--supervision", supervision,
                        "--mask-grid", str(args.mask_grid), "--ssim", args.ssim]  # fmt: skip
-                for flag, value in (("--iterations", args.iterations), ("--max-examples", args.max_examples), ("--lpips-vgg", args.lpips_vgg)):
+                for flag, value in (
+                    ("--iterations", args.iterations),
+                    ("--max-examples", args.max_examples),
+                    ("--lpips-vgg", args.lpips_vgg),
+                ):
                     if value is not None:
                         cmd += [flag, str(value)]
                 if args.no_progress:
@@ -179,7 +193,10 @@ def execute(args) -> int:
                 print(f"[compare] {method} ({setting}, {init}/{supervision}) done: reconstruction {r['reconstruction_s']:.1f} s/scene, "
                       f"evaluation {r['evaluation_s']:.1f} s/scene", flush=True)  # fmt: skip
     ff_time = max(ff["reconstruction_s"], 1e-9)
-    ratio = {f"{r['method']}_{r['setting']}{'_oracle' if r.get('oracle') else ''}": r["reconstruction_s"] / ff_time for r in results[1:]}
+    ratio = {
+        f"{r['method']}_{r['setting']}{'_oracle' if r.get('oracle') else ''}": r["reconstruction_s"] / ff_time
+        for r in results[1:]
+    }
     save_json(args.out / "compare.json", {"results": results, "reconstruction_time_ratio_vs_feed_forward": ratio})
     print(write_table(results, args.out / "compare.md"))
     return 0

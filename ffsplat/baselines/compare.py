@@ -59,7 +59,9 @@ MethodFactory = Callable[[dict[str, str], Example], SceneMethod]
 
 BASELINES: dict[str, MethodFactory] = {
     "3dgs": lambda roles, ex: SceneMethod(),
-    "feature3dgs": lambda roles, ex: Feature3DGS(teacher=roles["language"], teacher_dim=ex.context.teacher[roles["language"]].shape[2]),
+    "feature3dgs": lambda roles, ex: Feature3DGS(
+        teacher=roles["language"], teacher_dim=ex.context.teacher[roles["language"]].shape[2]
+    ),
     "semlogits": lambda roles, ex: SemanticLogits(num_classes=len(EVAL_CLASSES)),
     "fhgs": lambda roles, ex: FHGS(teacher=roles["segmentation"]),
     "protosaga": lambda roles, ex: ProtoSaGa(),
@@ -70,7 +72,11 @@ SUPERVISED_FIELDS: dict[str, tuple[str, ...]] = {"semlogits": ("labels",), "prot
 """Which per-view signal each baseline trains on besides RGB and teacher feature maps (the field
 :mod:`.supervision` fills with the teacher's or the ground truth's version)."""
 
-SIGNAL: dict[str, str] = {"3dgs": "rgb", "feature3dgs": "rgb + language-teacher features", "fhgs": "rgb + segmentation-teacher features"}
+SIGNAL: dict[str, str] = {
+    "3dgs": "rgb",
+    "feature3dgs": "rgb + language-teacher features",
+    "fhgs": "rgb + segmentation-teacher features",
+}
 """What the baselines without a supervised field learn from (the ``supervision`` column)."""
 
 
@@ -124,7 +130,9 @@ def score(name: str, trainer: SceneTrainer, method: SceneMethod, example: Exampl
             meters["seg"].update(_classes(name, method, trainer, cams, predictor), target.labels.flatten(0, 1))
         if source_views and example.context.labels is not None:
             ctx = example.context
-            meters["source_seg"].update(_classes(name, method, trainer, ctx.cameras, predictor), ctx.labels.flatten(0, 1))
+            meters["source_seg"].update(
+                _classes(name, method, trainer, ctx.cameras, predictor), ctx.labels.flatten(0, 1)
+            )
     if target.instances is not None and name == "fhgs" and prompt_grid:
         feats = at_teacher_scale(method.features(trainer, cams)[0], teacher_scale(trainer.data.teacher[method.teacher]))
         h, w = target.images.shape[-2:]
@@ -136,7 +144,9 @@ def score(name: str, trainer: SceneTrainer, method: SceneMethod, example: Exampl
             masks = decoder.decode(feats[v : v + 1], points[None], image_size=(h, w))[0][0]
             meters["prompt"].update(masks, target.instances[0, v], points)
     if target.instances is not None and name == "protosaga":
-        scalars["gaga_miou"] = float(instance_metrics(method.predict_ids(trainer, cams)[0], target.instances[0])["miou"])
+        scalars["gaga_miou"] = float(
+            instance_metrics(method.predict_ids(trainer, cams)[0], target.instances[0])["miou"]
+        )
     return scalars
 
 
@@ -164,7 +174,13 @@ def run_baseline(name: str, predictor, root: str | Path, split: str, index: dict
 
     steps = iterations if iterations is not None else cfg.method_iterations.get(name, cfg.iterations)
     cfg = replace(cfg, iterations=steps)
-    init_cfg = replace(init_cfg or InitConfig(), opacity=cfg.init_opacity, sh_degree=cfg.sh_degree, stride=cfg.init_stride, seed=cfg.seed)
+    init_cfg = replace(
+        init_cfg or InitConfig(),
+        opacity=cfg.init_opacity,
+        sh_degree=cfg.sh_degree,
+        stride=cfg.init_stride,
+        seed=cfg.seed,
+    )
     lpips = checked_lpips(lpips_vgg_path).to(predictor.device) if lpips_vgg_path else None
     used = dense_index(root, split, index, dense_views) if setting == "dense" else index
     roles = {role: spec["name"] for role, spec in predictor.cfg.roles.items()}
@@ -192,7 +208,9 @@ def run_baseline(name: str, predictor, root: str | Path, split: str, index: dict
         trainer.fit(progress=progress)
         _sync(predictor.device)
         mid = time.perf_counter()
-        for k, v in score(name, trainer, method, example, predictor, meters, prompt_grid, ssim_variant, lpips, source_views).items():
+        for k, v in score(
+            name, trainer, method, example, predictor, meters, prompt_grid, ssim_variant, lpips, source_views
+        ).items():
             sums[k] = sums.get(k, 0.0) + v
         _sync(predictor.device)
         recon += mid - start
@@ -237,11 +255,18 @@ def write_table(results: list[dict], path: Path) -> str:
     """Markdown table of all rows (feed-forward and baselines): method, setting, what it was
     initialised and supervised with (``ORACLE`` when ground truth was used), then the metrics."""
     cols = TABLE_COLUMNS
-    lines = ["| method | setting | init | supervision | " + " | ".join(cols) + " |", "|---|---|---|---|" + "---|" * len(cols)]
+    lines = [
+        "| method | setting | init | supervision | " + " | ".join(cols) + " |",
+        "|---|---|---|---|" + "---|" * len(cols),
+    ]
     for r in results:
         cells = [f"{r[c]:.4g}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]
         name = f"{r['method']} (ORACLE)" if r.get("oracle") else r["method"]
-        lines.append(f"| {name} | {r.get('setting', '-')} | {r.get('init', '-')} | {r.get('supervision', '-')} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {r.get('setting', '-')} | {r.get('init', '-')} | {r.get('supervision', '-')} | "
+            + " | ".join(cells)
+            + " |"
+        )
     ssim_names = sorted({r["ssim_variant"] for r in results if r.get("ssim_variant")})
     text = "\n".join(lines) + "\n"
     if ssim_names:

@@ -111,4 +111,3 @@ class Feature3DGS(SceneMethod):
         classify pixels by similarity to class / text embeddings). Memory grows with ``V x teacher_dim``:
         pass a few cameras at a time for large images."""
         return self.decode(self.render_features(trainer, cameras))
-

@@ -176,7 +176,12 @@ def internal_clustering(
 
 
 def internal_clustering_chunked(
-    weights: Tensor, ids: Tensor, feats: Tensor, target: Tensor | None, lam: float = 0.5, k: float = 20.0,
+    weights: Tensor,
+    ids: Tensor,
+    feats: Tensor,
+    target: Tensor | None,
+    lam: float = 0.5,
+    k: float = 20.0,
     max_elements: int = 1 << 24,
 ) -> Tensor:
     """:func:`internal_clustering` over pixel chunks of at most ``max_elements`` (``pixels x K x C``)
@@ -190,12 +195,21 @@ def internal_clustering_chunked(
     grad = torch.is_grad_enabled() and (weights.requires_grad or feats.requires_grad)
     out = []
     for lo in range(0, p, chunk):
-        args = (weights[lo : lo + chunk], ids[lo : lo + chunk], feats, None if target is None else target[lo : lo + chunk], lam, k)
+        args = (
+            weights[lo : lo + chunk],
+            ids[lo : lo + chunk],
+            feats,
+            None if target is None else target[lo : lo + chunk],
+            lam,
+            k,
+        )
         out.append(checkpoint(internal_clustering, *args, use_reentrant=False) if grad else internal_clustering(*args))
     return torch.cat(out) if out else weights.new_zeros(0)
 
 
-def ordered_from_pairs(pixel_ids: Tensor, gauss_ids: Tensor, alphas: Tensor, num_pixels: int) -> tuple[Tensor, Tensor, Tensor]:
+def ordered_from_pairs(
+    pixel_ids: Tensor, gauss_ids: Tensor, alphas: Tensor, num_pixels: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Blend weights of (pixel, Gaussian) pairs listed front to back per pixel -> padded ``[P, K]``.
 
     ``T_i = prod_{j < i} (1 - a_j)`` within each pixel's list, ``w_i = a_i T_i``; a pair is dropped
@@ -223,7 +237,9 @@ def ordered_from_pairs(pixel_ids: Tensor, gauss_ids: Tensor, alphas: Tensor, num
     w = torch.where(keep, a * t, torch.zeros_like(a))
     kmax = max(int(counts.max()) if len(counts) else 1, 1)
     weights = alphas.new_zeros(num_pixels, kmax).index_put((pix, rank), w)
-    ids = torch.zeros(num_pixels, kmax, dtype=torch.long, device=pix.device).index_put((pix, rank), torch.where(keep, gid, 0))
+    ids = torch.zeros(num_pixels, kmax, dtype=torch.long, device=pix.device).index_put(
+        (pix, rank), torch.where(keep, gid, 0)
+    )
     valid = weights.detach() > 0
     return weights, torch.where(valid, ids, torch.zeros_like(ids)), valid
 
@@ -247,7 +263,10 @@ class GsplatIndices:
 
 
 def ordered_contributions_gsplat(
-    gaussians: Gaussians, cameras: Cameras, settings: RasterSettings | None = None, batch: int = 8,
+    gaussians: Gaussians,
+    cameras: Cameras,
+    settings: RasterSettings | None = None,
+    batch: int = 8,
     backend: GsplatIndices | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`ordered_contributions` on CUDA through gsplat's ``rasterize_to_indices_in_range``.
@@ -283,20 +302,29 @@ def ordered_contributions_gsplat(
     means2d = proj.means2d.detach().float().contiguous()
     conics = proj.conics.detach().float().contiguous()
     opac = proj.opacities.detach().float().contiguous()
-    offsets, flatten_ids = backend.isect(means2d, proj.radii.int().contiguous(), proj.depths.detach().float().contiguous(), ts, tiles_x, tiles_y)
+    offsets, flatten_ids = backend.isect(
+        means2d, proj.radii.int().contiguous(), proj.depths.detach().float().contiguous(), ts, tiles_x, tiles_y
+    )
     counts = torch.diff(torch.cat([offsets.flatten(), offsets.new_tensor([len(flatten_ids)])]))
     longest = int(counts.max()) if counts.numel() else 0
     blocks = -(-longest // (ts * ts))  # gsplat's ranges count blocks of tile_size^2 Gaussians
     trans = torch.ones(images, height, width, device=means2d.device, dtype=torch.float32)
     pairs_g, pairs_p = [], []
     for start in range(0, blocks, batch):
-        g, pix, img = backend.indices_in_range(start, start + batch, trans, means2d, conics, opac, width, height, ts, offsets, flatten_ids)
+        g, pix, img = backend.indices_in_range(
+            start, start + batch, trans, means2d, conics, opac, width, height, ts, offsets, flatten_ids
+        )
         if not len(g):
             continue
         g, flat = g.long(), img.long() * (height * width) + pix.long()
         a = _pair_alphas(proj, g, img.long(), pix.long(), width).detach()
         # running transmittance per pixel (pairs of one pixel within a batch are in depth order)
-        trans.mul_(torch.zeros(trans.numel(), device=trans.device).index_add_(0, flat, torch.log1p(-a.float())).exp().view_as(trans))
+        trans.mul_(
+            torch.zeros(trans.numel(), device=trans.device)
+            .index_add_(0, flat, torch.log1p(-a.float()))
+            .exp()
+            .view_as(trans)
+        )
         pairs_g.append(g)
         pairs_p.append(flat)
     if not pairs_g:

@@ -263,7 +263,12 @@ def init_predicted(views: Views, predictor, cfg: InitConfig) -> tuple[Gaussians,
     return g, {"init": "predicted", "init_points": g.num_gaussians}
 
 
-INITIALISATIONS: dict[str, InitFn] = {"sfm": init_sfm, "random": init_random, "predicted": init_predicted, "sensor": init_sensor}
+INITIALISATIONS: dict[str, InitFn] = {
+    "sfm": init_sfm,
+    "random": init_random,
+    "predicted": init_predicted,
+    "sensor": init_sensor,
+}
 """Initialisation name -> function ``(views [1, V], predictor or None, cfg) -> (unbatched Gaussians, info)``."""
 
 

@@ -120,7 +120,13 @@ class SceneMethod(nn.Module):
         return []
 
     def render(self, trainer: SceneTrainer, cameras: Cameras) -> RenderOutput:
-        return render(trainer.gaussians(), cameras, features=[], background=list(trainer.cfg.background), settings=trainer.cfg.render)
+        return render(
+            trainer.gaussians(),
+            cameras,
+            features=[],
+            background=list(trainer.cfg.background),
+            settings=trainer.cfg.render,
+        )
 
     def loss(self, trainer: SceneTrainer, out: RenderOutput, view: int, step: int) -> tuple[Tensor, dict[str, float]]:
         return out.rgb.new_zeros(()), {}
@@ -145,7 +151,9 @@ class SceneTrainer:
         if init is None:
             if data.depths is None:
                 raise ValueError("SceneTrainer: no initial Gaussians given and the views have no depth to unproject")
-            init = gaussians_from_rgbd(data.images, data.depths, data.cameras, opacity=cfg.init_opacity, sh_degree=cfg.sh_degree)[0]
+            init = gaussians_from_rgbd(
+                data.images, data.depths, data.cameras, opacity=cfg.init_opacity, sh_degree=cfg.sh_degree
+            )[0]
             keep = torch.zeros(init.num_gaussians, dtype=torch.bool, device=device)
             keep[:: cfg.init_stride] = True
             init = init.select(keep & (init.opacities > 0))
@@ -202,7 +210,9 @@ class SceneTrainer:
     # ------------------------------------------------------------------ optimisation
     def rgb_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         l1 = (pred - target).abs().mean()
-        return (1 - self.cfg.ssim_weight) * l1 + self.cfg.ssim_weight * (1 - ssim(pred.flatten(0, 1), target.flatten(0, 1)).mean())
+        return (1 - self.cfg.ssim_weight) * l1 + self.cfg.ssim_weight * (
+            1 - ssim(pred.flatten(0, 1), target.flatten(0, 1)).mean()
+        )
 
     def train_step(self, view: int) -> dict[str, float]:
         cfg = self.cfg

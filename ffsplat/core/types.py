@@ -92,7 +92,9 @@ class Cameras:
         return self.extrinsics.device
 
     def to(self, *args, **kwargs) -> Cameras:
-        return replace(self, intrinsics=self.intrinsics.to(*args, **kwargs), extrinsics=self.extrinsics.to(*args, **kwargs))
+        return replace(
+            self, intrinsics=self.intrinsics.to(*args, **kwargs), extrinsics=self.extrinsics.to(*args, **kwargs)
+        )
 
     def __getitem__(self, index) -> Cameras:
         """Index the batch dimensions (``cams[0]``, ``cams[:, 1:]``)."""

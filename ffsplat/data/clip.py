@@ -135,7 +135,10 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
         member = "cameras.npz"
         with np.load(io.BytesIO(sample["cameras.npz"]), allow_pickle=False) as cams:
             intrinsics, extrinsics = cams["intrinsics"], cams["extrinsics"]
-        for name, array, shape in (("intrinsics", intrinsics, (length, 3, 3)), ("extrinsics", extrinsics, (length, 4, 4))):
+        for name, array, shape in (
+            ("intrinsics", intrinsics, (length, 3, 3)),
+            ("extrinsics", extrinsics, (length, 4, 4)),
+        ):
             _check_array(array, shape, np.float64, name)
 
         def frames(name: str, ext: str, required: bool, dtype=None) -> np.ndarray | None:

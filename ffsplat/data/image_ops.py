@@ -30,7 +30,9 @@ def resize_and_center_crop(rgb: np.ndarray, k: np.ndarray, out: tuple[int, int])
     cover = cover_size(size, out)
     image = Image.fromarray(rgb)
     if cover != size:
-        image = image.resize((cover[1], cover[0]), Image.Resampling.BOX if cover[0] < size[0] else Image.Resampling.BICUBIC)
+        image = image.resize(
+            (cover[1], cover[0]), Image.Resampling.BOX if cover[0] < size[0] else Image.Resampling.BICUBIC
+        )
     top, left = center_crop_offsets(cover, out)
     cropped = np.asarray(image)[top : top + out[0], left : left + out[1]]
     return np.ascontiguousarray(cropped), target_intrinsics(k, size, out)

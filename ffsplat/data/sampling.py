@@ -44,7 +44,6 @@ import numpy as np
 from ffsplat.core.atomic import atomic_open
 
 
-
 class EvalEntry(TypedDict):
     """One evaluation example: context and target source frame ids."""
 
@@ -197,22 +196,23 @@ def _check_ids(value: Any, key: str, where: str, min_len: int) -> list[int]:
 def _normalise(raw: Any, source: str) -> EvalIndex:
     """Validate a decoded index (list or MVSplat single-entry form) and return the canonical list form."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: evaluation index must be a JSON object {{scene: entries}}, "
-                         f"got {type(raw).__name__}")
+        raise ValueError(
+            f"{source}: evaluation index must be a JSON object {{scene: entries}}, got {type(raw).__name__}"
+        )
     index: EvalIndex = {}
     for scene, value in raw.items():
         if not isinstance(scene, str) or not scene:
             raise ValueError(f"{source}: scene names must be non-empty strings, got {scene!r}")
         entries = [] if value is None else [value] if isinstance(value, dict) else value
         if not isinstance(entries, list):
-            raise ValueError(f"{source}: scene {scene!r}: expected an entry object or a list of them, "
-                             f"got {type(value).__name__}")
+            raise ValueError(
+                f"{source}: scene {scene!r}: expected an entry object or a list of them, got {type(value).__name__}"
+            )
         out: list[EvalEntry] = []
         for k, entry in enumerate(entries):
             where = f"{source}: scene {scene!r} entry {k}"
             if not isinstance(entry, dict):
-                raise ValueError(f"{where}: expected an object with 'context' and 'target', "
-                                 f"got {type(entry).__name__}")
+                raise ValueError(f"{where}: expected an object with 'context' and 'target', got {type(entry).__name__}")
             for key in ("context", "target"):
                 if key not in entry:
                     raise ValueError(f"{where}: missing key {key!r}")

@@ -45,7 +45,15 @@ import numpy as np
 from PIL import Image
 
 from ffsplat.core.atomic import atomic_open
-from ffsplat.data.sequence import PIXEL_CENTER_FILE, jpeg_bytes, png_bytes, pose_problem, read_image, write_bytes, write_matrix
+from ffsplat.data.sequence import (
+    PIXEL_CENTER_FILE,
+    jpeg_bytes,
+    png_bytes,
+    pose_problem,
+    read_image,
+    write_bytes,
+    write_matrix,
+)
 
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
 DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_ushort"}
@@ -131,9 +139,7 @@ class SensFrame:
         elif kind == "raw_ushort":
             raw = self.depth_bytes
         else:
-            raise SensError(
-                f"{header.path}: depth compression '{kind}' is not supported (raw_ushort, zlib_ushort are)"
-            )
+            raise SensError(f"{header.path}: depth compression '{kind}' is not supported (raw_ushort, zlib_ushort are)")
         if len(raw) % 2:
             raise SensError(f"{header.path}: frame {self.index}: depth has an odd byte count {len(raw)}")
         depth = np.frombuffer(raw, "<u2").astype(np.uint16)
@@ -305,7 +311,9 @@ def write_sens(
     return n
 
 
-def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0) -> dict:
+def export_sens(
+    sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0
+) -> dict:
     """Export a ``.sens`` file to the exported-ScanNet layout under ``out_dir``; return counts.
 
     Writes ``color/<i>.jpg`` (JPEG payloads copied byte for byte, others encoded at quality 95),
@@ -341,7 +349,12 @@ def export_sens(sens_path: str | os.PathLike, out_dir: str | os.PathLike, frame_
         write_bytes(out / "depth" / f"{frame.index}.png", png_bytes(depth))
         write_matrix(out / "pose" / f"{frame.index}.txt", frame.camera_to_world)
         exported += 1
-    return {"frames": header.num_frames, "exported": exported, "skipped_invalid_pose": len(skipped), "skipped_frames": skipped}
+    return {
+        "frames": header.num_frames,
+        "exported": exported,
+        "skipped_invalid_pose": len(skipped),
+        "skipped_frames": skipped,
+    }
 
 
 def folder_to_sens(scene_dir: str | os.PathLike, sens_path: str | os.PathLike) -> int:
@@ -395,10 +408,18 @@ def source_stamp(sens_path: str | os.PathLike, frame_skip: int, pixel_center: fl
     """Provenance of an export: the ``.sens`` file (resolved path, size, mtime) and the settings."""
     path = Path(sens_path).resolve()
     st = path.stat()
-    return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "frame_skip": frame_skip, "pixel_center": pixel_center}
+    return {
+        "path": str(path),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "frame_skip": frame_skip,
+        "pixel_center": pixel_center,
+    }
 
 
-def export_scene(sens_path: str | os.PathLike, out_root: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0) -> dict:
+def export_scene(
+    sens_path: str | os.PathLike, out_root: str | os.PathLike, frame_skip: int = 1, pixel_center: float = 0.0
+) -> dict:
     """Export ``sens_path`` to ``out_root/<file stem>/``, completely or not at all.
 
     The frames go to ``out_root/.<stem>.tmp/`` (removed on any failure, and when left by a killed

@@ -176,6 +176,7 @@ class RGBDSequence:
 
     def frame_ids(self) -> list[int]:
         """Indices that have colour, depth and pose files, sorted."""
+
         def ids(sub: str, ext: str) -> set[int]:
             pattern = re.compile(rf"^(\d+)\.{re.escape(ext)}$")
             return {int(m.group(1)) for p in (self.root / sub).iterdir() if (m := pattern.match(p.name))}
@@ -212,10 +213,14 @@ class RGBDSequence:
     def read_frame(self, index: int, with_labels: bool = True) -> Frame:
         color = read_image(self.root / self.color_dir / f"{index}.{self.color_ext}")
         if color.ndim != 3 or color.shape[2] != 3:
-            raise ValueError(f"{self.root / self.color_dir}/{index}.{self.color_ext}: expected an RGB image, got shape {color.shape}")
+            raise ValueError(
+                f"{self.root / self.color_dir}/{index}.{self.color_ext}: expected an RGB image, got shape {color.shape}"
+            )
         depth_raw = read_image(self.root / self.depth_dir / f"{index}.{self.depth_ext}")
         if depth_raw.ndim != 2:
-            raise ValueError(f"{self.root / self.depth_dir}/{index}.{self.depth_ext}: expected a single-channel depth image")
+            raise ValueError(
+                f"{self.root / self.depth_dir}/{index}.{self.depth_ext}: expected a single-channel depth image"
+            )
         labels = instances = None
         if with_labels and self.has_labels:
             labels = read_image(self.root / self.label_dir / f"{index}.png").astype(np.int32)
@@ -283,8 +288,10 @@ def write_frame(
         c2w: ``[4, 4]``. labels_raw: ``[H, W]`` ScanNet raw ids (uint16 PNG). instances: ``[H, W]``.
     """
     root = Path(root)
-    for sub in ("color", "depth", "pose") + (("label-filt",) if labels_raw is not None else ()) + (
-        ("instance-filt",) if instances is not None else ()
+    for sub in (
+        ("color", "depth", "pose")
+        + (("label-filt",) if labels_raw is not None else ())
+        + (("instance-filt",) if instances is not None else ())
     ):
         (root / sub).mkdir(parents=True, exist_ok=True)
     write_bytes(root / "color" / f"{index}.jpg", jpeg_bytes(color, jpeg_quality))

@@ -42,6 +42,7 @@ from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
 from ffsplat.data.sequence import Frame, RGBDSequence, jpeg_bytes
 from ffsplat.teachers.features import clip_teacher_features, load_teachers
 
+
 @dataclass
 class ShardConfig:
     """How sequences become shards.
@@ -243,7 +244,15 @@ class _ShardSink:
         self._open = None
         writer.close()  # flushes the tar end blocks; the stream stays open for atomic_open
         ctx.__exit__(None, None, None)
-        self.done.append({"path": path.name, "samples": counts[0], "frames": counts[1], "bytes": path.stat().st_size, "sha256": sha256(path)})
+        self.done.append(
+            {
+                "path": path.name,
+                "samples": counts[0],
+                "frames": counts[1],
+                "bytes": path.stat().st_size,
+                "sha256": sha256(path),
+            }
+        )
 
     def abort(self, exc: BaseException) -> None:
         if self._open is not None:
@@ -345,7 +354,9 @@ def check_existing(out_dir: Path, cfg: ShardConfig, overwrite: bool = False) -> 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Delete ``.<name>.<id>.tmp`` files that a killed run left in ``out_dir`` and its split folders."""
-    stale = [p for pattern in (".*.tmp", "*/.*.tmp", "*/.done/.*.tmp") for p in Path(out_dir).glob(pattern) if p.is_file()]
+    stale = [
+        p for pattern in (".*.tmp", "*/.*.tmp", "*/.done/.*.tmp") for p in Path(out_dir).glob(pattern) if p.is_file()
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -407,7 +418,11 @@ def write_shards(
     check_existing(out_dir, cfg, overwrite)
     remove_stale_temporaries(out_dir)
     tsv = str(label_tsv) if label_tsv else None
-    jobs = [(str(root), str(out_dir), split, cfg, tsv, sequence_kwargs or {}) for split, roots in scenes.items() for root in roots]
+    jobs = [
+        (str(root), str(out_dir), split, cfg, tsv, sequence_kwargs or {})
+        for split, roots in scenes.items()
+        for root in roots
+    ]
     results = []
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
@@ -441,7 +456,9 @@ def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
     for marker in sorted(Path(out_dir).glob("*/.done/*.json")):
         record = json.loads(marker.read_text())
         scenes[record["scene"]] = {k: record.get(k) for k in ("split", "settings", "source", "skipped_frames")}
-        entry = splits.setdefault(record["split"], {"shards": [], "samples": 0, "frames": 0, "scenes": 0, "skipped_invalid_pose": 0})
+        entry = splits.setdefault(
+            record["split"], {"shards": [], "samples": 0, "frames": 0, "scenes": 0, "skipped_invalid_pose": 0}
+        )
         for shard in record["shards"]:
             entry["shards"].append({**shard, "path": f"{record['split']}/{shard['path']}", "scene": record["scene"]})
             entry["samples"] += shard["samples"]

@@ -63,7 +63,7 @@ def read_manifest(root: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise ValueError(f"{path}: not an ffsplat shard manifest (no \"splits\")")
+        raise ValueError(f'{path}: not an ffsplat shard manifest (no "splits")')
     return manifest
 
 
@@ -85,7 +85,9 @@ def scene_frame_ids(root: str | Path, split: str, corrupt: CorruptCounter | None
 
     With ``corrupt``, unreadable shards and samples are skipped and counted there instead of raising."""
     frames: dict[str, set[int]] = {}
-    stages = wds.tarfile_to_samples(select_files=lambda name: name.endswith("meta.json"), **({"handler": corrupt} if corrupt else {}))
+    stages = wds.tarfile_to_samples(
+        select_files=lambda name: name.endswith("meta.json"), **({"handler": corrupt} if corrupt else {})
+    )
     for sample in wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), stages):
         try:
             meta = json.loads(sample["meta.json"])
@@ -93,7 +95,9 @@ def scene_frame_ids(root: str | Path, split: str, corrupt: CorruptCounter | None
             scene = meta["scene"]
         except (KeyError, ValueError, TypeError) as exc:
             if corrupt is None:
-                raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r}: unreadable meta.json ({exc})") from exc
+                raise ValueError(
+                    f"{sample.get('__url__')}: sample {sample.get('__key__')!r}: unreadable meta.json ({exc})"
+                ) from exc
             corrupt.record(sample.get("__url__"), f"{sample.get('__key__')}.meta.json", f"{type(exc).__name__}: {exc}")
             continue
         frames.setdefault(scene, set()).update(ids)
@@ -106,7 +110,9 @@ def decode_check(root: str | Path, splits: list[str] | None = None) -> dict:
     names = splits or sorted(read_manifest(root)["splits"])
     corrupt, good = CorruptCounter(), 0
     for split in names:
-        pipeline = wds.DataPipeline(wds.SimpleShardList(manifest_shards(root, split)), wds.tarfile_to_samples(handler=corrupt))
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(manifest_shards(root, split)), wds.tarfile_to_samples(handler=corrupt)
+        )
         for sample in pipeline:
             try:
                 decode_clip(sample)
@@ -124,7 +130,9 @@ def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]
     """
     corrupt = CorruptCounter()
     frames = scene_frame_ids(root, split, corrupt)
-    damaged = {s["scene"] for s in manifest_split(root, split)["shards"] if str(Path(root) / s["path"]) in corrupt.by_shard}
+    damaged = {
+        s["scene"] for s in manifest_split(root, split)["shards"] if str(Path(root) / s["path"]) in corrupt.by_shard
+    }
     for scene, entries in index.items():
         have = set(frames.get(scene, []))
         for n, entry in enumerate(entries):
@@ -274,7 +282,9 @@ def collate_views(items: list[Views]) -> Views:
     first = items[0]
     return Views(
         images=cat(lambda v: v.images),
-        cameras=Cameras(cat(lambda v: v.cameras.intrinsics), cat(lambda v: v.cameras.extrinsics), first.cameras.image_size),
+        cameras=Cameras(
+            cat(lambda v: v.cameras.intrinsics), cat(lambda v: v.cameras.extrinsics), first.cameras.image_size
+        ),
         near=cat(lambda v: v.near),
         far=cat(lambda v: v.far),
         depths=cat(lambda v: v.depths),
@@ -369,7 +379,9 @@ class ClipExamples(IterableDataset):
         if self.resampled:
             # the seed already names rank and worker role; webdataset's own worker seed would follow
             # the loader's worker id instead of the role
-            shards = wds.ResampledShards(self.urls, seed=int(rng.integers(2**31)), deterministic=True, worker_seed=lambda: 0)
+            shards = wds.ResampledShards(
+                self.urls, seed=int(rng.integers(2**31)), deterministic=True, worker_seed=lambda: 0
+            )
             count = -(-self.epoch_length // workers)  # this worker's share of the epoch
         else:
             shards = wds.SimpleShardList(self._my_shards(rank, world, worker, workers))
@@ -397,7 +409,9 @@ class ClipExamples(IterableDataset):
                 continue
             try:
                 draw = np.random.default_rng([self.seed, self.epoch, rank, worker, produced])
-                context, target = sample_views(len(clip), self.sampler, draw, self.sample_step(worker, workers, produced))
+                context, target = sample_views(
+                    len(clip), self.sampler, draw, self.sample_step(worker, workers, produced)
+                )
             except ValueError as exc:
                 self.corrupt.record(sample.get("__url__"), str(sample.get("__key__")), f"cannot sample views: {exc}")
                 continue
@@ -457,7 +471,9 @@ class EvalIndexDataset(IterableDataset):
         index = self.rank_entries(*rank_and_world())
         scenes = sorted(index)[worker::workers]
         for scene in scenes:
-            pipeline = wds.DataPipeline(wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt))
+            pipeline = wds.DataPipeline(
+                wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt)
+            )
             frames: dict[int, tuple[Clip, int]] = {}
             for sample in pipeline:
                 try:
@@ -472,8 +488,15 @@ class EvalIndexDataset(IterableDataset):
                 absent = [i for i in wanted if i not in frames]
                 damaged = sorted(set(self.by_scene[scene]) & set(self.corrupt.by_shard))
                 if absent and damaged:  # the frames were in shards that failed to read: skip, say why
-                    self.skipped_entries.append({"scene": scene, "entry": entry, "missing_frames": absent, "damaged_shards": damaged})
-                    log.warning("evaluation index: scene %r entry skipped, frames %s are in damaged shards %s", scene, absent[:5], damaged)
+                    self.skipped_entries.append(
+                        {"scene": scene, "entry": entry, "missing_frames": absent, "damaged_shards": damaged}
+                    )
+                    log.warning(
+                        "evaluation index: scene %r entry skipped, frames %s are in damaged shards %s",
+                        scene,
+                        absent[:5],
+                        damaged,
+                    )
                     continue
                 if absent:
                     raise KeyError(f"evaluation index: scene {scene!r} has no keyframes {absent[:5]} in its shards")
@@ -510,4 +533,3 @@ def _merge_frames(picks: list[tuple[Clip, int]], scene: str) -> Clip:
         instances=gather("instances"),
         teacher={n: np.stack([clip.teacher[n][p] for clip, p in picks]) for n in sorted(names)},
     )
-

@@ -168,7 +168,13 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
                 scores.add("depth_abs_rel", depth["abs_rel"])
                 scores.add("depth_delta_1.25", depth["delta_1.25"])
             if views.instances is not None and cfg.prompt_grid:
-                _promptable(scores, predictor.prompt_decoder, decoded["sam"].flatten(0, 1), views.instances.flatten(0, 1), cfg.prompt_grid)
+                _promptable(
+                    scores,
+                    predictor.prompt_decoder,
+                    decoded["sam"].flatten(0, 1),
+                    views.instances.flatten(0, 1),
+                    cfg.prompt_grid,
+                )
         report_progress(cfg, "model", count, example, start)
     result = scores.result()
     sync()
@@ -198,9 +204,19 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
         feats = predictor.teacher_maps(target)
         h, w = target.images.shape[-2:]
         if target.labels is not None:
-            lang = torch.nn.functional.interpolate(feats["language"].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
-            scores.target_seg.update(classify_by_embeddings(lang, predictor.class_embeddings), target.labels.flatten(0, 1))
+            lang = torch.nn.functional.interpolate(
+                feats["language"].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False
+            )
+            scores.target_seg.update(
+                classify_by_embeddings(lang, predictor.class_embeddings), target.labels.flatten(0, 1)
+            )
         if target.instances is not None and cfg.prompt_grid:
-            _promptable(scores, predictor.prompt_decoder, feats["segmentation"].flatten(0, 1), target.instances.flatten(0, 1), cfg.prompt_grid)
+            _promptable(
+                scores,
+                predictor.prompt_decoder,
+                feats["segmentation"].flatten(0, 1),
+                target.instances.flatten(0, 1),
+                cfg.prompt_grid,
+            )
         report_progress(cfg, "teacher", i + 1, example, start)
     return scores.result()

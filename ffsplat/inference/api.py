@@ -78,7 +78,10 @@ def read_image(image: ImageLike) -> np.ndarray:
 
 
 def estimate_cameras(
-    images: Sequence[np.ndarray], hfov_deg: float = 60.0, baseline: float = 0.3, intrinsics: Sequence[np.ndarray] | None = None
+    images: Sequence[np.ndarray],
+    hfov_deg: float = 60.0,
+    baseline: float = 0.3,
+    intrinsics: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Pose-free input: 2 or more views registered with COLMAP (:func:`ffsplat.inference.pose.register_views`),
     with the given pixel ``intrinsics`` or ones from a horizontal field of view; the first two cameras
@@ -93,7 +96,9 @@ def estimate_cameras(
     return list(registration.k), registration.c2w
 
 
-def _camera_arrays(cameras, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, float | None, float | None]:
+def _camera_arrays(
+    cameras, images: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], np.ndarray, float | None, float | None]:
     from ffsplat.inference.cameras import CameraFile, read_cameras
 
     near = far = None
@@ -102,12 +107,16 @@ def _camera_arrays(cameras, images: Sequence[np.ndarray]) -> tuple[list[np.ndarr
     if isinstance(cameras, CameraFile):
         for i, (view, image) in enumerate(zip(cameras.views, images)):
             if (view.height, view.width) != image.shape[:2]:
-                raise ValueError(f"cameras: views[{i}] is {view.width}x{view.height} but image {i} is {image.shape[1]}x{image.shape[0]}")
+                raise ValueError(
+                    f"cameras: views[{i}] is {view.width}x{view.height} but image {i} is {image.shape[1]}x{image.shape[0]}"
+                )
         near, far = cameras.near, cameras.far
         cameras = (np.stack([v.k for v in cameras.views]), np.stack([v.c2w for v in cameras.views]))
     ks, c2ws = (np.asarray(a, dtype=np.float64) for a in cameras)
     if ks.shape != (len(images), 3, 3) or c2ws.shape != (len(images), 4, 4):
-        raise ValueError(f"cameras: expected intrinsics [{len(images)}, 3, 3] and c2w [{len(images)}, 4, 4], got {ks.shape}, {c2ws.shape}")
+        raise ValueError(
+            f"cameras: expected intrinsics [{len(images)}, 3, 3] and c2w [{len(images)}, 4, 4], got {ks.shape}, {c2ws.shape}"
+        )
     return list(ks), c2ws, near, far
 
 
@@ -161,7 +170,11 @@ class Model:
             raise ValueError(f"size must be a multiple of 4, got {size}")
         crops, kk = zip(*(resize_and_center_crop(im, k, (size, size)) for im, k in zip(pictures, ks)))
         device = self.predictor.device
-        cams = Cameras(torch.tensor(np.stack(kk), dtype=torch.float32)[None], torch.tensor(c2ws, dtype=torch.float32)[None], (size, size))
+        cams = Cameras(
+            torch.tensor(np.stack(kk), dtype=torch.float32)[None],
+            torch.tensor(c2ws, dtype=torch.float32)[None],
+            (size, size),
+        )
         cams.validate("cameras")
         tensor = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)[None]
         context = Views(tensor, cams, torch.tensor([near]), torch.tensor([far])).to(device)
@@ -226,7 +239,10 @@ class Scene:
         """3DGS-layout binary PLY with ``seg_*``/``lang_*`` fields and ``class_id``/``class_conf`` (atomic)."""
         from ffsplat.render.ply import write_ply
 
-        extra = {"class_id": self.class_id.cpu().numpy().astype(np.int32), "class_conf": self.class_conf.cpu().numpy().astype(np.float32)}
+        extra = {
+            "class_id": self.class_id.cpu().numpy().astype(np.int32),
+            "class_conf": self.class_conf.cpu().numpy().astype(np.float32),
+        }
         return write_ply(path, self.gaussians.to("cpu"), extra=extra)
 
     @torch.no_grad()
@@ -275,7 +291,9 @@ class Scene:
             embedding = ClipTextEncoder.from_pretrained(self.model.clip_path)([text])[0].to(table)
             table, index = torch.cat([table, embedding[None]]), len(names)
         else:
-            raise ValueError(f"query {text!r}: this model knows the classes {names}; other words need clip_path (a local CLIP text model)")
+            raise ValueError(
+                f"query {text!r}: this model knows the classes {names}; other words need clip_path (a local CLIP text model)"
+            )
         from ffsplat.objectives.policy import CLASS_LOGIT_SCALE
 
         cos = class_similarity(self.language, table)  # [V, K(+1), H, W]

@@ -114,7 +114,9 @@ def read_cameras(path: str | os.PathLike, require_poses: bool = True) -> CameraF
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CameraFileError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("convention") != CONVENTION:
-        raise CameraFileError(f'{path}: "convention" must be "{CONVENTION}" (OpenCV axes, camera-to-world, pixel intrinsics)')
+        raise CameraFileError(
+            f'{path}: "convention" must be "{CONVENTION}" (OpenCV axes, camera-to-world, pixel intrinsics)'
+        )
     views = data.get("views")
     if not isinstance(views, list) or not views:
         raise CameraFileError(f'{path}: "views" must be a non-empty list')
@@ -161,8 +163,13 @@ def write_cameras(path: str | os.PathLike, cameras: CameraFile) -> None:
     data = {
         "convention": CONVENTION,
         "views": [
-            {**({"image": v.image} if v.image else {}), "width": v.width, "height": v.height,
-             "K": np.asarray(v.k).tolist(), **({} if v.c2w is None else {"c2w": np.asarray(v.c2w).tolist()})}  # fmt: skip
+            {
+                **({"image": v.image} if v.image else {}),
+                "width": v.width,
+                "height": v.height,
+                "K": np.asarray(v.k).tolist(),
+                **({} if v.c2w is None else {"c2w": np.asarray(v.c2w).tolist()}),
+            }  # fmt: skip
             for v in cameras.views
         ],
     }
@@ -216,7 +223,9 @@ def exif_focal(path: str | os.PathLike, height: int, width: int) -> tuple[float,
 
     f35 = value(_FOCAL_35MM, "FocalLengthIn35mmFilm")
     if f35:  # 0 means unknown (EXIF 2.3)
-        return f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM, f"EXIF 35 mm-equivalent focal length {f35:g} mm"
+        return f35 * math.hypot(
+            width, height
+        ) / FULL_FRAME_DIAGONAL_MM, f"EXIF 35 mm-equivalent focal length {f35:g} mm"
     f_mm, res = value(_FOCAL_LENGTH, "FocalLength"), value(_FOCAL_PLANE_X_RES, "FocalPlaneXResolution")
     if f_mm is not None and f_mm == 0 and res:
         raise CameraFileError(f"{path}: corrupt EXIF FocalLength 0; give --focal / --intrinsics")
@@ -254,7 +263,9 @@ def detect_camera_format(path: str | os.PathLike) -> str:
     return "nerfstudio" if isinstance(data, dict) and "frames" in data and "convention" not in data else "ffsplat"
 
 
-def load_cameras(path: str | os.PathLike, image_names: list[str], sizes: list[tuple[int, int]]) -> tuple[CameraFile, str]:
+def load_cameras(
+    path: str | os.PathLike, image_names: list[str], sizes: list[tuple[int, int]]
+) -> tuple[CameraFile, str]:
     """Cameras for the given photos from any format :func:`detect_camera_format` knows.
 
     Args:
@@ -299,7 +310,9 @@ def _read_colmap(path: Path, names: list[str], sizes: list[tuple[int, int]]) -> 
         if not camera.is_perspective_pinhole():
             raise CameraFileError(f"{where}: not a pinhole-type camera model")
         if any(abs(e) > 1e-9 for e in extra):
-            raise CameraFileError(f"{where}: has lens distortion {extra}; undistort the images first (colmap image_undistorter)")
+            raise CameraFileError(
+                f"{where}: has lens distortion {extra}; undistort the images first (colmap image_undistorter)"
+            )
         if not image.has_pose:
             raise CameraFileError(f"{path}: image {image.name} is not registered in the model (no pose)")
         w2c = np.eye(4)
@@ -359,7 +372,9 @@ def _read_scannet(path: Path, names: list[str], sizes: list[tuple[int, int]]) ->
         raise CameraFileError(f"{kfile}: cannot read a 4x4 intrinsics matrix ({exc})") from exc
     poses = {p.stem: p for p in (path / "pose").glob("*.txt")}
     views = []
-    for name, (h, w), pfile in zip(names, sizes, _find(path / "pose", [Path(n).stem for n in names], poses, "pose file")):
+    for name, (h, w), pfile in zip(
+        names, sizes, _find(path / "pose", [Path(n).stem for n in names], poses, "pose file")
+    ):
         check_intrinsics(k, h, w, f"{kfile} (for {name}, {w}x{h})")
         try:
             c2w = np.loadtxt(pfile)
@@ -371,4 +386,9 @@ def _read_scannet(path: Path, names: list[str], sizes: list[tuple[int, int]]) ->
     return CameraFile(views)
 
 
-CAMERA_FORMATS = {"ffsplat": _read_ffsplat, "colmap": _read_colmap, "nerfstudio": _read_nerfstudio, "scannet": _read_scannet}
+CAMERA_FORMATS = {
+    "ffsplat": _read_ffsplat,
+    "colmap": _read_colmap,
+    "nerfstudio": _read_nerfstudio,
+    "scannet": _read_scannet,
+}

@@ -150,7 +150,9 @@ def register_views(
     n = len(images)
     names = list(names) if names is not None else [f"view {i}" for i in range(n)]
     if n < 2 or len(intrinsics) != n or len(names) != n:
-        raise ValueError(f"register_views needs >= 2 images with one intrinsics matrix and name each, got {n}/{len(intrinsics)}/{len(names)}")
+        raise ValueError(
+            f"register_views needs >= 2 images with one intrinsics matrix and name each, got {n}/{len(intrinsics)}/{len(names)}"
+        )
     if not baseline > 0:
         raise ValueError(f"baseline must be positive, got {baseline}")
     if cfg.refine_intrinsics and n < 3:
@@ -158,7 +160,9 @@ def register_views(
     for i in range(n):
         for j in range(i + 1, n):
             if images[i].shape == images[j].shape and np.array_equal(images[i], images[j]):
-                raise PoseEstimationError(f"{names[i]} and {names[j]} are the same photo: there is no camera motion to register")
+                raise PoseEstimationError(
+                    f"{names[i]} and {names[j]} are the same photo: there is no camera motion to register"
+                )
 
     level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = cfg.log_level  # COLMAP's INFO lines would flood the terminal
@@ -170,7 +174,9 @@ def register_views(
     c2w = np.linalg.inv(c2w[0])[None] @ c2w  # view 0 at the origin
     distance = np.linalg.norm(c2w[1, :3, 3])
     if distance < 1e-9:
-        raise PoseEstimationError(f"{names[0]} and {names[1]} have the same camera centre (a pure rotation): no baseline to scale")
+        raise PoseEstimationError(
+            f"{names[0]} and {names[1]} have the same camera centre (a pure rotation): no baseline to scale"
+        )
     c2w[:, :3, 3] *= baseline / distance
     scale = (f"translation scaled so that {names[0]} and {names[1]} are {baseline:g} m apart"
              + (" (COLMAP's reconstruction scaled by the same factor)" if n > 2 else ""))  # fmt: skip
@@ -188,7 +194,9 @@ def _register(pycolmap, images, intrinsics, names, cfg: RegistrationConfig):
         verification = pycolmap.TwoViewGeometryOptions()
         verification.min_num_inliers = cfg.min_inliers
         verification.compute_relative_pose = True
-        pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(
+            db_path, matching_options=matching, verification_options=verification, device=pycolmap.Device.cpu
+        )
         with pycolmap.Database.open(db_path) as db:
             pairs, geometries = _pairs(pycolmap, db, n)
             _refuse_static_pairs(db, geometries, names)
@@ -256,7 +264,9 @@ def _pairs(pycolmap, db, n: int):
             matches = len(db.read_matches(i + 1, j + 1)) if db.exists_matches(i + 1, j + 1) else 0
             g = by_pair.get((i, j))
             inliers = len(g.inlier_matches) if g is not None else 0
-            reports.append(PairReport(i, j, matches, inliers, _config_name(pycolmap, g) if g is not None else "UNDEFINED"))
+            reports.append(
+                PairReport(i, j, matches, inliers, _config_name(pycolmap, g) if g is not None else "UNDEFINED")
+            )
     return reports, by_pair
 
 
@@ -272,7 +282,9 @@ def _refuse_static_pairs(db, geometries, names) -> None:
         a = db.read_keypoints(i + 1)[g.inlier_matches[:, 0], :2]
         b = db.read_keypoints(j + 1)[g.inlier_matches[:, 1], :2]
         if np.median(np.linalg.norm(a - b, axis=1)) < 1.0:
-            raise PoseEstimationError(f"{names[i]} and {names[j]} show no camera motion (matches do not move): they are the same photo")
+            raise PoseEstimationError(
+                f"{names[i]} and {names[j]} show no camera motion (matches do not move): they are the same photo"
+            )
 
 
 def _refuse_isolated_views(pairs: list[PairReport], names, cfg: RegistrationConfig) -> None:
@@ -298,9 +310,13 @@ def _two_view(pycolmap, db, geometries, intrinsics, names, cfg: RegistrationConf
         )
     config = _config_name(pycolmap, g)
     if config in ("PANORAMIC", "PLANAR_OR_PANORAMIC"):
-        raise PoseEstimationError(f"{names[0]} and {names[1]} are related by a pure rotation (no baseline between the cameras); give --cameras")
+        raise PoseEstimationError(
+            f"{names[0]} and {names[1]} are related by a pure rotation (no baseline between the cameras); give --cameras"
+        )
     if config in ("WATERMARK", "DEGENERATE", "UNDEFINED"):
-        raise PoseEstimationError(f"{names[0]} and {names[1]} could not be registered: COLMAP found a {config} two-view geometry")
+        raise PoseEstimationError(
+            f"{names[0]} and {names[1]} could not be registered: COLMAP found a {config} two-view geometry"
+        )
     rel = np.eye(4)
     rel[:3] = g.cam2_from_cam1.matrix()  # x1 = R x0 + t
     k = np.stack([np.asarray(x, dtype=np.float64) for x in intrinsics])
@@ -315,7 +331,9 @@ def _two_view(pycolmap, db, geometries, intrinsics, names, cfg: RegistrationConf
         ransac = pycolmap.RANSACOptions()
         ransac.max_error = 2.0
         ransac.random_seed = 0
-        found = pycolmap.estimate_relative_pose(cams[0], kp0.astype(np.float64), cams[1], kp1.astype(np.float64), ransac)
+        found = pycolmap.estimate_relative_pose(
+            cams[0], kp0.astype(np.float64), cams[1], kp1.astype(np.float64), ransac
+        )
         if found is None or int(found["num_inliers"]) < cfg.min_inliers:
             raise PoseEstimationError(
                 f"{names[0]} and {names[1]} could not be registered: COLMAP found a {config} two-view geometry and only "
@@ -332,7 +350,14 @@ def _two_view(pycolmap, db, geometries, intrinsics, names, cfg: RegistrationConf
             f"{names[0]} and {names[1]} could not be registered: only {points} of {inliers} inliers triangulate in front of both cameras"
         )
     c2w = np.stack([np.eye(4), np.linalg.inv(rel)])
-    return k, c2w, points, error, [points, points], f"two-view geometry ({config}, median triangulation angle {angle:.1f} deg)"
+    return (
+        k,
+        c2w,
+        points,
+        error,
+        [points, points],
+        f"two-view geometry ({config}, median triangulation angle {angle:.1f} deg)",
+    )
 
 
 def triangulate_pair(
@@ -345,15 +370,17 @@ def triangulate_pair(
     """
     p0 = k0 @ np.eye(4)[:3]
     p1 = k1 @ cam1_from_cam0[:3]
-    a = np.stack([x0[:, :1] * p0[2] - p0[0], x0[:, 1:] * p0[2] - p0[1], x1[:, :1] * p1[2] - p1[0], x1[:, 1:] * p1[2] - p1[1]], 1)
+    a = np.stack(
+        [x0[:, :1] * p0[2] - p0[0], x0[:, 1:] * p0[2] - p0[1], x1[:, :1] * p1[2] - p1[0], x1[:, 1:] * p1[2] - p1[1]], 1
+    )
     xh = np.linalg.svd(a)[2][:, -1]  # [N, 4]
     xh = xh / xh[:, 3:]
     c0, c1 = xh @ np.eye(4)[:3].T, xh @ cam1_from_cam0[:3].T
     front = (c0[:, 2] > 0) & (c1[:, 2] > 0)
     if not front.any():
         return 0, float("nan"), 0.0
-    r0 = (xh[front] @ p0.T)
-    r1 = (xh[front] @ p1.T)
+    r0 = xh[front] @ p0.T
+    r1 = xh[front] @ p1.T
     err0 = np.linalg.norm(r0[:, :2] / r0[:, 2:] - x0[front], axis=1)
     err1 = np.linalg.norm(r1[:, :2] / r1[:, 2:] - x1[front], axis=1)
     centre1 = -cam1_from_cam0[:3, :3].T @ cam1_from_cam0[:3, 3]
@@ -401,4 +428,11 @@ def _incremental(pycolmap, db_path: Path, tmp: Path, pairs: list[PairReport], na
         w2c[:3] = image.cam_from_world().matrix()
         c2ws.append(np.linalg.inv(w2c))
         observations.append(int(image.num_points3D))
-    return np.stack(ks), np.stack(c2ws), best.num_points3D(), float(best.compute_mean_reprojection_error()), observations, "incremental mapping"
+    return (
+        np.stack(ks),
+        np.stack(c2ws),
+        best.num_points3D(),
+        float(best.compute_mean_reprojection_error()),
+        observations,
+        "incremental mapping",
+    )

@@ -43,7 +43,9 @@ class Predictor(nn.Module):
             stored ones (e.g. ``{"segmentation": {"checkpoint": "/weights/sam_vit_b.pth"}}``).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", teacher_overrides: dict[str, dict] | None = None):
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", teacher_overrides: dict[str, dict] | None = None
+    ):
         super().__init__()
         blob = load_model(path)
         self.meta = {k: v for k, v in blob.items() if k not in ("state_dict", "class_embeddings")}
@@ -57,16 +59,22 @@ class Predictor(nn.Module):
         try:
             missing, unexpected = self.model.load_state_dict(blob["state_dict"], strict=False)
         except RuntimeError as exc:  # tensor shapes that do not fit the stored config
-            raise CheckpointError(f"{path}: weights do not fit the stored model config ({' '.join(str(exc).split())[:300]})") from exc
+            raise CheckpointError(
+                f"{path}: weights do not fit the stored model config ({' '.join(str(exc).split())[:300]})"
+            ) from exc
         if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not match the stored model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"{path}: weights do not match the stored model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         self.class_names: list[str] = list(blob["class_names"])
         self.register_buffer("class_embeddings", blob["class_embeddings"].float(), persistent=False)
         self._teachers: dict[str, nn.Module] = {}
         if model_cfg.conditioning.names:
             needed = {roles[r]["name"]: roles[r].get("kwargs", {}) for r in ("segmentation", "language")}
             self._teachers = load_teachers(needed, device)
-        self.prompt_decoder_name = policy.resolve_prompt_decoder(blob.get("prompt_decoder", "auto"), roles["segmentation"]["name"])
+        self.prompt_decoder_name = policy.resolve_prompt_decoder(
+            blob.get("prompt_decoder", "auto"), roles["segmentation"]["name"]
+        )
         self._lazy: dict[str, nn.Module] = {}
         self.to(device)
 
@@ -79,7 +87,9 @@ class Predictor(nn.Module):
         """Point prompts -> masks (``policy.build_prompt_decoder``), built on first use."""
         if "prompt_decoder" not in self._lazy:
             seg = self.cfg.roles["segmentation"]
-            decoder = policy.build_prompt_decoder(self.prompt_decoder_name, seg["name"], seg.get("kwargs", {}), self._teachers)
+            decoder = policy.build_prompt_decoder(
+                self.prompt_decoder_name, seg["name"], seg.get("kwargs", {}), self._teachers
+            )
             self._lazy["prompt_decoder"] = decoder.to(self.device)
         return self._lazy["prompt_decoder"]
 

@@ -177,7 +177,12 @@ def window_attention_mask(
 
 @functools.lru_cache(maxsize=16)
 def attention_masks(
-    padded_hw: tuple[int, int], valid_hw: tuple[int, int], splits: int, shift_hw: tuple[int, int], views: int, device: torch.device
+    padded_hw: tuple[int, int],
+    valid_hw: tuple[int, int],
+    splits: int,
+    shift_hw: tuple[int, int],
+    views: int,
+    device: torch.device,
 ) -> tuple[list[Tensor | None], list[Tensor | None], Tensor | None]:
     """Masks and view indices of one feature-map shape, built once and cached (they depend only on
     shapes): ``masks`` ``[plain, shifted]`` (``[nW, T, T]`` or None), the cross-view masks repeated
@@ -244,9 +249,7 @@ class TransformerLayer(nn.Module):
         self.cross_attn = WindowAttention(dim, heads)
         self.ffn = nn.Sequential(nn.Linear(dim, dim * ffn_expansion), nn.GELU(), nn.Linear(dim * ffn_expansion, dim))
 
-    def forward(
-        self, x: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None, others: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None, others: Tensor | None) -> Tensor:
         """``x [B, V, nW, T, C] -> [B, V, nW, T, C]``; cross-attention is skipped when ``others`` is None (V == 1)."""
         x = x + self.self_attn(self.norm_self(x), mask=self_mask)
         if others is not None:

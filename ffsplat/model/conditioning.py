@@ -64,8 +64,15 @@ class ConditioningFusion(nn.Module):
             expected = self.cfg.sam_dim if name == "sam" else self.cfg.lseg_dim
             feat = conditions[name]
             if feat.shape[:3] != (b, v, expected):
-                raise ValueError(f"conditions[{name!r}] must be [B={b}, V={v}, {expected}, h, w], got {tuple(feat.shape)}")
-            flat = F.interpolate(rearrange(feat, "b v c h w -> (b v) c h w").to(features.dtype), size=(h, w), mode="bilinear", align_corners=False)
+                raise ValueError(
+                    f"conditions[{name!r}] must be [B={b}, V={v}, {expected}, h, w], got {tuple(feat.shape)}"
+                )
+            flat = F.interpolate(
+                rearrange(feat, "b v c h w -> (b v) c h w").to(features.dtype),
+                size=(h, w),
+                mode="bilinear",
+                align_corners=False,
+            )
             parts.append(rearrange(F.normalize(flat, dim=1), "(b v) c h w -> b v c h w", b=b))
         latent = self.unet(rearrange(torch.cat(parts, dim=2), "b v c h w -> (b v) c h w"))
         return rearrange(latent, "(b v) c h w -> b v c h w", b=b)

@@ -110,10 +110,14 @@ def correlation_cost_volume(
     with float32_geometry(features.device):
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32  # never below float32
         cast = lambda t: t.to(dtype)  # noqa: E731
-        return _cost_volume(cast(features), cast(intrinsics), cast(extrinsics), cast(depths), num_neighbors, depth_chunk)
+        return _cost_volume(
+            cast(features), cast(intrinsics), cast(extrinsics), cast(depths), num_neighbors, depth_chunk
+        )
 
 
-def _cost_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor, num_neighbors: int, depth_chunk: int) -> Tensor:
+def _cost_volume(
+    features: Tensor, intrinsics: Tensor, extrinsics: Tensor, depths: Tensor, num_neighbors: int, depth_chunk: int
+) -> Tensor:
     b, v, c, h, w = features.shape
     d = depths.shape[-1]
     if num_neighbors < 0:

@@ -38,7 +38,9 @@ class DepthConfig:
 
     def __post_init__(self) -> None:
         if self.cost_volume_neighbors < 0:
-            raise ValueError(f"depth.cost_volume_neighbors must be >= 0 (0 = all views), got {self.cost_volume_neighbors}")
+            raise ValueError(
+                f"depth.cost_volume_neighbors must be >= 0 (0 = all views), got {self.cost_volume_neighbors}"
+            )
         if self.cost_volume_depth_chunk < 1:
             raise ValueError(f"depth.cost_volume_depth_chunk must be >= 1, got {self.cost_volume_depth_chunk}")
 
@@ -82,7 +84,14 @@ class DepthHead(nn.Module):
         self.refine_channels = cfg.refine_channels[0]
 
     def forward(
-        self, images: Tensor, cost: Tensor, features: Tensor, latent: Tensor | None, candidates: Tensor, near: Tensor, far: Tensor
+        self,
+        images: Tensor,
+        cost: Tensor,
+        features: Tensor,
+        latent: Tensor | None,
+        candidates: Tensor,
+        near: Tensor,
+        far: Tensor,
     ) -> DepthOutput:
         """
         Args:
@@ -108,7 +117,9 @@ class DepthHead(nn.Module):
         conf_full = F.interpolate(confidence, **up)
         feat_full = F.interpolate(self.proj(rearrange(features, "b v c h w -> (b v) c h w")), **up)
         norm_disp = (disp_full - lo) / (hi - lo)
-        refine = self.refine(torch.cat([rearrange(images, "b v c h w -> (b v) c h w"), feat_full, norm_disp, conf_full], 1))
+        refine = self.refine(
+            torch.cat([rearrange(images, "b v c h w -> (b v) c h w"), feat_full, norm_disp, conf_full], 1)
+        )
         # The residual is predicted in normalised disparity units (zero at initialisation).
         disp = torch.minimum(torch.maximum(disp_full + self.to_delta(refine).float() * (hi - lo), lo), hi)
 

@@ -62,12 +62,16 @@ class GaussianHead(nn.Module):
         self.cfg = cfg
         self.k = num_sh_bases(cfg.sh_degree)
         self.raw_ch = 1 + 3 + 4 + 3 * self.k + 2
-        self.net = nn.Sequential(nn.Conv2d(in_ch, cfg.hidden, 3, padding=1), nn.GELU(), nn.Conv2d(cfg.hidden, self.raw_ch, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, cfg.hidden, 3, padding=1), nn.GELU(), nn.Conv2d(cfg.hidden, self.raw_ch, 3, padding=1)
+        )
         # Start near a sensible scene: mid opacity, mid scale, identity rotation, image colours.
         nn.init.normal_(self.net[-1].weight, std=1e-3)
         nn.init.zeros_(self.net[-1].bias)
         if not cfg.scale_min < cfg.init_scale < cfg.scale_max:
-            raise ValueError(f"gaussians.init_scale={cfg.init_scale} must lie inside (scale_min, scale_max) = ({cfg.scale_min}, {cfg.scale_max})")
+            raise ValueError(
+                f"gaussians.init_scale={cfg.init_scale} must lie inside (scale_min, scale_max) = ({cfg.scale_min}, {cfg.scale_max})"
+            )
         frac = (cfg.init_scale - cfg.scale_min) / (cfg.scale_max - cfg.scale_min)
         with torch.no_grad():
             self.net[-1].bias[1:4] = math.log(frac / (1 - frac))  # sigmoid(bias) = frac -> footprint init_scale

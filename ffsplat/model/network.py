@@ -137,14 +137,18 @@ class SemanticSplatNet(nn.Module):
 
         lo, hi = depth.disparity_range
         norm_disp = (1.0 / depth.depth - lo[:, None, None, None]) / (hi - lo)[:, None, None, None]
-        latent_full = F.interpolate(rearrange(latent, "b v c h w -> (b v) c h w"), size=(height, width), mode="bilinear", align_corners=False)
+        latent_full = F.interpolate(
+            rearrange(latent, "b v c h w -> (b v) c h w"), size=(height, width), mode="bilinear", align_corners=False
+        )
         refine = rearrange(depth.refine_features, "b v c h w -> (b v) c h w")
         trunk_in = torch.cat([latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w"), refine], dim=1)
         f = rearrange(self.semantic_trunk(trunk_in), "(b v) c h w -> b (v h w) c", b=b)
         gaussians = replace(gaussians, features={SEG: self.seg_head(f), LANG: self.lang_head(f)})
         return NetworkOutput(gaussians=gaussians, depth=depth)
 
-    def decode_fields(self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Tensor]:
+    def decode_fields(
+        self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, Tensor]:
         """Expand rendered fields to teacher space: ``{"seg": [B,V,seg_dim,H,W]}`` -> ``{"sam": [B,V,256,h,w]}``,
         ``{"lang": ...}`` -> ``{"lseg": [B,V,512,h,w]}``; ``sizes`` gives the teacher grids (default: rendered size)."""
         sizes = sizes or {}
@@ -214,7 +218,9 @@ def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
         else:
             dropped += 1
     ours = model.state_dict()
-    mismatched = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in renamed.items() if k in ours and v.shape != ours[k].shape]
+    mismatched = [
+        (k, tuple(v.shape), tuple(ours[k].shape)) for k, v in renamed.items() if k in ours and v.shape != ours[k].shape
+    ]
     loadable = {k: v for k, v in renamed.items() if k in ours and v.shape == ours[k].shape}
     missing = sorted(set(ours) - set(loadable))
     report = {
@@ -225,7 +231,9 @@ def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
         "dropped": dropped,
     }
     if cfg.strict and (missing or mismatched):
-        raise RuntimeError(f"model.pretrained (strict): {len(missing)} missing keys (e.g. {missing[:5]}), mismatched {mismatched[:5]}")
+        raise RuntimeError(
+            f"model.pretrained (strict): {len(missing)} missing keys (e.g. {missing[:5]}), mismatched {mismatched[:5]}"
+        )
     model.load_state_dict(loadable, strict=False)
     return report
 

@@ -42,7 +42,9 @@ class SemanticConfig:
 class SemanticTrunk(nn.Module):
     def __init__(self, in_ch: int, latent_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_ch, latent_dim, 3, padding=1), nn.GELU(), nn.Conv2d(latent_dim, latent_dim, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, latent_dim, 3, padding=1), nn.GELU(), nn.Conv2d(latent_dim, latent_dim, 3, padding=1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``[N, in_ch, H, W] -> [N, latent_dim, H, W]``."""

@@ -32,7 +32,8 @@ class UNet2D(nn.Module):
         super().__init__()
         self.inp = conv_block(in_ch, channels[0])
         self.down = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), conv_block(b, b)) for a, b in zip(channels, channels[1:])
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), conv_block(b, b))
+            for a, b in zip(channels, channels[1:])
         )
         self.up = nn.ModuleList(conv_block(b + a, a) for a, b in zip(channels[:-1], channels[1:]))
         self.out = nn.Conv2d(channels[0], out_ch, 1)

@@ -340,7 +340,9 @@ def depth_loss(pred: Tensor, target: Tensor, min_depth: float = 1e-3, mask: Tens
     """
     if pred.shape[-2:] != target.shape[-2:]:
         lead = pred.shape[:-2]
-        resize = lambda t, mode: F.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=target.shape[-2:], mode=mode).reshape(*lead, *target.shape[-2:])  # noqa: E731
+        resize = lambda t, mode: F.interpolate(
+            t.reshape(-1, 1, *t.shape[-2:]), size=target.shape[-2:], mode=mode
+        ).reshape(*lead, *target.shape[-2:])  # noqa: E731
         pred = resize(pred, "bilinear")
         mask = None if mask is None else resize(mask.float(), "nearest") > 0.5
     valid = torch.isfinite(target) & (target > min_depth) & torch.isfinite(pred)

@@ -296,9 +296,7 @@ class SegmentationMeter:
 
 
 # ---------------------------------------------------------------------------------- promptable
-def promptable_scores(
-    mask_logits: Tensor, instances: Tensor, points: Tensor, chunk: int = 64
-) -> dict[str, Tensor]:
+def promptable_scores(mask_logits: Tensor, instances: Tensor, points: Tensor, chunk: int = 64) -> dict[str, Tensor]:
     """Best-of-M mask quality of each point prompt against the ground-truth instance under it.
 
     The instance is read at pixel ``(floor(x), floor(y))`` (points are continuous pixel coords,

@@ -85,7 +85,10 @@ def teacher_maps(
         b, v = views.images.shape[:2]
         flat = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
         feats = teacher_features(
-            {name: teachers[name] for name in names.values()}, views.images.flatten(0, 1), flat(views.labels), flat(views.instances)
+            {name: teachers[name] for name in names.values()},
+            views.images.flatten(0, 1),
+            flat(views.labels),
+            flat(views.instances),
         )
         return {role: feats[name].unflatten(0, (b, v)) for role, name in names.items()}
     missing = sorted(name for name in names.values() if name not in views.teacher)

@@ -69,9 +69,7 @@ def sample_prompt_points(
     return (torch.stack([u, v], -1).float() + 0.5).to(device if device is not None else gen_device)
 
 
-def grid_prompt_points(
-    per_side: int, image_size: tuple[int, int], device: torch.device | str | None = None
-) -> Tensor:
+def grid_prompt_points(per_side: int, image_size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
     """``[per_side**2, 2]`` (x, y) points at the centres of a ``per_side x per_side`` cell grid.
 
     ``x = (i + 0.5) / per_side * W``, ``y = (j + 0.5) / per_side * H``, row-major (x fastest), the

@@ -83,7 +83,9 @@ class RenderOutput:
 Backend = Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
 
 
-def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings):
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings
+):
     b, v, n, d = colors.shape
     proj = project_gaussians(
         means, quats, scales, opacities, viewmats, ks, width, height,
@@ -98,7 +100,9 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, ks, widt
     return img.reshape(b, v, height, width, d + 1), alpha.reshape(b, v, height, width), meta
 
 
-def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings):
+def _rasterize_gsplat(
+    means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings
+):
     if not means.is_cuda:
         raise RuntimeError(
             "render backend 'gsplat' needs CUDA tensors (gsplat has no CPU kernels); "

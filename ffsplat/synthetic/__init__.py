@@ -37,6 +37,16 @@ from ffsplat.synthetic.raycast import cast_rays, render_frame
 from ffsplat.synthetic.scenes import make_scene, render_scene, write_synthetic_scene
 
 __all__ = [
-    "EVAL_TO_RAW", "SCANNET_RAW_IDS", "SCENE_META", "Room", "SyntheticConfig", "camera_path", "cast_rays",
-    "generate_room", "make_scene", "render_frame", "render_scene", "write_synthetic_scene",
+    "EVAL_TO_RAW",
+    "SCANNET_RAW_IDS",
+    "SCENE_META",
+    "Room",
+    "SyntheticConfig",
+    "camera_path",
+    "cast_rays",
+    "generate_room",
+    "make_scene",
+    "render_frame",
+    "render_scene",
+    "write_synthetic_scene",
 ]

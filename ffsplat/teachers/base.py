@@ -44,8 +44,12 @@ TeacherFactory = Callable[..., nn.Module]
 TEACHERS: dict[str, TeacherFactory] = {}
 """Teacher name -> factory taking the teacher's config keyword arguments."""
 
-BUILTIN_TEACHER_MODULES = ("ffsplat.teachers.sam", "ffsplat.teachers.lseg", "ffsplat.teachers.label_teachers",
-                           "ffsplat.teachers.espnetv2")
+BUILTIN_TEACHER_MODULES = (
+    "ffsplat.teachers.sam",
+    "ffsplat.teachers.lseg",
+    "ffsplat.teachers.label_teachers",
+    "ffsplat.teachers.espnetv2",
+)
 """Modules whose import registers the built-in teachers (imported on first use of the registry)."""
 
 
@@ -72,7 +76,9 @@ def require_file(path: str | Path | None, key: str, directory: bool = False) -> 
     FileNotFoundError naming the config ``key`` and the path."""
     what = "model directory" if directory else "checkpoint file"
     if not path:
-        raise FileNotFoundError(f"{key} is not set: give the local path of the pretrained weights (no downloads at run time)")
+        raise FileNotFoundError(
+            f"{key} is not set: give the local path of the pretrained weights (no downloads at run time)"
+        )
     p = Path(path).expanduser()
     if not (p.is_dir() if directory else p.is_file()):
         raise FileNotFoundError(f"{key}: no {what} at {p} (weights are never downloaded at run time)")

@@ -91,19 +91,27 @@ class ClipTextEncoder(nn.Module):
 
         root = require_dir(path)
         if not any(all((root / f).is_file() for f in group) for group in _TOKENIZER_FILES):
-            raise FileNotFoundError(f"{CLIP_KEY}: no tokenizer files in {root} (need tokenizer.json or vocab.json + merges.txt)")
+            raise FileNotFoundError(
+                f"{CLIP_KEY}: no tokenizer files in {root} (need tokenizer.json or vocab.json + merges.txt)"
+            )
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full CLIPModel dir lists every vision weight as "unexpected"
         try:
-            model, info = CLIPTextModelWithProjection.from_pretrained(str(root), local_files_only=True, output_loading_info=True)
+            model, info = CLIPTextModelWithProjection.from_pretrained(
+                str(root), local_files_only=True, output_loading_info=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"{CLIP_KEY}: cannot load a CLIP text model + tokenizer from {root}: {err}") from err
+            raise FileNotFoundError(
+                f"{CLIP_KEY}: cannot load a CLIP text model + tokenizer from {root}: {err}"
+            ) from err
         finally:
             hf_logging.set_verbosity(verbosity)
         bad = sorted(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
         if bad:
-            raise ValueError(f"{CLIP_KEY}: the CLIP text weights in {root} are incomplete (missing/mismatched: {bad[:8]})")
+            raise ValueError(
+                f"{CLIP_KEY}: the CLIP text weights in {root} are incomplete (missing/mismatched: {bad[:8]})"
+            )
         return cls(model, tokenizer, where=str(root), **kwargs)
 
     def fingerprint(self) -> str:
@@ -127,7 +135,9 @@ class ClipTextEncoder(nn.Module):
         out = []
         for i in range(0, len(labels), self.batch_size):
             prompts = [self.template.format(label) for label in labels[i : i + self.batch_size]]
-            tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tokens = self.tokenizer(
+                prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             tokens = {k: tokens[k].to(device) for k in ("input_ids", "attention_mask")}
             out.append(F.normalize(self.model(**tokens).text_embeds.float(), dim=-1).cpu())
         return torch.cat(out)
@@ -155,7 +165,12 @@ class ClipTextEncoder(nn.Module):
                 emb = self._embed(labels)
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    blob = {"labels": list(labels), "template": self.template, "model": self.fingerprint(), "embeddings": emb}
+                    blob = {
+                        "labels": list(labels),
+                        "template": self.template,
+                        "model": self.fingerprint(),
+                        "embeddings": emb,
+                    }
                     with atomic_open(path) as stream:
                         torch.save(blob, stream)
             self._memory[key] = emb

@@ -53,7 +53,9 @@ ESPNETV2_CHANNELS = (32, 128, 256, 512)
 """Encoder channels at 1/2, 1/4, 1/8, 1/16 for width scale 2.0."""
 
 
-def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, dilation: int = 1, bias: bool = False) -> nn.Conv2d:
+def _conv(
+    cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, dilation: int = 1, bias: bool = False
+) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride, padding=(k - 1) // 2 * dilation, dilation=dilation, groups=groups, bias=bias)
 
 
@@ -142,7 +144,9 @@ class DownSampler(nn.Module):
         while image.shape[-1] > pooled.shape[-1]:
             image = F.avg_pool2d(image, 3, stride=2, padding=1)
         if image.shape[-2:] != pooled.shape[-2:]:
-            raise ValueError(f"ESPNetv2: input image pools to {tuple(image.shape[-2:])}, features are {tuple(pooled.shape[-2:])}")
+            raise ValueError(
+                f"ESPNetv2: input image pools to {tuple(image.shape[-2:])}, features are {tuple(pooled.shape[-2:])}"
+            )
         return self.act(out + self.inp_reinf(image))
 
 
@@ -211,7 +215,9 @@ class PyramidPool(nn.Module):
         n = len(self.SCALES)
         self.projection_layer = _Seq(cin, proj, 1)
         self.stages = nn.ModuleList(_conv(proj, proj, 3, groups=proj) for _ in self.SCALES)
-        self.merge_layer = nn.Sequential(_BR(proj * n), nn.Identity(), _Seq(proj * n, proj, 3, groups=proj), _conv(proj, cout, 1, bias=not last_br))
+        self.merge_layer = nn.Sequential(
+            _BR(proj * n), nn.Identity(), _Seq(proj * n, proj, 3, groups=proj), _conv(proj, cout, 1, bias=not last_br)
+        )
         if last_br:
             self.br = _BR(cout)
 
@@ -275,6 +281,7 @@ class ESPNetv2Seg(nn.Module):
         if h % 16 or w % 16:
             raise ValueError(f"ESPNetv2: input {h}x{w} must be a multiple of 16 on each side")
         l1, l2, l3, l4 = self.base_net(x)
+
         def up(t: Tensor) -> Tensor:
             return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)
 
@@ -322,7 +329,11 @@ class ESPNetv2Teacher(nn.Module):
                  dim: int = 512, stride: int = 2, temperature: float = 1.0, seed: int = 7, name: str = "espnetv2"):  # fmt: skip
         super().__init__()
         self.name = name
-        size = (int(input_size), int(input_size)) if isinstance(input_size, (int, float)) else tuple(int(s) for s in input_size)
+        size = (
+            (int(input_size), int(input_size))
+            if isinstance(input_size, (int, float))
+            else tuple(int(s) for s in input_size)
+        )
         if len(size) != 2 or size[0] % 16 or size[1] % 16:
             raise ValueError(f"espnetv2.input_size: expected multiples of 16, got {input_size!r}")
         if temperature <= 0:

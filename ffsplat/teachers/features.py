@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ffsplat.teachers.base import build_teacher
 
+
 def load_teachers(specs: dict[str, dict], device: str | torch.device = "cpu") -> dict[str, nn.Module]:
     """Build teachers from ``{name: config kwargs}``."""
     return {name: build_teacher(name, **kwargs).to(device).eval() for name, kwargs in specs.items()}
@@ -61,7 +62,9 @@ def clip_teacher_features(
     size: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """``[L, H, W, 3]`` uint8 clip frames (+ labels/instances) -> name -> ``[L, C, h, w]`` float16."""
-    device = next((b.device for t in teachers.values() for b in list(t.parameters()) + list(t.buffers())), torch.device("cpu"))
+    device = next(
+        (b.device for t in teachers.values() for b in list(t.parameters()) + list(t.buffers())), torch.device("cpu")
+    )
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
 
     def as_long(a):

@@ -111,7 +111,9 @@ class LabelLanguageTeacher(nn.Module):
         if labels is None:
             raise ValueError("the label_lang teacher needs ground-truth labels (it is a benchmark stand-in for LSeg)")
         seeds = _seeds(labels, self.seed)
-        flipped = self.flipped_labels(labels.cpu(), None if instances is None else instances.cpu(), seeds).to(labels.device)
+        flipped = self.flipped_labels(labels.cpu(), None if instances is None else instances.cpu(), seeds).to(
+            labels.device
+        )
         # Blur and pooling are linear, so apply them to the one-hot classes (K+1 channels) and
         # embed afterwards: identical to blurring the 512-d embeddings, ~50x cheaper.
         onehot = F.one_hot(flipped.clamp(0, self.num_classes), self.num_classes + 1).permute(0, 3, 1, 2).to(self.table)
@@ -120,7 +122,9 @@ class LabelLanguageTeacher(nn.Module):
             onehot = F.avg_pool2d(onehot, self.stride)
         feats = torch.einsum("nkhw,kc->nchw", onehot, self.table)
         if self.noise_std > 0:
-            noise = torch.stack([torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s + 1)) for s in seeds])
+            noise = torch.stack(
+                [torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s + 1)) for s in seeds]
+            )
             feats = feats + self.noise_std * noise.to(feats)
         return F.normalize(feats, dim=1)
 
@@ -139,7 +143,9 @@ class LabelSegmentationTeacher(nn.Module):
     name = "label_seg"
     needs_labels = True
 
-    def __init__(self, dim: int = 256, noise_std: float = 0.05, stride: int = 4, max_instances: int = 4096, seed: int = 1):
+    def __init__(
+        self, dim: int = 256, noise_std: float = 0.05, stride: int = 4, max_instances: int = 4096, seed: int = 1
+    ):
         super().__init__()
         self.dim, self.noise_std, self.stride, self.seed = dim, noise_std, stride, seed
         self.register_buffer("table", _unit_table(max_instances, dim, seed), persistent=False)
@@ -157,7 +163,9 @@ class LabelSegmentationTeacher(nn.Module):
             feats = F.avg_pool2d(feats, self.stride)
         if self.noise_std > 0:
             seeds = _seeds(instances, self.seed)
-            noise = torch.stack([torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+            noise = torch.stack(
+                [torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+            )
             feats = feats + self.noise_std * noise.to(feats)
         return F.normalize(feats, dim=1)
 

@@ -83,16 +83,22 @@ class ViTBackbone(nn.Module):
     ``forward``: ``[N, 3, H, W]`` (H, W multiples of 32) -> maps at strides 4, 8, 16, 32.
     """
 
-    def __init__(self, backbone: str, hooks: Sequence[int], channels: Sequence[int], vit_kwargs: Mapping | None = None) -> None:
+    def __init__(
+        self, backbone: str, hooks: Sequence[int], channels: Sequence[int], vit_kwargs: Mapping | None = None
+    ) -> None:
         super().__init__()
         import timm
 
         self.model = timm.create_model(backbone, pretrained=False, **dict(vit_kwargs or {}))
         if getattr(self.model, "cls_token", None) is None or self.model.num_prefix_tokens != 1:
-            raise ValueError(f"LSeg needs a ViT with exactly one class token; {backbone} has {self.model.num_prefix_tokens}")
+            raise ValueError(
+                f"LSeg needs a ViT with exactly one class token; {backbone} has {self.model.num_prefix_tokens}"
+            )
         self.hooks = tuple(int(h) for h in hooks)
         if len(self.hooks) != 4 or len(channels) != 4 or max(self.hooks) >= len(self.model.blocks):
-            raise ValueError(f"need 4 hooks < depth {len(self.model.blocks)} and 4 channel counts, got {hooks}, {channels}")
+            raise ValueError(
+                f"need 4 hooks < depth {len(self.model.blocks)} and 4 channel counts, got {hooks}, {channels}"
+            )
         self.patch = int(self.model.patch_embed.patch_size[0])
         dim = int(self.model.embed_dim)
         for i, (c, stride) in enumerate(zip(channels, (4, 8, 16, 32)), start=1):
@@ -187,8 +193,9 @@ class LSegNet(nn.Module):
         super().__init__()
         if hooks is None or channels is None:
             if backbone not in BACKBONES:
-                raise KeyError(f"no default hooks/channels for backbone {backbone!r}; "
-                               f"give them or use one of {sorted(BACKBONES)}")
+                raise KeyError(
+                    f"no default hooks/channels for backbone {backbone!r}; give them or use one of {sorted(BACKBONES)}"
+                )
             hooks, channels = hooks or BACKBONES[backbone][0], channels or BACKBONES[backbone][1]
         self.out_dim = out_dim
         self.pretrained = ViTBackbone(backbone, hooks, channels, vit_kwargs)
@@ -229,11 +236,16 @@ def _read_checkpoint(path: Path, allow_pickle: bool = False) -> Mapping[str, Ten
                 "unpickle, which can run code from the file. If you trust it, opt in with the lseg teacher kwarg "
                 "allow_pickle=true (e.g. teachers.language.kwargs.allow_pickle=true, or --teacher lseg:...,allow_pickle=true)"
             ) from err
-        warnings.warn(f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); allow_pickle=true: loading with weights_only=False", stacklevel=2)
+        warnings.warn(
+            f"{CHECKPOINT_KEY}: {path} needs full unpickling ({type(err).__name__}); allow_pickle=true: loading with weights_only=False",
+            stacklevel=2,
+        )
         blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{CHECKPOINT_KEY}: {path} holds no state dict (expected a Lightning checkpoint with 'state_dict')")
+        raise ValueError(
+            f"{CHECKPOINT_KEY}: {path} holds no state dict (expected a Lightning checkpoint with 'state_dict')"
+        )
     return state
 
 
@@ -259,9 +271,13 @@ def load_lseg_weights(net: LSegNet, state: Mapping[str, Tensor], source: str = "
     if missing or unexpected:
         raise KeyError(f"{CHECKPOINT_KEY}: {source} does not match the LSeg layout: {len(missing)} missing keys "
                        f"{missing[:10]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:10]}")  # fmt: skip
-    shapes = [(source_key[k], tuple(v.shape), tuple(ours[k].shape)) for k, v in mapped.items() if v.shape != ours[k].shape]
+    shapes = [
+        (source_key[k], tuple(v.shape), tuple(ours[k].shape)) for k, v in mapped.items() if v.shape != ours[k].shape
+    ]
     if shapes:
-        raise ValueError(f"{CHECKPOINT_KEY}: {source}: {len(shapes)} shape mismatches (key, checkpoint, model): {shapes[:10]}")
+        raise ValueError(
+            f"{CHECKPOINT_KEY}: {source}: {len(shapes)} shape mismatches (key, checkpoint, model): {shapes[:10]}"
+        )
     net.load_state_dict(mapped, strict=True)
 
 

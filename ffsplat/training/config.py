@@ -39,7 +39,9 @@ class DataConfig:
     shuffle_buffer: int = 64
     resampled: bool = True
     epoch_length: int = 1000
-    sampler: ViewSamplerConfig = field(default_factory=lambda: ViewSamplerConfig(num_context=2, num_target=4, min_gap=4, max_gap=12))
+    sampler: ViewSamplerConfig = field(
+        default_factory=lambda: ViewSamplerConfig(num_context=2, num_target=4, min_gap=4, max_gap=12)
+    )
 
 
 @dataclass

@@ -108,11 +108,18 @@ def find_resume(run_dir: Path) -> tuple[str | None, str | None]:
     for candidate in ([last] if last.is_file() else []) + [p for _, p in reversed(steps)]:
         problem = checkpoint_problem(candidate)
         if problem is None:
-            note = None if not damaged else f"checkpoint.resume=auto: {'; '.join(damaged)}; resuming from {candidate.name} instead"
+            note = (
+                None
+                if not damaged
+                else f"checkpoint.resume=auto: {'; '.join(damaged)}; resuming from {candidate.name} instead"
+            )
             return str(candidate), note
         damaged.append(f"{candidate.name} is damaged ({problem})")
     if damaged:
-        return None, f"checkpoint.resume=auto: no intact checkpoint in {run_dir} ({'; '.join(damaged)}); starting from scratch"
+        return (
+            None,
+            f"checkpoint.resume=auto: no intact checkpoint in {run_dir} ({'; '.join(damaged)}); starting from scratch",
+        )
     return None, None
 
 
@@ -156,8 +163,15 @@ def print_data_report(summary: dict, path: Path | None = None) -> None:
 
     if not summary.get("bad"):
         return
-    shards = ", ".join(f"{Path(s).name} ({v['count']}: {v['members'][0]['member'] if v['members'] else '?'})" for s, v in summary["by_shard"].items())
-    print(f"warning: skipped {summary['bad']} bad shard samples/reads: {shards}" + (f"; details in {path}" if path else ""), file=sys.stderr)
+    shards = ", ".join(
+        f"{Path(s).name} ({v['count']}: {v['members'][0]['member'] if v['members'] else '?'})"
+        for s, v in summary["by_shard"].items()
+    )
+    print(
+        f"warning: skipped {summary['bad']} bad shard samples/reads: {shards}"
+        + (f"; details in {path}" if path else ""),
+        file=sys.stderr,
+    )
     if path is not None:
         from ffsplat.core.atomic import atomic_open
 

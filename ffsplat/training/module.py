@@ -79,7 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
         if bad:  # never write a checkpoint that resumes into NaN
-            raise NonFiniteCheckpointError(f"refusing to write {path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]})")
+            raise NonFiniteCheckpointError(
+                f"refusing to write {path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]})"
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -263,7 +265,10 @@ class SemanticSplatModule(L.LightningModule):
         if source == "labels":
             if target.labels is None or target.instances is None:
                 raise ValueError("teachers.masks=labels needs labels and instances in the shards")
-            return [label_hierarchy_masks(lab, ins) for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))]
+            return [
+                label_hierarchy_masks(lab, ins)
+                for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))
+            ]
         if source == "sam":
             sam = self.prompt_decoder if hasattr(self.prompt_decoder, "automatic_masks") else None
             if sam is None:
@@ -304,12 +309,20 @@ class SemanticSplatModule(L.LightningModule):
         # Each rank scored its share of the evaluation index: sum scalars, counts and confusion
         # matrices over ranks, then every rank logs the same totals.
         names = ("psnr", "depth_abs_rel")
-        sums = [float(sum(self._val_scalars.get(k, []))) for k in names] + [float(len(self._val_scalars.get(k, []))) for k in names]
-        packed = torch.cat([torch.tensor(sums, dtype=torch.float64), self._val_meter.confusion.double().flatten()]).to(self.device)
+        sums = [float(sum(self._val_scalars.get(k, []))) for k in names] + [
+            float(len(self._val_scalars.get(k, []))) for k in names
+        ]
+        packed = torch.cat([torch.tensor(sums, dtype=torch.float64), self._val_meter.confusion.double().flatten()]).to(
+            self.device
+        )
         packed = self.trainer.strategy.reduce(packed, reduce_op="sum") if self.trainer.world_size > 1 else packed
         packed = packed.cpu()
-        self._val_meter.confusion = packed[2 * len(names) :].reshape(self._val_meter.confusion.shape).to(self._val_meter.confusion.dtype)
-        scores = {k: float(packed[i] / packed[len(names) + i]) for i, k in enumerate(names) if packed[len(names) + i] > 0}
+        self._val_meter.confusion = (
+            packed[2 * len(names) :].reshape(self._val_meter.confusion.shape).to(self._val_meter.confusion.dtype)
+        )
+        scores = {
+            k: float(packed[i] / packed[len(names) + i]) for i, k in enumerate(names) if packed[len(names) + i] > 0
+        }
         if int(self._val_meter.confusion.sum()) > 0:
             seg = self._val_meter.compute()
             scores.update({"miou": float(seg["miou"]), "acc": float(seg["acc"])})
@@ -322,7 +335,9 @@ class SemanticSplatModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.cfg.optim.lr)
         o = self.cfg.optim
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, o.warmup_steps, o.max_steps, o.min_lr_ratio))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, o.warmup_steps, o.max_steps, o.min_lr_ratio)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -366,7 +381,9 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"stage.init_from={path}: {exc}") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)")
+        raise RuntimeError(
+            f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)"
+        )
 
 
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
@@ -412,21 +429,27 @@ class ClipDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         urls = manifest_shards(d.root, d.train_split)
-        self.train_set = ClipExamples(urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed)
+        self.train_set = ClipExamples(
+            urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed
+        )
         # Resuming: the checkpoint restored the global step and this module's epoch start, so the
         # stream continues after the batches the interrupted run already trained on.
         step = int(self.trainer.global_step) if self.trainer is not None else 0
         consumed = max(0, step - self.epoch_start_step)
         self.train_set.set_position(self.epoch, self.epoch_start_step, consumed, d.batch_size)
         self.train_set.corrupt.sink = str(Path(self.cfg.checkpoint.dir) / self.cfg.run_name / "bad_samples")
-        return DataLoader(self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples)
+        return DataLoader(
+            self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples
+        )
 
     def val_dataloader(self) -> DataLoader:
         d = self.cfg.data
         if d.eval_index:
             index = load_eval_index(d.eval_index)
         else:
-            index = build_eval_index(scene_frame_ids(d.root, d.val_split), d.sampler, seed=self.cfg.trainer.seed, skip_short=True)
+            index = build_eval_index(
+                scene_frame_ids(d.root, d.val_split), d.sampler, seed=self.cfg.trainer.seed, skip_short=True
+            )
         if d.val_examples is not None:
             kept, count = {}, 0
             for scene in sorted(index):
@@ -435,7 +458,9 @@ class ClipDataModule(L.LightningDataModule):
                 kept[scene] = index[scene][: d.val_examples - count]
                 count += len(kept[scene])
             index = kept
-        return DataLoader(EvalIndexDataset(d.root, d.val_split, index), batch_size=None, collate_fn=lambda e: collate_examples([e]))
+        return DataLoader(
+            EvalIndexDataset(d.root, d.val_split, index), batch_size=None, collate_fn=lambda e: collate_examples([e])
+        )
 
 
 class EpochAndStep(L.Callback):
@@ -446,7 +471,10 @@ class EpochAndStep(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        if isinstance(dm, ClipDataModule) and (trainer.current_epoch, trainer.global_step) != (dm.epoch, dm.epoch_start_step):
+        if isinstance(dm, ClipDataModule) and (trainer.current_epoch, trainer.global_step) != (
+            dm.epoch,
+            dm.epoch_start_step,
+        ):
             dm.start_epoch(trainer.current_epoch, trainer.global_step)
 
 

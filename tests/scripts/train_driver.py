@@ -46,7 +46,10 @@ class Probe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.samples is not None:
-            ids = [[scene, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()] for i, scene in enumerate(batch.scenes)]
+            ids = [
+                [scene, batch.context.frame_ids[i].tolist(), batch.target.frame_ids[i].tolist()]
+                for i, scene in enumerate(batch.scenes)
+            ]
             with self.samples.open("a") as f:
                 f.write(json.dumps({"step": trainer.global_step, "ids": ids}) + "\n")
 

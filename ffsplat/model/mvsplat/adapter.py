@@ -85,7 +85,9 @@ def adapt_gaussians(
 
     pixel = 1.0 / size
     multiplier = 0.1 * (torch.inverse(intrinsics[..., :2, :2].to(dtype)) @ pixel).sum(-1)  # [B, V]
-    scales = (scale_min + (scale_max - scale_min) * torch.sigmoid(scale_raw)) * d[..., None] * multiplier[:, :, None, None]
+    scales = (
+        (scale_min + (scale_max - scale_min) * torch.sigmoid(scale_raw)) * d[..., None] * multiplier[:, :, None, None]
+    )
 
     q = quat_xyzw / (quat_xyzw.norm(dim=-1, keepdim=True) + 1e-8)
     q_cam = torch.cat([q[..., 3:], q[..., :3]], dim=-1)  # (w, x, y, z)
@@ -100,5 +102,7 @@ def adapt_gaussians(
     def flat(t: Tensor) -> Tensor:
         return t.reshape(b, v * h * w, *t.shape[3:])
 
-    gaussians = Gaussians(means=flat(means), scales=flat(scales), rotations=flat(rotations), opacities=flat(opacity), sh=flat(sh))
+    gaussians = Gaussians(
+        means=flat(means), scales=flat(scales), rotations=flat(rotations), opacities=flat(opacity), sh=flat(sh)
+    )
     return gaussians, rearrange(z, "b v (h w) -> b v h w", h=h)

@@ -156,7 +156,9 @@ class TransformerLayer(nn.Module):
         self.with_ffn = with_ffn
         if with_ffn:
             hidden = 2 * d_model * ffn_expansion
-            self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden, bias=False), nn.GELU(), nn.Linear(hidden, d_model, bias=False))
+            self.mlp = nn.Sequential(
+                nn.Linear(2 * d_model, hidden, bias=False), nn.GELU(), nn.Linear(hidden, d_model, bias=False)
+            )
             self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, source: Tensor, target: Tensor, h: int, w: int, splits: int, mask: Tensor | None) -> Tensor:
@@ -198,7 +200,9 @@ class MultiViewTransformer(nn.Module):
             shift = mask if idx % 2 == 1 else None
             # Every view attends to all other views (in their original order) as they entered the
             # block, i.e. before this block's self-attention (as MVSplat): [(V B), V-1, L, C].
-            target = rearrange(torch.stack([torch.stack([x[j] for j in o], dim=1) for o in others]), "v b m l c -> (v b) m l c")
+            target = rearrange(
+                torch.stack([torch.stack([x[j] for j in o], dim=1) for o in others]), "v b m l c -> (v b) m l c"
+            )
             flat = x.reshape(v * b, h * w, c)
             flat = block.self_attn(flat, flat[:, None], h, w, splits, shift)
             flat = block.cross_attn_ffn(flat, target, h, w, splits, shift)

@@ -50,14 +50,24 @@ def warp_features(features: Tensor, intrinsics: Tensor, pose: Tensor, depth: Ten
     n, c, h, w = features.shape
     d = depth.shape[1]
     with torch.no_grad():
-        ys, xs = torch.meshgrid(torch.arange(h, device=features.device), torch.arange(w, device=features.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=features.device), torch.arange(w, device=features.device), indexing="ij"
+        )
         grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).to(intrinsics.dtype).reshape(1, 3, h * w)
         rays = torch.inverse(intrinsics) @ grid  # [N, 3, hw]
-        points = (pose[:, :3, :3] @ rays)[:, :, None, :] * depth[:, None, :, None] + pose[:, :3, 3:, None]  # [N, 3, D, hw]
+        points = (pose[:, :3, :3] @ rays)[:, :, None, :] * depth[:, None, :, None] + pose[
+            :, :3, 3:, None
+        ]  # [N, 3, D, hw]
         pix = (intrinsics @ points.reshape(n, 3, -1)).reshape(n, 3, d, h * w)
         xy = pix[:, :2] / pix[:, 2:].clamp(min=1e-3)
         grid = torch.stack([2 * xy[:, 0] / (w - 1) - 1, 2 * xy[:, 1] / (h - 1) - 1], dim=-1)  # [N, D, hw, 2]
-    warped = F.grid_sample(features, grid.view(n, d * h, w, 2).to(features.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+    warped = F.grid_sample(
+        features,
+        grid.view(n, d * h, w, 2).to(features.dtype),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )
     return warped.view(n, c, d, h, w)
 
 
@@ -97,12 +107,16 @@ class DepthPredictor(nn.Module):
             nn.Conv2d(in_ch, width, 3, 1, 1),
             nn.GroupNorm(8, width),
             nn.GELU(),
-            RefineUNet(width, width, width, tuple(cfg.costvolume_unet_channel_mult), tuple(cfg.costvolume_unet_attn_res)),
+            RefineUNet(
+                width, width, width, tuple(cfg.costvolume_unet_channel_mult), tuple(cfg.costvolume_unet_attn_res)
+            ),
             nn.Conv2d(width, d, 3, 1, 1),
         )
         self.regressor_residual = nn.Conv2d(in_ch, d, 1)
         self.depth_head_lowres = nn.Sequential(nn.Conv2d(d, 2 * d, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * d, d, 3, 1, 1))
-        self.upsampler = nn.Sequential(nn.Conv2d(2 * c, c, 3, 1, 1), nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True), nn.GELU())
+        self.upsampler = nn.Sequential(
+            nn.Conv2d(2 * c, c, 3, 1, 1), nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True), nn.GELU()
+        )
         f = cfg.depth_unet_feat_dim
         self.proj_feature = nn.Conv2d(c, f, 3, 1, 1)
         self.refine_unet = nn.Sequential(
@@ -111,7 +125,11 @@ class DepthPredictor(nn.Module):
             nn.GELU(),
             RefineUNet(f, f, f, tuple(cfg.depth_unet_channel_mult), tuple(cfg.depth_unet_attn_res)),
         )
-        self.to_gaussians = nn.Sequential(nn.Conv2d(f + 3 + c, 2 * raw_channels, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * raw_channels, raw_channels, 3, 1, 1))
+        self.to_gaussians = nn.Sequential(
+            nn.Conv2d(f + 3 + c, 2 * raw_channels, 3, 1, 1),
+            nn.GELU(),
+            nn.Conv2d(2 * raw_channels, raw_channels, 3, 1, 1),
+        )
         self.to_disparity = nn.Sequential(nn.Conv2d(f, 2 * f, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * f, 2, 3, 1, 1))
 
     def cost_volume(self, features: Tensor, intrinsics: Tensor, extrinsics: Tensor, disparities: Tensor) -> Tensor:
@@ -149,7 +167,9 @@ class DepthPredictor(nn.Module):
         hi = (1.0 / near).to(features.dtype)
         steps = torch.linspace(0.0, 1.0, self.num_candidates, device=features.device, dtype=features.dtype)
         disparities = lo[..., None] + steps * (hi - lo)[..., None]  # [B, V, D]
-        cv_in = cost_volume if cost_volume is not None else self.cost_volume(features, intrinsics, extrinsics, disparities)
+        cv_in = (
+            cost_volume if cost_volume is not None else self.cost_volume(features, intrinsics, extrinsics, disparities)
+        )
 
         x = self.corr_refine_net[0](cv_in)
         if injection is not None:
@@ -166,7 +186,11 @@ class DepthPredictor(nn.Module):
 
         flat = lambda t: rearrange(t, "b v ... -> (b v) ...")
         ups = self.upsampler(torch.cat([flat(features), flat(cnn_features)], dim=1))
-        refine = self.refine_unet[2](self.refine_unet[1](self.refine_unet[0](torch.cat([flat(images), self.proj_feature(ups), full, pdf_max], 1))))
+        refine = self.refine_unet[2](
+            self.refine_unet[1](
+                self.refine_unet[0](torch.cat([flat(images), self.proj_feature(ups), full, pdf_max], 1))
+            )
+        )
         refine = self.refine_unet[3](refine, v)
         raw = self.to_gaussians(torch.cat([refine, flat(images), ups], dim=1))
         delta, density = self.to_disparity(refine).split(1, dim=1)

@@ -61,7 +61,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointMismatchError(f"model.pretrained.path: {path} is not a readable PyTorch checkpoint ({exc})") from exc
+        raise CheckpointMismatchError(
+            f"model.pretrained.path: {path} is not a readable PyTorch checkpoint ({exc})"
+        ) from exc
     if isinstance(blob, dict):
         for key in ("state_dict", "model"):
             if isinstance(blob.get(key), dict):
@@ -120,14 +122,21 @@ def load_geometry_checkpoint(model: nn.Module, state: dict[str, Tensor], fmt: st
             unexpected = sorted(unmapped + [k for k in renamed if k not in ours])
         required = tuple(k for k in ours if k.startswith(REQUIRED_PREFIXES[fmt]))
     missing = sorted(k for k in required if k not in renamed)
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in renamed.items() if k in ours and v.shape != ours[k].shape]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
+        for k, v in renamed.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
     if missing or unexpected or mismatched:
         parts = []
         for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{len(items)} {name}: {shown}")
-        raise CheckpointMismatchError(f"model.pretrained ({fmt}) does not match model.name={getattr(getattr(model, 'cfg', None), 'name', '?')}: " + "; ".join(parts))
+        raise CheckpointMismatchError(
+            f"model.pretrained ({fmt}) does not match model.name={getattr(getattr(model, 'cfg', None), 'name', '?')}: "
+            + "; ".join(parts)
+        )
     loadable = {k: v for k, v in renamed.items() if k in ours}
     result = model.load_state_dict(loadable, strict=False)
     assert not result.unexpected_keys

@@ -47,7 +47,9 @@ class MVSplatSemanticNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         g = cfg.mvsplat
-        self.backbone = MultiViewBackboneMVSplat(g.d_feature, tuple(g.cnn_channels), g.num_transformer_layers, g.ffn_expansion)
+        self.backbone = MultiViewBackboneMVSplat(
+            g.d_feature, tuple(g.cnn_channels), g.num_transformer_layers, g.ffn_expansion
+        )
         raw_channels = 2 + 7 + 3 * num_sh_bases(g.sh_degree)
         self.depth_predictor = DepthPredictor(g, raw_channels)
         cond = cfg.conditioning
@@ -100,8 +102,13 @@ class MVSplatSemanticNet(nn.Module):
 
         disp_lo, disp_hi = 1.0 / context.far, 1.0 / context.near
         norm_disp = (1.0 / z - disp_lo[:, None, None, None]) / (disp_hi - disp_lo)[:, None, None, None]
-        latent_full = F.interpolate(rearrange(latent, "b v c h w -> (b v) c h w"), size=(height, width), mode="bilinear", align_corners=False)
-        trunk_in = torch.cat([latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w").to(latent_full.dtype), out.refine_features], dim=1)
+        latent_full = F.interpolate(
+            rearrange(latent, "b v c h w -> (b v) c h w"), size=(height, width), mode="bilinear", align_corners=False
+        )
+        trunk_in = torch.cat(
+            [latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w").to(latent_full.dtype), out.refine_features],
+            dim=1,
+        )
         f = rearrange(self.semantic_trunk(trunk_in), "(b v) c h w -> b (v h w) c", b=b)
         gaussians = replace(gaussians, features={_network.SEG: self.seg_head(f), _network.LANG: self.lang_head(f)})
         depth = DepthOutput(
@@ -115,7 +122,9 @@ class MVSplatSemanticNet(nn.Module):
         )
         return _network.NetworkOutput(gaussians=gaussians, depth=depth)
 
-    def decode_fields(self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Tensor]:
+    def decode_fields(
+        self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, Tensor]:
         """Expand rendered fields to teacher space (as :meth:`SemanticSplatNet.decode_fields`)."""
         sizes = sizes or {}
         out = {}

@@ -101,9 +101,9 @@ def project_gaussians(
     tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x / z))
     ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y / z))
     zeros = torch.zeros_like(z)
-    jac = torch.stack(
-        [fx / z, zeros, -fx * tx / (z * z), zeros, fy / z, -fy * ty / (z * z)], dim=-1
-    ).reshape(b, v, n, 2, 3)
+    jac = torch.stack([fx / z, zeros, -fx * tx / (z * z), zeros, fy / z, -fy * ty / (z * z)], dim=-1).reshape(
+        b, v, n, 2, 3
+    )
     cov2d = jac @ cov_c @ jac.transpose(-1, -2)  # [B, V, N, 2, 2]
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
 
