@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import infer
+import ffsplat.inference.cli as infer_cli
 from ffsplat.core.errors import InputError, check_device, check_number, one_line
 from tests.test_infer import checkpoint, inputs, room_views  # noqa: F401  (fixtures)
 
@@ -135,7 +136,7 @@ def test_a_failure_after_the_ply_was_written_removes_this_runs_outputs(
     def broken(*_args, **_kw):
         raise InputError("--query: simulated failure after the .ply was written")
 
-    monkeypatch.setattr(infer, "write_queries", broken)
+    monkeypatch.setattr(infer_cli, "write_queries", broken)
     code = run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--query", "chair",
                      "--render", "--device", "cpu")  # fmt: skip
     assert_contract(code, capsys.readouterr().err, "simulated failure")
@@ -150,7 +151,7 @@ def test_a_query_that_matches_nothing_writes_nothing_and_says_so(tmp_path, check
         # a text embedding equal to class 0's: argmax ties go to class 0, so the query never wins
         return {"spaceship": predictor.class_embeddings[0].clone()}
 
-    monkeypatch.setattr(infer, "query_embeddings", duplicate)
+    monkeypatch.setattr(infer_cli, "query_embeddings", duplicate)
     code = run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--query", "chair",
                      "--device", "cpu")  # fmt: skip
     captured = capsys.readouterr()
