@@ -13,6 +13,10 @@
         --teacher lseg:checkpoint=weights/demo_e200.ckpt,clip_path=weights/clip-vit-base-patch32 \
         --teacher-size 32 32 --teacher-device cuda
 
+    # also cache SAM's three-scale automatic masks (stage 2's hierarchical pooling then never runs
+    # SAM); the keys after the checkpoint are SAMTeacher.automatic_masks options (default: as online)
+    python data_prep/make_shards.py ... --teacher sam_masks:checkpoint=weights/sam_vit_b_01ec64.pth,model_type=vit_b
+
 Scene folders use the exported-ScanNet layout (``data_prep/export_sens.py`` makes it from
 ``.sens`` files). Re-running resumes: finished scenes are skipped, scenes whose source changed
 (e.g. re-exported from a fixed ``.sens``) are rebuilt, and a run with other settings than the
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-mb", type=float, default=256, help="start a new .tar shard beyond this size (MiB)")
     parser.add_argument("--workers", type=int, default=1, help="scenes written in parallel (processes)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
-                        help="cache this teacher's features (sam, lseg, label_lang, label_seg); repeatable")  # fmt: skip
+                        help="cache this teacher's features (sam, lseg, label_lang, label_seg) or masks "
+                             "(sam_masks: SAM's three-scale automatic masks at --size); repeatable")  # fmt: skip
     parser.add_argument(
         "--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size"
     )

@@ -284,6 +284,105 @@ class Gaussians:
         )
 
 
+MASK_SCALES = ("small", "medium", "large")
+"""Scales of hierarchical masks (SAM's multimask outputs 0/1/2, LangSplat's subpart/part/whole)."""
+
+
+@dataclass
+class SegmentMasks:
+    """Three-scale binary masks per view (e.g. SAM's automatic masks), stored compactly and exactly.
+
+    The masks of one scale may overlap, so a single id map cannot hold them. Instead each pixel
+    holds the id of its *segment*, the set of masks that cover it, and a table row per segment
+    lists those masks: mask ``k`` of a scale is ``tables[..., s, segments[..., s, :, :], k]``.
+    Row 0 is the empty set (pixels no mask covers); tables are padded with all-False rows and
+    columns, and ``counts`` says how many masks (columns) each scale really has, so masks -- their
+    order and empty ones included -- round-trip exactly (:meth:`from_masks` / :meth:`to_masks`).
+
+    Attributes:
+        segments: ``[..., 3, H, W]`` int64 segment ids (``< U``), scales in :data:`MASK_SCALES` order.
+        tables: ``[..., 3, U, K]`` bool segment -> mask membership.
+        counts: ``[..., 3]`` int64 masks per scale (``<= K``).
+    """
+
+    segments: Tensor
+    tables: Tensor
+    counts: Tensor
+
+    def __post_init__(self) -> None:
+        lead = self.segments.shape[:-3]
+        if (
+            self.segments.dim() < 3
+            or self.segments.shape[-3] != len(MASK_SCALES)
+            or self.tables.shape[:-2] != self.segments.shape[:-2]
+            or self.counts.shape != (*lead, len(MASK_SCALES))
+        ):
+            raise ValueError(
+                f"SegmentMasks: segments [..., 3, H, W], tables [..., 3, U, K], counts [..., 3] with the same "
+                f"leading dims; got {tuple(self.segments.shape)}, {tuple(self.tables.shape)}, {tuple(self.counts.shape)}"
+            )
+
+    @classmethod
+    def from_masks(cls, masks: list[dict[str, Tensor]]) -> SegmentMasks:
+        """Per image ``{scale: [K_s, H, W] bool}`` (all images ``H x W``) -> ``SegmentMasks`` with batch ``[N]``."""
+        if not masks:
+            raise ValueError("SegmentMasks.from_masks: no images")
+        segs, tabs, counts = [], [], []
+        for item in masks:
+            for scale in MASK_SCALES:
+                m = item[scale].bool()
+                k, h, w = m.shape
+                rows = m.reshape(k, h * w).T  # [HW, K] membership of every pixel
+                if k == 0:
+                    table, ids = rows.new_zeros((1, 0)), rows.new_zeros(h * w, dtype=torch.long)
+                else:
+                    table, ids = torch.unique(rows.to(torch.uint8), dim=0, return_inverse=True)
+                    table = table.bool()
+                    if bool(table[0].any()):  # sorted rows: the empty set, when present, comes first
+                        table, ids = torch.cat([table.new_zeros((1, k)), table]), ids + 1
+                segs.append(ids.reshape(h, w))
+                tabs.append(table)
+                counts.append(k)
+        u = max(t.shape[0] for t in tabs)
+        k = max(t.shape[1] for t in tabs)
+        tables = torch.stack([torch.nn.functional.pad(t, (0, k - t.shape[1], 0, u - t.shape[0])) for t in tabs])
+        n, s = len(masks), len(MASK_SCALES)
+        return cls(
+            segments=torch.stack(segs).reshape(n, s, *segs[0].shape),
+            tables=tables.reshape(n, s, u, k),
+            counts=torch.tensor(counts, dtype=torch.long, device=tables.device).reshape(n, s),
+        )
+
+    def to_masks(self) -> list[dict[str, Tensor]]:
+        """Per view (leading dims flattened) ``{scale: [K_s, H, W] bool}``, the inverse of :meth:`from_masks`."""
+        h, w = self.segments.shape[-2:]
+        segments = self.segments.reshape(-1, len(MASK_SCALES), h, w)
+        tables = self.tables.reshape(-1, *self.tables.shape[-3:])
+        counts = self.counts.reshape(-1, len(MASK_SCALES)).tolist()
+        out = []
+        for seg, table, count in zip(segments, tables, counts):
+            out.append(
+                {
+                    scale: table[s][seg[s]].permute(2, 0, 1)[: count[s]].contiguous()  # [K_s, H, W]
+                    for s, scale in enumerate(MASK_SCALES)
+                }
+            )
+        return out
+
+    def to(self, device) -> SegmentMasks:
+        return SegmentMasks(self.segments.to(device), self.tables.to(device), self.counts.to(device))
+
+    @staticmethod
+    def cat(items: list[SegmentMasks]) -> SegmentMasks:
+        """Concatenate along the first dim, padding the tables to the largest ``U`` and ``K``."""
+        u = max(m.tables.shape[-2] for m in items)
+        k = max(m.tables.shape[-1] for m in items)
+        pad = [torch.nn.functional.pad(m.tables, (0, k - m.tables.shape[-1], 0, u - m.tables.shape[-2])) for m in items]
+        return SegmentMasks(
+            torch.cat([m.segments for m in items]), torch.cat(pad), torch.cat([m.counts for m in items])
+        )
+
+
 @dataclass
 class Views:
     """Posed images of ``B`` scenes with ``V`` views each (the context or the target set).
@@ -297,6 +396,8 @@ class Views:
         instances: ``[B, V, H, W]`` int64 instance ids (0 = none); or None.
         teacher: cached teacher features, name -> ``[B, V, C, h, w]`` float.
         frame_ids: ``[B, V]`` int64 frame numbers in the source sequence.
+        masks: cached three-scale masks (``make_shards --teacher sam_masks``), batch ``[B, V]``
+            at ``(H, W)``; or None.
     """
 
     images: Tensor
@@ -308,6 +409,7 @@ class Views:
     instances: Tensor | None = None
     teacher: dict[str, Tensor] = field(default_factory=dict)
     frame_ids: Tensor | None = None
+    masks: SegmentMasks | None = None
 
     @property
     def num_views(self) -> int:
@@ -327,6 +429,7 @@ class Views:
             instances=move(self.instances),
             teacher={k: v.to(device) for k, v in self.teacher.items()},
             frame_ids=move(self.frame_ids),
+            masks=move(self.masks),
         )
 
 

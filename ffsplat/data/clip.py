@@ -14,6 +14,10 @@ One webdataset sample holds one clip. Its files (``<key>.<field>``) are:
 ``nyu40.<j>.png``      nyu40 ids, uint8 PNG                                  [optional]
 ``inst.<j>.png``       instance ids, uint16 PNG (0 = none)                   [optional]
 ``teacher.<name>.npy`` cached teacher features ``[L, C, h, w]`` float16      [optional]
+``masks.npz``          cached three-scale masks (``--teacher sam_masks``)   [optional]:
+                       ``segments`` ``[L, 3, H, W]`` uint16 (uint32 beyond 65535 segments),
+                       ``tables`` ``[L, 3, U, K]`` bool, ``counts`` ``[L, 3]`` int32 (see
+                       :class:`~ffsplat.core.types.SegmentMasks`); meta ``"masks": [3, H, W]``
 =====================  ======================================================================
 
 ``<j>`` is the zero-padded position in the clip (``000``...). Everything but JPEG colour is
@@ -52,6 +56,9 @@ class Clip:
         nyu40: ``[L, H, W]`` uint8 nyu40 ids, or None.
         instances: ``[L, H, W]`` uint16 instance ids, or None.
         teacher: name -> ``[L, C, h, w]`` float16 features.
+        masks: cached three-scale masks ``{"segments": [L, 3, H, W] uint16/uint32, "tables":
+            [L, 3, U, K] bool, "counts": [L, 3] int32}`` at ``H x W`` (the
+            :class:`~ffsplat.core.types.SegmentMasks` layout), or None.
     """
 
     scene: str
@@ -66,6 +73,7 @@ class Clip:
     nyu40: np.ndarray | None = None
     instances: np.ndarray | None = None
     teacher: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -81,6 +89,56 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+MASK_MEMBERS = ("segments", "tables", "counts")
+
+
+def masks_to_numpy(segments, tables, counts) -> dict[str, np.ndarray]:
+    """``SegmentMasks`` arrays -> the stored arrays (the smallest segment-id dtype that fits)."""
+    segments, tables, counts = (np.asarray(a) for a in (segments, tables, counts))
+    dtype = np.uint16 if tables.shape[-2] <= 65536 else np.uint32
+    return {"segments": segments.astype(dtype), "tables": tables.astype(bool), "counts": counts.astype(np.int32)}
+
+
+def stack_masks(items: list[dict[str, np.ndarray]], positions: list[int]) -> dict[str, np.ndarray]:
+    """Frames ``positions[i]`` of ``items[i]`` stacked into one ``[len, ...]`` mask dict (tables padded)."""
+    u = max(m["tables"].shape[-2] for m in items)
+    k = max(m["tables"].shape[-1] for m in items)
+    tables = [
+        np.pad(m["tables"][p], ((0, 0), (0, u - m["tables"].shape[-2]), (0, k - m["tables"].shape[-1])))
+        for m, p in zip(items, positions)
+    ]
+    return masks_to_numpy(
+        np.stack([m["segments"][p] for m, p in zip(items, positions)]),
+        np.stack(tables),
+        np.stack([m["counts"][p] for m, p in zip(items, positions)]),
+    )
+
+
+def check_masks(masks: dict[str, np.ndarray], length: int, height: int, width: int) -> None:
+    """Raise ``ValueError`` unless ``masks`` is a valid :class:`Clip` mask dict for ``length`` frames of ``height x width``."""
+    if set(masks) != set(MASK_MEMBERS):
+        raise ValueError(f"mask arrays {sorted(masks)}, expected {sorted(MASK_MEMBERS)}")
+    segments, tables, counts = masks["segments"], masks["tables"], masks["counts"]
+    if segments.dtype not in (np.uint16, np.uint32):
+        raise ValueError(f"mask segments have dtype {segments.dtype}, expected uint16 or uint32")
+    _check_array(segments, (length, 3, height, width), segments.dtype, "mask segments", finite=False)
+    if tables.ndim != 4:
+        raise ValueError(f"mask tables have shape {tuple(tables.shape)}, expected [L, 3, U, K]")
+    _check_array(tables, (length, 3, *tables.shape[2:]), bool, "mask tables", finite=False)
+    _check_array(counts, (length, 3), np.int32, "mask counts", finite=False)
+    u, k = tables.shape[2:]
+    if u < 1 or (segments.size and int(segments.max()) >= u):
+        raise ValueError(
+            f"mask segments name ids up to {int(segments.max()) if segments.size else -1}, table has {u} rows"
+        )
+    if tables[:, :, 0].any():
+        raise ValueError("mask tables: row 0 (pixels no mask covers) must be empty")
+    if (counts < 0).any() or (counts > k).any():
+        raise ValueError(f"mask counts must lie in [0, {k}], got {counts.min()}..{counts.max()}")
+    if (tables & (np.arange(k) >= counts[..., None, None])).any():
+        raise ValueError("mask tables have members beyond the scale's mask count")
+
+
 def encode_clip(clip: Clip, key: str, jpeg_quality: int = 95) -> dict[str, bytes | str]:
     """Webdataset sample (``{"__key__": key, field: bytes}``) for a clip."""
     length, height, width = clip.images.shape[:3]
@@ -94,6 +152,8 @@ def encode_clip(clip: Clip, key: str, jpeg_quality: int = 95) -> dict[str, bytes
         "width": width,
         "teacher": {name: list(feat.shape[1:]) for name, feat in clip.teacher.items()},
     }
+    if clip.masks is not None:
+        meta["masks"] = list(clip.masks["segments"].shape[1:])
     sample: dict[str, bytes | str] = {"__key__": key, "meta.json": json.dumps(meta).encode()}
     buf = io.BytesIO()
     np.savez(buf, intrinsics=clip.intrinsics.astype(np.float64), extrinsics=clip.extrinsics.astype(np.float64))
@@ -106,6 +166,10 @@ def encode_clip(clip: Clip, key: str, jpeg_quality: int = 95) -> dict[str, bytes
                 sample[f"{name}.{j:03d}.png"] = png_bytes(array[j])
     for name, feat in clip.teacher.items():
         sample[f"teacher.{name}.npy"] = _npy_bytes(feat.astype(np.float16))
+    if clip.masks is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **masks_to_numpy(*(clip.masks[k] for k in MASK_MEMBERS)))
+        sample["masks.npz"] = buf.getvalue()
     return sample
 
 
@@ -169,6 +233,14 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
             member = f"teacher.{name}.npy"
             teacher[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
             _check_array(teacher[name], (length, *shape), np.float16, "teacher features")
+        masks = None
+        if meta.get("masks") is not None:
+            member = "masks.npz"
+            if list(meta["masks"]) != [3, height, width]:
+                raise ValueError(f"meta says masks {meta['masks']}, expected [3, {height}, {width}]")
+            with np.load(io.BytesIO(sample[member]), allow_pickle=False) as archive:
+                masks = {k: archive[k] for k in archive.files}
+            check_masks(masks, length, height, width)
         clip = Clip(
             scene=meta["scene"],
             frame_ids=np.asarray(meta["frame_ids"], dtype=np.int64),
@@ -182,6 +254,7 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
             nyu40=frames("nyu40", "png", False, _DTYPES["nyu40"]),
             instances=frames("inst", "png", False, _DTYPES["instances"]),
             teacher=teacher,
+            masks=masks,
         )
     except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ClipDecodeError(key, member, f"{type(exc).__name__}: {exc}") from exc

@@ -40,7 +40,7 @@ from ffsplat.data.clip import Clip, decode_rgb, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
 from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
 from ffsplat.data.sequence import Frame, RGBDSequence, jpeg_bytes
-from ffsplat.teachers.features import clip_teacher_features, load_teachers
+from ffsplat.teachers.features import clip_teacher_features, clip_teacher_masks, load_teachers
 
 
 @dataclass
@@ -63,8 +63,11 @@ class ShardConfig:
         max_shard_bytes: start a new shard once a shard reaches this size.
         jpeg_quality: JPEG quality of the stored colour.
         teachers: teachers whose features are cached in the shards, ``{name: config kwargs}``
-            (e.g. ``{"sam": {"checkpoint": "sam_vit_b_01ec64.pth"}, "label_lang": {}}``).
-        teacher_size: cache every teacher's features at this ``(h, w)``; None keeps native grids.
+            (e.g. ``{"sam": {"checkpoint": "sam_vit_b_01ec64.pth"}, "label_lang": {}}``). A mask
+            teacher (``sam_masks``: SAM's three-scale automatic masks) is cached as ``masks.npz``
+            at the frame size ``size x size`` (see :mod:`ffsplat.data.clip`).
+        teacher_size: cache every teacher's features at this ``(h, w)``; None keeps native grids
+            (masks are always stored at the frame size).
         teacher_device: device the teachers run on while writing ("cuda" on a GPU node).
     """
 
@@ -211,6 +214,7 @@ def scene_clips(
             # Teachers see what the loader will yield: the JPEG-decoded frames.
             decoded = np.stack([decode_rgb(jpeg_bytes(im, cfg.jpeg_quality)) for im in clip.images])
             clip.teacher = clip_teacher_features(teachers, decoded, clip.labels, clip.instances, cfg.teacher_size)
+            clip.masks = clip_teacher_masks(teachers, decoded)  # at the frame size (exact), or None
         yield clip
         if start + cfg.clip_length >= len(keyframes):  # overlapping strides: no tail sub-clips
             break
@@ -465,4 +469,20 @@ def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
             entry["frames"] += shard["frames"]
         entry["scenes"] += 1
         entry["skipped_invalid_pose"] += record["skipped_invalid_pose"]
-    return {"format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits, "scenes": scenes}
+    return {
+        "format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits, "scenes": scenes,
+        "masks": cached_masks_entry(cfg),
+    }  # fmt: skip
+
+
+def cached_masks_entry(cfg: ShardConfig) -> dict | None:
+    """The manifest's ``"masks"`` entry: which teacher's three-scale masks the shards cache, its
+    options and the resolution (the frame size), or None when none are cached."""
+    from ffsplat.core.types import MASK_SCALES
+    from ffsplat.teachers.base import mask_teacher_names
+
+    names = sorted(set(cfg.teachers) & mask_teacher_names())
+    if not names:
+        return None
+    return {"teacher": names[0], "options": cfg.teachers[names[0]], "resolution": [cfg.size, cfg.size],
+            "scales": list(MASK_SCALES), "member": "masks.npz"}  # fmt: skip

@@ -44,9 +44,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip
+from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip, stack_masks
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
-from ffsplat.core.types import Cameras, Example, Views
+from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,13 @@ def clip_to_views(clip: Clip, positions: np.ndarray) -> Views:
         return None if array is None else torch.from_numpy(np.ascontiguousarray(array[idx])).to(dtype)[None]
 
     cams = Cameras(tensor(clip.intrinsics, torch.float32), tensor(clip.extrinsics, torch.float32), (h, w))
+    masks = None
+    if clip.masks is not None:  # the views' frames, same positions (and so the same pixels) as images/labels
+        masks = SegmentMasks(
+            tensor(clip.masks["segments"].astype(np.int64), torch.int64),
+            tensor(clip.masks["tables"], torch.bool),
+            tensor(clip.masks["counts"], torch.int64),
+        )
     return Views(
         images=tensor(clip.images, torch.float32).permute(0, 1, 4, 2, 3) / 255.0,
         cameras=cams,
@@ -271,6 +278,7 @@ def clip_to_views(clip: Clip, positions: np.ndarray) -> Views:
         instances=tensor(clip.instances, torch.int64),
         teacher={k: tensor(v, torch.float32) for k, v in clip.teacher.items()},
         frame_ids=tensor(clip.frame_ids, torch.int64),
+        masks=masks,
     )
 
 
@@ -292,6 +300,7 @@ def collate_views(items: list[Views]) -> Views:
         instances=cat(lambda v: v.instances),
         teacher={k: torch.cat([v.teacher[k] for v in items]) for k in first.teacher},
         frame_ids=cat(lambda v: v.frame_ids),
+        masks=None if any(v.masks is None for v in items) else SegmentMasks.cat([v.masks for v in items]),
     )
 
 
@@ -532,4 +541,7 @@ def _merge_frames(picks: list[tuple[Clip, int]], scene: str) -> Clip:
         nyu40=gather("nyu40"),
         instances=gather("instances"),
         teacher={n: np.stack([clip.teacher[n][p] for clip, p in picks]) for n in sorted(names)},
+        masks=None
+        if any(clip.masks is None for clip, _ in picks)
+        else stack_masks([clip.masks for clip, _ in picks], [p for _, p in picks]),
     )

@@ -7,6 +7,8 @@ behind it are made once, here, for both implementations:
 * :func:`resolve_prompt_decoder` / :func:`build_prompt_decoder` -- which decoder turns point
   prompts on segmentation embeddings into masks (SAM's own decoder for models distilled from SAM,
   whether or not the network is conditioned on SAM; the similarity stand-in otherwise);
+* :func:`hcam_masks` -- the three-scale masks of hierarchical pooling: cached in the shards,
+  SAM's automatic masks online, or the ground-truth stand-in;
 * :func:`classify` -- per-pixel classes and confidences by cosine against class embeddings
   (ids from :func:`ffsplat.objectives.metrics.classify_by_embeddings`, confidences at
   :data:`CLASS_LOGIT_SCALE`).
@@ -21,10 +23,12 @@ from torch import Tensor, nn
 
 from ffsplat.core.types import Views
 from ffsplat.objectives.metrics import class_similarity
-from ffsplat.objectives.prompting import SimilarityPromptDecoder
+from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks
 
 ROLES = ("segmentation", "language")
 PROMPT_DECODERS = ("auto", "sam", "similarity")
+MASK_SOURCES = ("auto", "cached", "sam", "labels", "none")
+"""Choices of ``teachers.masks`` (see :func:`hcam_masks`)."""
 
 CLASS_LOGIT_SCALE = 1.0 / 0.07
 """Temperature of the class softmax behind per-pixel confidences: CLIP's / LSeg's logit scale
@@ -125,6 +129,53 @@ def build_prompt_decoder(
     from ffsplat.teachers.features import load_teachers
 
     return load_teachers({"sam": segmentation_kwargs})["sam"]
+
+
+def hcam_masks(
+    target: Views, choice: str, segmentation_teacher: str, prompt_decoder: nn.Module | None, shards: str | None = None
+) -> list[dict[str, Tensor]] | None:
+    """Three-scale masks per target view for hierarchical pooling (``teachers.masks``), or None.
+
+    ``cached``: the masks cached in the shards (``make_shards --teacher sam_masks:...``; SAM is
+    never run); without them one ``ValueError`` naming the key and the shard folder ``shards``.
+    ``sam``: the cached masks when the views carry them, else SAM's automatic masks computed
+    online (the ``prompt_decoder`` must be SAM). ``auto``: the cache when present, else SAM online
+    when the segmentation teacher is SAM, else ``labels``. ``labels``: the stand-in from
+    ground-truth instances and classes (:func:`~ffsplat.objectives.prompting.label_hierarchy_masks`).
+    ``none``: no pooling.
+
+    Args:
+        target: ``[B, V]`` views; ``target.masks`` holds cached masks at the image size, if any.
+    Returns:
+        ``B * V`` dicts ``{"small", "medium", "large"} -> [K, H, W] bool`` (views flattened), or None.
+    """
+    if choice not in MASK_SOURCES:
+        raise ValueError(f"teachers.masks={choice!r}; choose one of {', '.join(MASK_SOURCES)}")
+    if choice == "none":
+        return None
+    cached = target.masks is not None
+    if choice == "cached" and not cached:
+        raise ValueError(
+            f"teachers.masks=cached but the shards in {shards or '?'} hold no cached masks (no masks.npz): "
+            "write them with data_prep/make_shards.py --teacher sam_masks:checkpoint=..., or set teachers.masks=sam"
+        )
+    if cached and choice in ("cached", "sam", "auto"):
+        return target.masks.to(target.images.device).to_masks()
+    if choice == "auto":
+        choice = "sam" if segmentation_teacher == "sam" else "labels"
+    if choice == "labels":
+        if target.labels is None or target.instances is None:
+            raise ValueError("teachers.masks=labels needs labels and instances in the shards")
+        return [
+            label_hierarchy_masks(lab, ins)
+            for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))
+        ]
+    if not hasattr(prompt_decoder, "automatic_masks"):
+        raise ValueError(
+            "teachers.masks=sam without cached masks needs the SAM prompt decoder (teachers.prompt_decoder=sam); "
+            "or cache the masks with make_shards.py --teacher sam_masks:checkpoint=..."
+        )
+    return prompt_decoder.automatic_masks(target.images.flatten(0, 1))
 
 
 @torch.no_grad()

@@ -53,12 +53,30 @@ BUILTIN_TEACHER_MODULES = (
 """Modules whose import registers the built-in teachers (imported on first use of the registry)."""
 
 
-def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
+MASK_TEACHERS: set[str] = set()
+"""Registered teachers that produce three-scale masks (``masks(images)``) rather than features
+(``encode``): ``make_shards --teacher`` caches them as ``masks.npz`` (e.g. ``sam_masks``)."""
+
+
+def register_teacher(name: str, produces: str = "features") -> Callable[[TeacherFactory], TeacherFactory]:
+    """Register a teacher factory; ``produces`` is ``"features"`` (``encode``) or ``"masks"`` (``masks``)."""
+    if produces not in ("features", "masks"):
+        raise ValueError(f"register_teacher({name!r}): produces={produces!r}; choose features or masks")
+
     def decorator(factory: TeacherFactory) -> TeacherFactory:
         TEACHERS[name] = factory
+        if produces == "masks":
+            MASK_TEACHERS.add(name)
         return factory
 
     return decorator
+
+
+def mask_teacher_names() -> set[str]:
+    """Names of the registered mask-producing teachers (built-ins imported first)."""
+    for module in BUILTIN_TEACHER_MODULES:
+        importlib.import_module(module)
+    return set(MASK_TEACHERS)
 
 
 def build_teacher(name: str, **kwargs) -> nn.Module:

@@ -54,6 +54,11 @@ def teacher_features(
     return out
 
 
+def is_mask_teacher(teacher: nn.Module) -> bool:
+    """Whether a loaded teacher produces three-scale masks (``masks``) instead of features (``encode``)."""
+    return getattr(teacher, "produces", "features") == "masks"
+
+
 def clip_teacher_features(
     teachers: dict[str, nn.Module],
     images: np.ndarray,
@@ -61,7 +66,11 @@ def clip_teacher_features(
     instances: np.ndarray | None,
     size: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``[L, H, W, 3]`` uint8 clip frames (+ labels/instances) -> name -> ``[L, C, h, w]`` float16."""
+    """``[L, H, W, 3]`` uint8 clip frames (+ labels/instances) -> name -> ``[L, C, h, w]`` float16
+    (feature teachers only: mask teachers are left to :func:`clip_teacher_masks`)."""
+    teachers = {name: t for name, t in teachers.items() if not is_mask_teacher(t)}
+    if not teachers:
+        return {}
     device = next(
         (b.device for t in teachers.values() for b in list(t.parameters()) + list(t.buffers())), torch.device("cpu")
     )
@@ -72,3 +81,32 @@ def clip_teacher_features(
 
     feats = teacher_features(teachers, tensor, as_long(labels), as_long(instances), size)
     return {k: v.cpu().numpy().astype(np.float16) for k, v in feats.items()}
+
+
+@torch.no_grad()
+def clip_teacher_masks(teachers: dict[str, nn.Module], images: np.ndarray, batch_size: int = 8) -> dict | None:
+    """Three-scale masks of the (single) mask teacher among ``teachers`` for ``[L, H, W, 3]`` uint8
+    clip frames, as the :class:`~ffsplat.data.clip.Clip` ``masks`` arrays (``segments [L, 3, H, W]``,
+    ``tables [L, 3, U, K]``, ``counts [L, 3]``, see :class:`~ffsplat.core.types.SegmentMasks`);
+    None when no teacher produces masks."""
+    from ffsplat.core.types import SegmentMasks
+
+    masked = [t for t in teachers.values() if is_mask_teacher(t)]
+    if not masked:
+        return None
+    if len(masked) > 1:
+        raise ValueError(
+            f"--teacher: at most one mask teacher, got {[n for n, t in teachers.items() if is_mask_teacher(t)]}"
+        )
+    teacher = masked[0]
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
+    masks = [
+        m for start in range(0, len(tensor), batch_size) for m in teacher.masks(tensor[start : start + batch_size])
+    ]
+    packed = SegmentMasks.from_masks([{k: v.cpu() for k, v in m.items()} for m in masks])
+    return {
+        "segments": packed.segments.numpy(),
+        "tables": packed.tables.numpy(),
+        "counts": packed.counts.numpy(),
+    }

@@ -19,6 +19,7 @@ and :meth:`decode` takes (it zero-pads it back to ``G x G``). For a square image
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Callable, Literal
@@ -262,6 +263,46 @@ class SAMTeacher(nn.Module):
                 order = masks.flatten(1).sum(1).argsort(stable=True)
                 results.append(dict(zip(SCALES, masks[order].tensor_split(3))))
         return results
+
+
+class SAMMaskTeacher(nn.Module):
+    """SAM's three-scale automatic masks as a cacheable teacher (``make_shards --teacher sam_masks:...``).
+
+    Wraps a :class:`SAMTeacher`; :meth:`masks` is :meth:`SAMTeacher.automatic_masks` with the
+    options given at construction (the defaults are those the training loop uses online).
+    """
+
+    name = "sam_masks"
+    produces = "masks"
+
+    def __init__(self, sam: SAMTeacher, **options) -> None:
+        super().__init__()
+        allowed = set(inspect.signature(SAMTeacher.automatic_masks).parameters) - {"self", "images", "embeddings"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"teacher sam_masks: unknown option {unknown[0]!r}; choose from {sorted(allowed)}")
+        self.sam, self.options = sam, dict(options)
+
+    def masks(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """``images [N, 3, H, W]`` in [0, 1] -> per image ``{"small", "medium", "large": [K, H, W] bool}``."""
+        return self.sam.automatic_masks(images, **self.options)
+
+
+@register_teacher("sam_masks", produces="masks")
+def build_sam_mask_teacher(
+    checkpoint: str | None = None,
+    model_type: str = "vit_b",
+    device: str | torch.device = "cpu",
+    builder: Callable[[], Sam] | None = None,
+    max_batch: int = 8,
+    **options,
+) -> SAMMaskTeacher:
+    """Config factory: ``sam_masks:checkpoint=...,model_type=vit_b[,points_per_side=32,...]``; the
+    other keys are :meth:`SAMTeacher.automatic_masks` options."""
+    sam = SAMTeacher.from_checkpoint(
+        checkpoint, model_type=model_type, builder=builder, device=device, max_batch=max_batch
+    )
+    return SAMMaskTeacher(sam, **options)
 
 
 @register_teacher("sam")

@@ -68,8 +68,13 @@ class TeachersConfig:
         prompt_decoder: decoder of point prompts for the mask loss and promptable evaluation:
             ``"sam"`` (needs ``segmentation.name == "sam"``), ``"similarity"`` (the stand-in for
             label-derived embeddings), or ``"auto"`` (SAM when the segmentation teacher is SAM).
-        masks: three-scale masks for hierarchical pooling: ``"sam"`` (SAM's automatic masks),
-            ``"labels"`` (stand-in from ground-truth instances/classes), ``"auto"`` or ``"none"``.
+        masks: three-scale masks for hierarchical pooling (stage ``lang`` with ``loss.hcam``):
+            ``"cached"`` (SAM's automatic masks cached in the shards by ``make_shards.py --teacher
+            sam_masks:checkpoint=...``; SAM never runs; an error naming this key and the shard
+            folder when the shards lack them), ``"sam"`` (the cache when the shards have it, else
+            SAM's automatic masks computed online per step: needs the SAM prompt decoder),
+            ``"labels"`` (stand-in from ground-truth instances/classes), ``"auto"`` (the cache when
+            present, else SAM online with the SAM teacher, else labels) or ``"none"``.
     """
 
     segmentation: TeacherRole = field(default_factory=lambda: TeacherRole("label_seg"))

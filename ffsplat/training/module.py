@@ -49,7 +49,7 @@ from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings
 from ffsplat.model.network import LANG, SEG, build_model
 from ffsplat.model.semantic_heads import resize_field
 from ffsplat.objectives import policy
-from ffsplat.objectives.prompting import label_hierarchy_masks, sample_prompt_points
+from ffsplat.objectives.prompting import sample_prompt_points
 from ffsplat.render.renderer import render
 from ffsplat.teachers.features import load_teachers
 from ffsplat.training.config import TrainConfig
@@ -256,25 +256,10 @@ class SemanticSplatModule(L.LightningModule):
         return mask_consistency_loss(pred_logits, ref_logits)
 
     def hcam_masks(self, target: Views) -> list[dict[str, Tensor]] | None:
-        """Three-scale masks per target view for hierarchical pooling (or None)."""
-        source = self.cfg.teachers.masks
-        if source == "auto":
-            source = "sam" if self.cfg.teachers.segmentation.name == "sam" else "labels"
-        if source == "none":
-            return None
-        if source == "labels":
-            if target.labels is None or target.instances is None:
-                raise ValueError("teachers.masks=labels needs labels and instances in the shards")
-            return [
-                label_hierarchy_masks(lab, ins)
-                for lab, ins in zip(target.labels.flatten(0, 1), target.instances.flatten(0, 1))
-            ]
-        if source == "sam":
-            sam = self.prompt_decoder if hasattr(self.prompt_decoder, "automatic_masks") else None
-            if sam is None:
-                raise ValueError("teachers.masks=sam needs the SAM prompt decoder (teachers.prompt_decoder=sam)")
-            return sam.automatic_masks(target.images.flatten(0, 1))
-        raise ValueError(f"teachers.masks={source!r}; choose auto, sam, labels or none")
+        """Three-scale masks per target view for hierarchical pooling (or None): ``teachers.masks``,
+        see :func:`ffsplat.objectives.policy.hcam_masks` (cached in the shards, SAM online, labels)."""
+        t = self.cfg.teachers
+        return policy.hcam_masks(target, t.masks, t.segmentation.name, self.prompt_decoder, self.cfg.data.root)
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: Example, batch_idx: int) -> Tensor:
