@@ -174,3 +174,35 @@ def test_mask_teacher_options_are_checked(tmp_path, sam):
     assert teacher.produces == "masks" and teacher.options == OPTIONS
     with pytest.raises(ValueError, match="sam_masks: unknown option 'points_per_sid'"):
         build_sam_mask_teacher(checkpoint=str(ckpt), builder=tiny_sam, points_per_sid=4)
+
+
+def test_make_shards_caches_masks_from_the_teacher_spec(tmp_path, sam, monkeypatch, capsys):
+    import data_prep.make_shards as make_shards
+    from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
+
+    ckpt = tmp_path / "tiny_sam.pth"
+    torch.save(sam.sam.state_dict(), ckpt)
+    write_synthetic_scene(tmp_path / "rooms" / "synth0", 3, SyntheticConfig(height=16, width=16, frames=8))
+    monkeypatch.setitem(TEACHERS, "sam_masks", lambda **kw: build_sam_mask_teacher(builder=tiny_sam, **kw))
+    spec = f"sam_masks:checkpoint={ckpt},points_per_side=2,pred_iou_thresh=0,stability_score_thresh=0"
+    out = tmp_path / "shards"
+    code = make_shards.main(["--scene", str(tmp_path / "rooms" / "synth0"), "--out", str(out), "--size", "16",
+                             "--clip-length", "8", "--keyframe-translation", "0", "--teacher", spec])  # fmt: skip
+    assert code == 0
+    entry = json.loads((out / "manifest.json").read_text())["masks"]
+    assert entry["teacher"] == "sam_masks" and entry["resolution"] == [16, 16]
+    assert entry["options"] == {"checkpoint": str(ckpt), "points_per_side": 2, "pred_iou_thresh": 0,
+                                "stability_score_thresh": 0}  # fmt: skip
+    clip = decode_clip(
+        next(iter(wds.DataPipeline(wds.SimpleShardList(manifest_shards(out, "train")), wds.tarfile_to_samples())))
+    )
+    images = torch.from_numpy(clip.images).permute(0, 3, 1, 2).float() / 255
+    cached = SegmentMasks(
+        *(
+            torch.from_numpy(clip.masks[k].astype(np.int64 if k != "tables" else bool))
+            for k in ("segments", "tables", "counts")
+        )
+    )
+    assert_same_masks(
+        cached.to_masks(), sam.automatic_masks(images, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+    )
