@@ -206,3 +206,16 @@ def test_make_shards_caches_masks_from_the_teacher_spec(tmp_path, sam, monkeypat
     assert_same_masks(
         cached.to_masks(), sam.automatic_masks(images, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
     )
+
+
+@pytest.mark.parametrize("choice", ["cached", "bogus"])
+def test_train_refuses_a_missing_cache_before_anything_runs(tiny_shards, tmp_path, capsys, choice):
+    import train
+
+    code = train.run(tiny_config(tiny_shards, tmp_path, "lang", teachers__masks=choice))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"teachers.masks={choice}" in err or f"teachers.masks='{choice}'" in err
+    if choice == "cached":
+        assert str(tiny_shards) in err and "sam_masks" in err
+    assert not (tmp_path / "checkpoints").exists()

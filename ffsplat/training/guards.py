@@ -140,6 +140,7 @@ def check_train_config(cfg) -> None:
         raise InputError(f"data.root/{split}: {one_line(exc)}") from exc
     if d.eval_index:
         check_input_file("data.eval_index", Path(d.eval_index), "evaluation index")
+    check_mask_source(cfg)
     check_number("data.batch_size", d.batch_size, low=1, integer=True)
     check_number("data.num_workers", d.num_workers, low=0, integer=True)
     check_number("optim.lr", o.lr, low=0, low_open=True)
@@ -155,6 +156,28 @@ def check_train_config(cfg) -> None:
         problem = checkpoint_problem(Path(resume))
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
+
+
+def check_mask_source(cfg) -> None:
+    """``teachers.masks`` is a known source, and ``cached`` (used by stage ``lang`` with ``loss.hcam``)
+    finds masks cached in ``data.root``'s shards (the manifest's ``masks`` entry)."""
+    from ffsplat.data.shards import read_manifest
+    from ffsplat.objectives.policy import MASK_SOURCES
+
+    masks = cfg.teachers.masks
+    if masks not in MASK_SOURCES:
+        raise InputError(f"teachers.masks={masks!r}; choose one of {', '.join(MASK_SOURCES)}")
+    if (
+        masks == "cached"
+        and cfg.stage.name == "lang"
+        and cfg.loss.hcam
+        and not read_manifest(cfg.data.root).get("masks")
+    ):
+        raise InputError(
+            f"teachers.masks=cached but the shards in {cfg.data.root} hold no cached masks (manifest.json has no "
+            "masks entry): write them with data_prep/make_shards.py --teacher sam_masks:checkpoint=..., "
+            "or set teachers.masks=sam"
+        )
 
 
 def print_data_report(summary: dict, path: Path | None = None) -> None:
