@@ -14,7 +14,8 @@ import torch
 
 import train
 from ffsplat.training.guards import NonFiniteCheckpointError, find_resume
-from ffsplat.training.module import AtomicCheckpointIO, SemanticSplatModule, fit, load_model_weights
+from ffsplat.training.fit import AtomicCheckpointIO, fit
+from ffsplat.training.module import SemanticSplatModule, load_model_weights
 from tests.test_error_contract_evaluate import rewrite_tar
 from tests.test_training import tiny_config
 

@@ -182,7 +182,7 @@ def test_resumed_stream_continues_after_the_consumed_batches(tiny_shards, worker
 def test_datamodule_resumes_the_epoch_position_from_its_checkpoint_state(tiny_shards, tmp_path):
     from types import SimpleNamespace
 
-    from ffsplat.training.module import ClipDataModule
+    from ffsplat.training.datamodule import ClipDataModule
 
     dm = ClipDataModule(tiny_config(tiny_shards, tmp_path, "seg", data__batch_size=2))
     dm.load_state_dict({"epoch": 3, "epoch_start_step": 40})  # as saved in the checkpoint
