@@ -61,6 +61,13 @@ def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
     return decorator
 
 
+def teacher_names() -> list[str]:
+    """The registered teacher names (the built-in ones are registered on first use)."""
+    for module in BUILTIN_TEACHER_MODULES:
+        importlib.import_module(module)
+    return sorted(TEACHERS)
+
+
 def build_teacher(name: str, **kwargs) -> nn.Module:
     """Instantiate teacher ``name`` with its config (e.g. ``checkpoint=...``)."""
     if name not in TEACHERS:
