@@ -74,7 +74,7 @@ def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, 
 @pytest.mark.parametrize("stage,target_teacher", [("seg", "label_seg"), ("lang", "label_lang")])
 def test_online_teachers_run_only_for_what_the_stage_uses(tiny_shards, tmp_path, monkeypatch, stage, target_teacher):
     cfg = tiny_config(tiny_shards, tmp_path, stage, teachers__source="online")
-    cfg.model.conditioning.use_lseg = False  # the network is conditioned on SAM only
+    cfg.model.conditioning.use_lang_teacher = False  # the network is conditioned on SAM only
     module = SemanticSplatModule(cfg)
     calls = []
     import ffsplat.teachers.features as features_lib

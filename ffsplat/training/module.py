@@ -329,7 +329,7 @@ def eval_class_embeddings(cfg: TrainConfig) -> Tensor:
 
         return LabelLanguageTeacher(**lang.kwargs).class_embeddings()
     if not cfg.teachers.clip_path:
-        return torch.zeros(len(EVAL_CLASSES), cfg.model.semantic.lseg_dim)  # mIoU unavailable without CLIP
+        return torch.zeros(len(EVAL_CLASSES), cfg.model.semantic.lang_teacher_dim)  # mIoU unavailable without CLIP
     from ffsplat.teachers.clip_text import ClipTextEncoder
 
     return ClipTextEncoder.from_pretrained(cfg.teachers.clip_path)(list(EVAL_CLASSES))
