@@ -4,6 +4,8 @@ steps since the scale law covers pixel footprints from the start, which lowers t
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import torch
 
@@ -42,6 +44,7 @@ def target_errors(model, examples) -> tuple[float, float]:
     return float(torch.stack(absrel).mean()), float(torch.stack(photometric).mean())
 
 
+@pytest.mark.slow
 def test_overfitting_one_scene_halves_depth_and_photometric_error():
     torch.manual_seed(0)
     cfg = to_dataclass(ModelConfig, group_file("model", "small"))

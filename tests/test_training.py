@@ -108,6 +108,7 @@ def test_each_stage_trains_exactly_its_parameters(shards, tmp_path, stage):
     assert any(not torch.equal(before[n], p.detach()) for n, p in module.model.named_parameters() if n in trained)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_end_with_identical_weights(shards, tmp_path):
     cfg = tiny_config(shards, tmp_path, "seg", trainer__devices=2, trainer__strategy="ddp", optim__max_steps=3)
     done = run_driver(cfg, tmp_path, "--report-dir", str(tmp_path / "report"))
@@ -150,6 +151,7 @@ def uninterrupted_stream(cfg: TrainConfig, steps: int) -> dict[int, list]:
     return {s: out[s] for s in range(steps)}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
     # deterministic=true: with it two runs are bit-identical (README "Reproducible runs").
     cfg = tiny_config(shards, tmp_path, "seg", optim__max_steps=6, trainer__deterministic=True)
@@ -186,6 +188,7 @@ def test_killed_run_resumes_from_last_checkpoint(shards, tmp_path):
     assert (run_dir / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_and_slim_export(shards, tmp_path):
     cfg = tiny_config(shards, tmp_path, "seg", logging__wandb_mode="offline", optim__max_steps=2,
                       trainer__val_every_n_steps=2, logging__images_every_n_steps=1, logging__progress_every_n_steps=1)  # fmt: skip
