@@ -4,7 +4,7 @@
     python train.py model=paper data=scannet teacher=real stage=seg trainer=gpu
 
 The command lives in :mod:`ffsplat.training.cli` (also installed as ``ffsplat-train``); the library
-call is :func:`ffsplat.training.module.fit`. Config groups and every field: configs/train.yaml and
+call is :func:`ffsplat.training.fit.fit`. Config groups and every field: configs/train.yaml and
 ffsplat/training/config.py.
 """
 

@@ -157,7 +157,7 @@ def step_train(dry: bool) -> dict:
     from ffsplat.model.network import ModelConfig
     from ffsplat.render.renderer import BACKENDS, resolve_backend
     from ffsplat.training.config import TrainConfig
-    from ffsplat.training.module import fit
+    from ffsplat.training.fit import fit
 
     work = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/gpu_check_work"))
     shutil.rmtree(work, ignore_errors=True)

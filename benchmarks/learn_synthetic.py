@@ -4,7 +4,7 @@
    at ``--size`` with the label-derived stand-in teachers cached (``label_seg`` for SAM,
    ``label_lang`` for LSeg: noisy, blurred, per-view flipped class embeddings).
 2. Training with the documented experiment configs (``experiment=synthetic_seg`` then
-   ``experiment=synthetic_lang``) through ``ffsplat.training.module.fit``.
+   ``experiment=synthetic_lang``) through ``ffsplat.training.fit.fit``.
 3. Held-out target views of a fixed evaluation index (2 context views, 3 targets between them,
    ``--entries`` per test scene), scored by ``ffsplat.evaluation.evaluate`` for the untrained model, the model
    after each stage, and the noisy 2D teachers applied directly at the target views.
@@ -35,7 +35,8 @@ from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402
 from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene  # noqa: E402
 from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index  # noqa: E402
 from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher  # noqa: E402
-from ffsplat.training.module import SemanticSplatModule, fit  # noqa: E402
+from ffsplat.training.fit import fit  # noqa: E402
+from ffsplat.training.module import SemanticSplatModule  # noqa: E402
 from ffsplat.training.config import TrainConfig  # noqa: E402
 
 LABEL_TSV = ROOT.parent / "shared" / "data" / "scannet" / "scannetv2-labels.combined.tsv"

@@ -54,7 +54,7 @@ def run_case(config: str, size: int, views: int, mode: str, device: str, repeats
     torch.manual_seed(0)
     cfg = to_dataclass(ModelConfig, group_file("model", config))
     if mode.endswith("_nocond"):  # no teacher conditioning: the network without the SAM/LSeg branch
-        cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+        cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
     model = build_model(cfg).to(device)
     context, cond = inputs(size, views, device)
     if mode.endswith("_nocond"):

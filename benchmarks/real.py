@@ -91,7 +91,7 @@ def untrained_checkpoint(path: Path, espnet: str) -> Path:
     from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, pascal_class_embeddings
 
     cfg = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+    cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
     torch.manual_seed(0)
     model = build_model(cfg)
     blob = {

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ffsplat.core.config import upgrade_renamed_keys
+
 SLIM_FORMAT = "ffsplat-model"
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model_config", "state_dict", "teachers", "class_names", "class_embeddings")
@@ -156,7 +158,11 @@ def load_model(path: str | Path) -> dict:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    return validate(blob, path)
+    blob = validate(blob, path)
+    # files written before the vocabulary rename (e.g. use_sam -> use_seg_teacher) load unchanged
+    if isinstance(blob["model_config"], dict):
+        blob["model_config"] = upgrade_renamed_keys(blob["model_config"])
+    return blob
 
 
 def load_weights(path: str | Path) -> dict[str, Tensor]:

@@ -47,7 +47,9 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(BASELINES))
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "fhgs" else m for m in sorted(BASELINES)]
+)  # fhgs: ~14 s on the shared 2-core box
 def test_every_baseline_is_scored_on_the_index(tiny_shards, setup, method):
     slim, index, _ = setup
     cfg = SceneConfig(iterations=5, sh_degree=0, densify=False)
@@ -66,6 +68,7 @@ def test_every_baseline_is_scored_on_the_index(tiny_shards, setup, method):
         assert {"source_miou", "source_acc"} <= set(result)
 
 
+@pytest.mark.slow
 def test_default_supervision_is_the_teacher_and_oracle_rows_are_marked(tiny_shards, setup, monkeypatch):
     import ffsplat.baselines.compare as compare
     from ffsplat.baselines.supervision import teacher_labels
@@ -103,6 +106,7 @@ def test_dense_setting_trains_on_all_other_keyframes(tiny_shards, setup):
         assert set(entries[0]["context"]) == set(frames[scene]) - target
 
 
+@pytest.mark.slow
 def test_compare_cli_writes_one_table(tiny_shards, setup):
     slim, _, tmp = setup
     code = baselines_main(["compare", "--checkpoint", str(slim), "--shards", str(tiny_shards), "--split", "val",

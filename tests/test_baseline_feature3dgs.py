@@ -129,6 +129,7 @@ def fitted() -> tuple[SceneTrainer, int]:
     return tr, n0
 
 
+@pytest.mark.slow
 def test_short_fit_lowers_feature_l1(fitted):
     tr, _ = fitted
     l1 = [h["feature_l1"] for h in tr.history]
@@ -141,6 +142,7 @@ def test_short_fit_lowers_feature_l1(fitted):
     assert F.cosine_similarity(dec, teacher, dim=1).mean() > 0.5  # ~0.68; ~0 at init (decoder bias only)
 
 
+@pytest.mark.slow
 def test_densification_keeps_feature_aligned(fitted):
     tr, n0 = fitted
     assert tr.num_gaussians != n0

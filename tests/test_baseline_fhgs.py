@@ -137,6 +137,7 @@ def test_feature_losses_move_geometry_only():
     assert not torch.equal(trainer.params["opacities"], before["opacities"])
 
 
+@pytest.mark.slow
 def test_fit_keeps_features_frozen_and_aligned(fitted):
     trainer, before, _ = fitted
     n = trainer.num_gaussians
@@ -166,6 +167,7 @@ def test_densification_ops_copy_frozen_features():
     assert torch.equal(params["sam"][-4:], parents.repeat(2, 1))
 
 
+@pytest.mark.slow
 def test_short_fit_lowers_external_potential(fitted):
     trainer, _, metrics_before = fitted
     hist = trainer.history

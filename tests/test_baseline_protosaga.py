@@ -132,6 +132,7 @@ def test_raw_mask_rows():
     assert rows.tolist() == [[[-1, 1], [0, 1]], [[0, 0], [-1, -1]]]
 
 
+@pytest.mark.slow
 def test_per_view_classifiers_and_short_fit_lowers_ce(fitted):
     trainer, _ = fitted
     method = trainer.method
@@ -143,6 +144,7 @@ def test_per_view_classifiers_and_short_fit_lowers_ce(fitted):
     assert last < 0.5 * first
 
 
+@pytest.mark.slow
 def test_predicted_ids_match_instances(fitted):
     trainer, _ = fitted
     method = trainer.method
@@ -157,6 +159,7 @@ def test_predicted_ids_match_instances(fitted):
     assert set(pred.unique().tolist()) <= set(method.prototype_ids.tolist())
 
 
+@pytest.mark.slow
 def test_densification_keeps_embeddings_aligned(fitted):
     trainer, n0 = fitted
     assert trainer.num_gaussians != n0

@@ -177,6 +177,7 @@ def _agreement(tr: SceneTrainer) -> float:
     return (pred == labels)[labels > 0].float().mean().item()
 
 
+@pytest.mark.slow
 def test_short_fit_lowers_ce_and_predicts_the_labels(fitted):
     tr, _ = fitted
     ce = [h["sem"] for h in tr.history]
@@ -187,6 +188,7 @@ def test_short_fit_lowers_ce_and_predicts_the_labels(fitted):
     assert _agreement(tr) > 0.8
 
 
+@pytest.mark.slow
 def test_densification_keeps_logits_aligned(fitted):
     tr, n0 = fitted
     assert tr.num_gaussians != n0
@@ -197,6 +199,7 @@ def test_densification_keeps_logits_aligned(fitted):
         assert opt.state[tr.params[name]]["exp_avg"].shape == tr.params[name].shape
 
 
+@pytest.mark.slow
 def test_softmax_variant_fits_too():
     tr, _ = _fit(SemanticLogits(softmax=True, entropy_warmup=100), 100)
     nll = [h["sem"] for h in tr.history]

@@ -39,6 +39,7 @@ class Extra(SceneMethod):
         return {"tag": (torch.arange(init.num_gaussians, dtype=torch.float32)[:, None], 0.0)}
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_loss_and_densifies_with_attributes_aligned():
     torch.manual_seed(0)
     trainer = SceneTrainer(config(), small_scene(), Extra())
@@ -52,6 +53,7 @@ def test_fit_lowers_the_loss_and_densifies_with_attributes_aligned():
     assert trainer.sh_degree_now == 1
 
 
+@pytest.mark.slow
 def test_opacity_reset_happens_at_reset_every():
     torch.manual_seed(0)
     trainer = SceneTrainer(config(iterations=200, densify=True), small_scene(), SceneMethod())
@@ -62,6 +64,7 @@ def test_opacity_reset_happens_at_reset_every():
     assert torch.sigmoid(trainer.params["opacities"]).max() <= torch.sigmoid(torch.logit(torch.tensor(0.01)) + 0.051)
 
 
+@pytest.mark.slow
 def test_resume_restores_the_exact_state_and_continues(tmp_path):
     data = small_scene()
     torch.manual_seed(0)

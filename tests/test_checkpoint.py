@@ -155,6 +155,7 @@ def test_demo_checkpoint_is_current_and_verified():
     assert blob["version"] == FORMAT_VERSION and blob["prompt_decoder"] in ("sam", "similarity")
 
 
+@pytest.mark.slow
 def test_inference_does_not_need_lightning():
     """Loading a model for inference imports neither Lightning nor the training package."""
     import subprocess

@@ -32,7 +32,7 @@ def predicted_scene(scale_min: float | None, at_minimum: bool):
     """Gaussians the small model (configs/model/small.yaml; ``scale_min`` overrides its floor)
     predicts from frames 0 and 2 of a synthetic room, and the cameras of frames 0, 1, 2."""
     cfg = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+    cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
     if scale_min is not None:
         cfg.gaussians.scale_min = scale_min
     torch.manual_seed(0)

@@ -14,7 +14,8 @@ import torch
 
 import train
 from ffsplat.training.guards import NonFiniteCheckpointError, find_resume
-from ffsplat.training.module import AtomicCheckpointIO, SemanticSplatModule, fit, load_model_weights
+from ffsplat.training.fit import AtomicCheckpointIO, fit
+from ffsplat.training.module import SemanticSplatModule, load_model_weights
 from tests.test_error_contract_evaluate import rewrite_tar
 from tests.test_training import tiny_config
 
@@ -98,6 +99,7 @@ def test_damaged_last_ckpt_falls_back_to_the_newest_intact_step(tmp_path):
     assert "last.ckpt is damaged" in note and "step=6.ckpt is damaged" in note and "resuming from step=4.ckpt" in note
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_path, monkeypatch, capsys):
     real = SemanticSplatModule.compute_losses
     bad_steps = {1}
@@ -126,6 +128,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_p
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nan_teacher_shards_never_train(tiny_shards, tmp_path, capsys):
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards)
@@ -151,6 +154,7 @@ def test_nan_teacher_shards_never_train(tiny_shards, tmp_path, capsys):
     assert any(".teacher." in m["member"] for v in report["by_shard"].values() for m in v["members"])
 
 
+@pytest.mark.slow
 def test_train_py_through_hydra_gives_one_error_line_and_leaves_no_run_folder(tmp_path):
     import subprocess
     import sys

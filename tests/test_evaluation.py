@@ -74,6 +74,7 @@ def test_evaluate_cli_writes_report_and_figures(tiny_shards, setup, capsys):
                           "--out", str(out)]) == 2  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluation_reports_lpips_with_local_vgg_weights(tiny_shards, setup, tmp_path):
     from torchvision.models.vgg import cfgs, make_layers
 

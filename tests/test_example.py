@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ffsplat.render.ply import read_ply
@@ -14,6 +15,7 @@ from ffsplat.render.ply import read_ply
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_render_example_writes_pngs_and_ply(tmp_path):
     cmd = [sys.executable, str(ROOT / "examples/render_example.py"), "--out", str(tmp_path), "--views", "2",
            "--height", "48", "--width", "64"]  # fmt: skip
@@ -29,6 +31,7 @@ def test_render_example_writes_pngs_and_ply(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
+@pytest.mark.slow
 def test_readme_main_command_runs_infer_on_the_example_views(tmp_path):
     """The README's main job: infer.py on examples/demo with the default (demo) checkpoint."""
     demo = ROOT / "examples" / "demo"

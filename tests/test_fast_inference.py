@@ -34,7 +34,7 @@ def test_inference_forward_float32_equals_the_eager_model():
 
 def test_inference_forward_bf16_shapes_and_no_conditioning():
     torch.manual_seed(0)
-    model = build_model(small_config(use_sam=False, use_lseg=False))
+    model = build_model(small_config(use_seg_teacher=False, use_lang_teacher=False))
     views = make_views(1, 2, 32, 32)
     out = inference_forward(model, FastInferenceConfig(bf16=True))(views, None)
     g = out.gaussians

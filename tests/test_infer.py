@@ -55,7 +55,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
     cfg = TrainConfig()
     cfg.model = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.model.conditioning.use_sam = cfg.model.conditioning.use_lseg = False
+    cfg.model.conditioning.use_seg_teacher = cfg.model.conditioning.use_lang_teacher = False
     torch.manual_seed(0)
     module = SemanticSplatModule(cfg)
     module.image_size = 64

@@ -125,6 +125,7 @@ def test_eval_index_dataset_returns_the_indexed_frames(tmp_path):
         EvalIndexDataset(tmp_path, "train", {"scene9999_00": [{"context": [0, 1], "target": [2]}]})
 
 
+@pytest.mark.slow
 def test_make_eval_index_cli_indexes_stored_keyframes(tmp_path):
     import subprocess
     import sys

@@ -219,6 +219,7 @@ def vgg_file(tmp_path_factory):
     return path, state
 
 
+@pytest.mark.slow
 def test_lpips_loss_loads_local_vgg(vgg_file) -> None:
     import os
 
@@ -253,6 +254,7 @@ def test_lpips_loss_loads_local_vgg(vgg_file) -> None:
     assert pred.grad is not None and pred.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_lpips_loss_rejects_incomplete_state(tmp_path, vgg_file) -> None:
     _, state = vgg_file
     partial = {k: v for k, v in state.items() if not k.startswith("features.28.")}

@@ -208,7 +208,7 @@ def test_make_shards_caches_masks_from_the_teacher_spec(tmp_path, sam, monkeypat
     )
 
 
-@pytest.mark.parametrize("choice", ["cached", "bogus"])
+@pytest.mark.parametrize("choice", ["cached", "sam", "bogus"])
 def test_train_refuses_a_missing_cache_before_anything_runs(tiny_shards, tmp_path, capsys, choice):
     import train
 
@@ -218,4 +218,6 @@ def test_train_refuses_a_missing_cache_before_anything_runs(tiny_shards, tmp_pat
     assert f"teachers.masks={choice}" in err or f"teachers.masks='{choice}'" in err
     if choice == "cached":
         assert str(tiny_shards) in err and "sam_masks" in err
+    if choice == "sam":  # label teachers: no SAM decoder to compute the masks online
+        assert str(tiny_shards) in err and "prompt decoder" in err
     assert not (tmp_path / "checkpoints").exists()

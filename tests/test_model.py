@@ -63,16 +63,19 @@ def test_output_shapes_for_several_views_and_non_square(v, h, w):
         assert torch.isfinite(t).all()
 
 
-@pytest.mark.parametrize("use_sam,use_lseg", [(False, False), (True, False), (False, True), (True, True)])
-def test_every_conditioning_choice_works_and_requires_its_inputs(use_sam, use_lseg):
-    model = build_model(small_config(use_sam=use_sam, use_lseg=use_lseg)).eval()
+@pytest.mark.parametrize(
+    "use_seg_teacher,use_lang_teacher", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_every_conditioning_choice_works_and_requires_its_inputs(use_seg_teacher, use_lang_teacher):
+    model = build_model(small_config(use_seg_teacher=use_seg_teacher, use_lang_teacher=use_lang_teacher)).eval()
     views = make_views(1, 2, 32, 32)
-    names = [n for n, used in (("sam", use_sam), ("lseg", use_lseg)) if used]
+    names = [n for n, used in (("sam", use_seg_teacher), ("lseg", use_lang_teacher)) if used]
     with torch.no_grad():
         out = model(views, conditions_for(views, names))
         assert torch.isfinite(out.gaussians.means).all()
         if names:
-            with pytest.raises(KeyError, match=f"use_{names[0]}"):
+            key = {"sam": "use_seg_teacher", "lseg": "use_lang_teacher"}[names[0]]
+            with pytest.raises(KeyError, match=f"conditioning.{key}=true"):
                 model(views, {})
             wrong = conditions_for(views, names)
             wrong[names[0]] = wrong[names[0]][:, :, :7]

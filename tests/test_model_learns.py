@@ -4,6 +4,8 @@ steps since the scale law covers pixel footprints from the start, which lowers t
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import torch
 
@@ -42,10 +44,11 @@ def target_errors(model, examples) -> tuple[float, float]:
     return float(torch.stack(absrel).mean()), float(torch.stack(photometric).mean())
 
 
+@pytest.mark.slow
 def test_overfitting_one_scene_halves_depth_and_photometric_error():
     torch.manual_seed(0)
     cfg = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False  # geometry only: no teachers needed
+    cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False  # geometry only: no teachers needed
     model = build_model(cfg)
     examples = scene_examples()
     absrel_0, photo_0 = target_errors(model, examples)

@@ -33,7 +33,7 @@ def small_cfg(conditioned: bool = True) -> ModelConfig:
         costvolume_unet_feat_dim=32, costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_res=(4,),
         depth_unet_feat_dim=32, depth_unet_channel_mult=(1, 1), depth_unet_attn_res=(2,), sh_degree=2,
     )  # fmt: skip
-    cfg.conditioning = replace(cfg.conditioning, use_sam=conditioned, use_lseg=conditioned)
+    cfg.conditioning = replace(cfg.conditioning, use_seg_teacher=conditioned, use_lang_teacher=conditioned)
     return cfg
 
 

@@ -100,7 +100,7 @@ def unconditioned_sam_checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("samckpt")
     torch.save(tiny_sam().state_dict(), tmp / "sam.pth")
     cfg = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.conditioning.use_sam = cfg.conditioning.use_lseg = False
+    cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
     torch.manual_seed(0)
     model = build_model(cfg)
     teachers = {"segmentation": {"name": "sam", "kwargs": {"checkpoint": str(tmp / "sam.pth")}},

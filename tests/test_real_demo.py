@@ -65,7 +65,7 @@ def test_espnetv2_vocabulary_reaches_training_and_export(tiny_shards, tmp_path):
     torch.save(ESPNetv2Seg().state_dict(), ckpt)
     cfg = tiny_config(tiny_shards, tmp_path, "lang")
     cfg.teachers.language.name, cfg.teachers.language.kwargs = "espnetv2", {"checkpoint": str(ckpt)}
-    cfg.model.conditioning.use_sam = cfg.model.conditioning.use_lseg = False
+    cfg.model.conditioning.use_seg_teacher = cfg.model.conditioning.use_lang_teacher = False
     module = SemanticSplatModule(cfg)
     assert module.class_names == list(PASCAL_CLASSES[1:])
     torch.testing.assert_close(module.class_embeddings, ESPNetv2Teacher(checkpoint=ckpt).class_embeddings())

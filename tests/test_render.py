@@ -111,6 +111,7 @@ def test_gradients_match_reference():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.slow
 def test_gradcheck_tiny_scene():
     g = random_gaussians(1, 4, 2, sh_degree=1, seed=5)
     cams = look_at_cameras(1, 1, 8, 8)

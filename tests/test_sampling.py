@@ -151,6 +151,7 @@ def test_build_eval_index_short_scene() -> None:
         build_eval_index({"bad": [5, 4, 6, 7, 8, 9, 10]}, ViewSamplerConfig())
 
 
+@pytest.mark.slow
 def test_build_eval_index_same_across_processes_and_hash_seeds() -> None:
     code = (
         "import json; from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index; "

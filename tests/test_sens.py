@@ -268,6 +268,7 @@ def test_writer_rejects_bad_frames(tmp_path):
     assert not target.exists() and not list(tmp_path.iterdir())  # atomic: nothing left behind
 
 
+@pytest.mark.slow
 def test_cli_two_files(tmp_path):
     write_scene(tmp_path / "sceneA.sens")
     write_scene(tmp_path / "sceneB.sens", synthetic_frames(3, seed=5))

@@ -208,6 +208,7 @@ def test_sens_written_beside_frames(tmp_path):
     np.testing.assert_allclose(first.camera_to_world, np.loadtxt(tmp_path / "scene" / "pose" / "0.txt"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_writes_splits_and_resumes(tmp_path):
     out = tmp_path / "ds"
     cmd = [sys.executable, str(REPO / "data_prep" / "make_synthetic.py"), "--out", str(out), "--scenes", "2",
@@ -241,6 +242,7 @@ def test_shipped_synthetic_label_map_equals_the_scannet_tsv_rows():
     np.testing.assert_array_equal(shipped.nyu40(raw), real.nyu40(raw))
 
 
+@pytest.mark.slow
 def test_make_shards_on_synthetic_rooms_without_tsv_and_clear_error_for_scannet(tmp_path):
     import json
     import shutil

@@ -60,6 +60,7 @@ def test_flip_rate_is_the_fraction_of_regions_flipped(frames):
     assert 0 < flipped < total
 
 
+@pytest.mark.slow
 def test_noise_and_blur_levels(frames):
     images, labels, instances = frames
     sigma = 0.05

@@ -74,7 +74,7 @@ def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, 
 @pytest.mark.parametrize("stage,target_teacher", [("seg", "label_seg"), ("lang", "label_lang")])
 def test_online_teachers_run_only_for_what_the_stage_uses(tiny_shards, tmp_path, monkeypatch, stage, target_teacher):
     cfg = tiny_config(tiny_shards, tmp_path, stage, teachers__source="online")
-    cfg.model.conditioning.use_lseg = False  # the network is conditioned on SAM only
+    cfg.model.conditioning.use_lang_teacher = False  # the network is conditioned on SAM only
     module = SemanticSplatModule(cfg)
     calls = []
     import ffsplat.teachers.features as features_lib
@@ -182,7 +182,7 @@ def test_resumed_stream_continues_after_the_consumed_batches(tiny_shards, worker
 def test_datamodule_resumes_the_epoch_position_from_its_checkpoint_state(tiny_shards, tmp_path):
     from types import SimpleNamespace
 
-    from ffsplat.training.module import ClipDataModule
+    from ffsplat.training.datamodule import ClipDataModule
 
     dm = ClipDataModule(tiny_config(tiny_shards, tmp_path, "seg", data__batch_size=2))
     dm.load_state_dict({"epoch": 3, "epoch_start_step": 40})  # as saved in the checkpoint

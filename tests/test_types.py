@@ -153,6 +153,7 @@ def test_gaussians_shapes_and_helpers():
         Gaussians(g.means, g.scales, g.rotations, torch.ones(2, n, 1), g.sh)
 
 
+@pytest.mark.slow
 def test_stack_imports_on_this_torch_in_a_fresh_interpreter():
     """ffsplat first, then the libraries that import torchvision (the CPU-torch fix)."""
     code = (

@@ -19,24 +19,26 @@ class ConditioningConfig:
     """Which teacher features condition the network, and the fusion U-Net.
 
     Attributes:
-        use_sam: condition on SAM image-encoder features (``conditions["sam"]``).
-        use_lseg: condition on LSeg pixel features (``conditions["lseg"]``).
-        sam_dim: channels of the SAM features (256 for every SAM encoder).
-        lseg_dim: channels of the LSeg features (512).
+        use_seg_teacher: condition on the segmentation teacher's features (SAM image-encoder
+            features or a stand-in; ``conditions["sam"]``). Was ``use_sam``.
+        use_lang_teacher: condition on the language teacher's features (LSeg pixel features or a
+            stand-in; ``conditions["lseg"]``). Was ``use_lseg``.
+        seg_teacher_dim: channels of the segmentation teacher's features (SAM: 256). Was ``sam_dim``.
+        lang_teacher_dim: channels of the language teacher's features (LSeg: 512). Was ``lseg_dim``.
         latent_dim: channels of the fused latent map.
         unet_channels: widths of the fusion U-Net, finest first.
     """
 
-    use_sam: bool = True
-    use_lseg: bool = True
-    sam_dim: int = 256
-    lseg_dim: int = 512
+    use_seg_teacher: bool = True
+    use_lang_teacher: bool = True
+    seg_teacher_dim: int = 256
+    lang_teacher_dim: int = 512
     latent_dim: int = 64
     unet_channels: tuple[int, ...] = (64, 128)
 
     @property
     def names(self) -> list[str]:
-        return [name for name, used in (("sam", self.use_sam), ("lseg", self.use_lseg)) if used]
+        return [name for name, used in (("sam", self.use_seg_teacher), ("lseg", self.use_lang_teacher)) if used]
 
 
 class ConditioningFusion(nn.Module):
@@ -49,7 +51,9 @@ class ConditioningFusion(nn.Module):
     def __init__(self, cfg: ConditioningConfig, cost_ch: int, feature_ch: int):
         super().__init__()
         self.cfg = cfg
-        extra = (cfg.sam_dim if cfg.use_sam else 0) + (cfg.lseg_dim if cfg.use_lseg else 0)
+        extra = (cfg.seg_teacher_dim if cfg.use_seg_teacher else 0) + (
+            cfg.lang_teacher_dim if cfg.use_lang_teacher else 0
+        )
         self.unet = UNet2D(cost_ch + feature_ch + extra, cfg.latent_dim, cfg.unet_channels)
 
     def forward(self, cost: Tensor, features: Tensor, conditions: dict[str, Tensor] | None) -> Tensor:
@@ -57,11 +61,12 @@ class ConditioningFusion(nn.Module):
         parts = [cost, features]
         for name in self.cfg.names:
             if conditions is None or name not in conditions:
+                key = "use_seg_teacher" if name == "sam" else "use_lang_teacher"
                 raise KeyError(
-                    f"model is configured with conditioning.use_{name}=true but no {name!r} features were "
+                    f"model is configured with conditioning.{key}=true but no {name!r} features were "
                     f"given (conditions: {sorted(conditions or {})})"
                 )
-            expected = self.cfg.sam_dim if name == "sam" else self.cfg.lseg_dim
+            expected = self.cfg.seg_teacher_dim if name == "sam" else self.cfg.lang_teacher_dim
             feat = conditions[name]
             if feat.shape[:3] != (b, v, expected):
                 raise ValueError(

@@ -105,8 +105,8 @@ class SemanticSplatNet(nn.Module):
         self.semantic_trunk = SemanticTrunk(cfg.conditioning.latent_dim + 1 + r, sem.latent_dim)
         self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
         self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
-        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.sam_dim, sem.decoder_hidden)
-        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lseg_dim, sem.decoder_hidden)
+        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
+        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lang_teacher_dim, sem.decoder_hidden)
 
     def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> NetworkOutput:
         """

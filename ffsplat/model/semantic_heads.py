@@ -26,16 +26,18 @@ class SemanticConfig:
         latent_dim: channels of the per-Gaussian semantic latent ``f``.
         seg_dim: rendered channels of the segmentation field ``f^S``.
         lang_dim: rendered channels of the language field ``f^L``.
-        sam_dim: teacher channels the segmentation decoder expands to (SAM: 256).
-        lseg_dim: teacher channels the language decoder expands to (LSeg: 512).
+        seg_teacher_dim: channels of the segmentation teacher's space, which the segmentation decoder
+            expands to (SAM: 256). Was ``sam_dim``.
+        lang_teacher_dim: channels of the language teacher's space, which the language decoder
+            expands to (LSeg: 512). Was ``lseg_dim``.
         decoder_hidden: hidden channels of the expanding decoders.
     """
 
     latent_dim: int = 64
     seg_dim: int = 64
     lang_dim: int = 128
-    sam_dim: int = 256
-    lseg_dim: int = 512
+    seg_teacher_dim: int = 256
+    lang_teacher_dim: int = 512
     decoder_hidden: int = 256
 
 

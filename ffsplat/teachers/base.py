@@ -79,6 +79,13 @@ def mask_teacher_names() -> set[str]:
     return set(MASK_TEACHERS)
 
 
+def teacher_names() -> list[str]:
+    """The registered teacher names (the built-in ones are registered on first use)."""
+    for module in BUILTIN_TEACHER_MODULES:
+        importlib.import_module(module)
+    return sorted(TEACHERS)
+
+
 def build_teacher(name: str, **kwargs) -> nn.Module:
     """Instantiate teacher ``name`` with its config (e.g. ``checkpoint=...``)."""
     if name not in TEACHERS:

@@ -30,7 +30,7 @@ def run(cfg: TrainConfig) -> int:
     """Check the config, train, and map failures to the error contract; returns the exit code."""
     from ffsplat.data.shards import TrainingDataError
     from ffsplat.training.guards import NonFiniteTrainingError, check_train_config
-    from ffsplat.training.module import fit
+    from ffsplat.training.fit import fit
 
     try:
         check_train_config(cfg)

@@ -1,12 +1,34 @@
-"""The training configuration tree (``configs/train.yaml`` + groups fill it; see ``train.py``)."""
+"""The training configuration tree (``configs/train.yaml`` + groups fill it; see ``train.py``).
+
+Choices are validated when the tree is built (``__post_init__``, which
+:func:`ffsplat.core.config.to_dataclass` runs when it converts YAML/Hydra configs): a bad
+``stage.name``, ``model.name``, teacher name, ``teachers.source`` / ``prompt_decoder`` / ``masks`` or
+``logging.wandb_mode`` raises one :class:`~ffsplat.core.errors.InputError` naming the key, the value
+and the allowed choices, before any model, teacher or data is loaded.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from ffsplat.core.errors import InputError
 from ffsplat.data.sampling import ViewSamplerConfig
-from ffsplat.model.network import ModelConfig
+from ffsplat.model.network import MODELS, ModelConfig
+
+TEACHER_SOURCES = ("cached", "online")
+"""``teachers.source`` choices."""
+
+"""``teachers.masks`` choices (hierarchical masks for HCAM pooling)."""
+
+WANDB_MODES = ("offline", "online", "disabled")
+"""``logging.wandb_mode`` choices."""
+
+
+def check_choice(key: str, value: Any, choices) -> None:
+    """Raise one :class:`InputError` naming ``key``, the bad ``value`` and the ``choices``."""
+    if value not in choices:
+        raise InputError(f"{key}={value!r}; choose one of {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -84,6 +106,23 @@ class TeachersConfig:
     prompt_decoder: str = "auto"
     masks: str = "auto"
 
+    def __post_init__(self) -> None:
+        from ffsplat.objectives.policy import MASK_SOURCES, PROMPT_DECODERS, resolve_prompt_decoder
+        from ffsplat.teachers.base import teacher_names
+
+        names = teacher_names()
+        check_choice("teachers.segmentation.name", self.segmentation.name, names)
+        check_choice("teachers.language.name", self.language.name, names)
+        check_choice("teachers.source", self.source, TEACHER_SOURCES)
+        check_choice("teachers.prompt_decoder", self.prompt_decoder, PROMPT_DECODERS)
+        check_choice("teachers.masks", self.masks, MASK_SOURCES)
+        try:
+            resolve_prompt_decoder(self.prompt_decoder, self.segmentation.name)
+        except ValueError as exc:
+            raise InputError(f"{exc} (got teachers.segmentation.name={self.segmentation.name!r})") from exc
+        # Whether teachers.masks=sam/cached can be served depends on the shards (cached masks or
+        # not): checked at start-up by guards.check_mask_source.
+
 
 @dataclass
 class StageConfig:
@@ -98,6 +137,11 @@ class StageConfig:
 
     name: str = "seg"
     init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        from ffsplat.training.stages import get_stage
+
+        get_stage(self.name)  # an unknown name: one InputError naming stage.name and the choices
 
 
 @dataclass
@@ -197,6 +241,9 @@ class LoggingConfig:
     images_every_n_steps: int = 500
     progress_every_n_steps: int = 50
 
+    def __post_init__(self) -> None:
+        check_choice("logging.wandb_mode", self.wandb_mode, WANDB_MODES)
+
 
 @dataclass
 class CheckpointConfig:
@@ -229,3 +276,6 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("model.name", self.model.name, sorted(MODELS))

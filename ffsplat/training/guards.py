@@ -159,20 +159,27 @@ def check_train_config(cfg) -> None:
 
 
 def check_mask_source(cfg) -> None:
-    """``teachers.masks`` is a known source, and ``cached`` (used by stage ``lang`` with ``loss.hcam``)
-    finds masks cached in ``data.root``'s shards (the manifest's ``masks`` entry)."""
+    """``teachers.masks`` is a known source; where the stage uses the masks (``lang`` with
+    ``loss.hcam``), ``cached`` finds masks cached in ``data.root``'s shards (the manifest's
+    ``masks`` entry) and ``sam`` without such a cache has SAM's prompt decoder to compute them."""
     from ffsplat.data.shards import read_manifest
-    from ffsplat.objectives.policy import MASK_SOURCES
+    from ffsplat.objectives.policy import MASK_SOURCES, resolve_prompt_decoder
+    from ffsplat.training.stages import get_stage
 
     masks = cfg.teachers.masks
     if masks not in MASK_SOURCES:
         raise InputError(f"teachers.masks={masks!r}; choose one of {', '.join(MASK_SOURCES)}")
-    if (
-        masks == "cached"
-        and cfg.stage.name == "lang"
-        and cfg.loss.hcam
-        and not read_manifest(cfg.data.root).get("masks")
-    ):
+    if "lang" not in get_stage(cfg.stage.name).losses or not cfg.loss.hcam or masks not in ("cached", "sam"):
+        return
+    cached = bool(read_manifest(cfg.data.root).get("masks"))
+    decoder = resolve_prompt_decoder(cfg.teachers.prompt_decoder, cfg.teachers.segmentation.name)
+    if masks == "sam" and not cached and decoder != "sam":
+        raise InputError(
+            f"teachers.masks=sam: the shards in {cfg.data.root} hold no cached masks, and computing them online "
+            f"needs SAM's prompt decoder (teachers.prompt_decoder=sam, or auto with teachers.segmentation.name=sam); "
+            f"got prompt_decoder={cfg.teachers.prompt_decoder!r}, segmentation.name={cfg.teachers.segmentation.name!r}"
+        )
+    if masks == "cached" and not cached:
         raise InputError(
             f"teachers.masks=cached but the shards in {cfg.data.root} hold no cached masks (manifest.json has no "
             "masks entry): write them with data_prep/make_shards.py --teacher sam_masks:checkpoint=..., "

@@ -1,47 +1,34 @@
-"""Lightning training: the two distillation stages (plus an optional geometry warm-up), data,
-checkpoints and the slim model export that ``infer.py`` loads.
+"""The Lightning module of one training stage: the network, its frozen helpers (teachers, LPIPS,
+the prompt decoder), the losses of the stage, validation, and the slim ``model.pt`` export.
 
-Stages (SemanticSplat sec. 3.6):
-
-=========  ====================================================  ================================
-stage      loss                                                  trained
-=========  ====================================================  ================================
-geometry   L_rgb = L1 + 0.05 LPIPS on target views               geometry (backbone ... Gaussians)
-seg        L_rgb + (1 - cos(expand(S), SAM)) + 0.2 L_mask        geometry + segmentation branch
-lang       L_lang = 1 - cos(HCAM-pooled expand(L), LSeg)         language head + decoder only
-=========  ====================================================  ================================
-
-Frozen parameters get ``requires_grad = False`` and are left out of the optimiser.
+What a stage trains and which loss terms make up its total come from the stage registry
+(:mod:`ffsplat.training.stages`, SemanticSplat sec. 3.6); this module implements each term once
+(:meth:`SemanticSplatModule.loss_terms`) and sums the stage's declared terms with their weights.
+Frozen parameters get ``requires_grad = False`` and are left out of the optimiser. Data:
+:mod:`ffsplat.training.datamodule`; the Trainer and the run: :mod:`ffsplat.training.fit`.
 
 Checkpoints hold the network, optimiser, LR schedule and loop state only: teachers, LPIPS and the
 prompt decoder are helpers kept out of the module tree (:meth:`SemanticSplatModule._helper`), so a
 checkpoint is the same size with real or stand-in teachers and resumes under any teacher setting.
-Each stage computes only the teacher features it uses (conditioning for the context views; SAM
-targets in ``seg``, LSeg targets in ``lang``).
+Each stage computes only the teacher features it uses (conditioning for the context views; the
+stage's ``target_teacher`` for the target views).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
 from ffsplat.data.labels import EVAL_CLASSES
-from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
-from ffsplat.data.sampling import build_eval_index, load_eval_index
 from ffsplat.objectives.losses import (
     LPIPS_VGG_KEY, cosine_distillation, depth_loss, language_loss, make_lpips, mask_consistency_loss, photometric_loss,
 )  # fmt: skip
@@ -53,43 +40,16 @@ from ffsplat.objectives.prompting import sample_prompt_points
 from ffsplat.render.renderer import render
 from ffsplat.teachers.features import load_teachers
 from ffsplat.training.config import TrainConfig
+from ffsplat.training.stages import Stage, get_stage
 from ffsplat.core.types import Example, Views
-
-STAGE_GROUPS = {"geometry": ("geometry",), "seg": ("geometry", "segmentation"), "lang": ("language",)}
-"""Stage -> parameter groups (``SemanticSplatNet.parameter_groups``) that are trained."""
-
-STAGE_TARGET_ROLE = {"seg": "segmentation", "lang": "language"}
-"""Stage -> the teacher role whose target-view features it distils."""
 
 
 def photometric_loss_name(cfg: TrainConfig, have_lpips: bool) -> str:
     """The photometric loss a run actually optimises: ``"l1+<w>*lpips"``, ``"l1"`` (LPIPS off or
-    without weights) or ``"none"`` (stage ``lang`` has no photometric term)."""
-    if cfg.stage.name == "lang":
+    without weights) or ``"none"`` (a stage without the ``rgb`` term, e.g. ``lang``)."""
+    if not get_stage(cfg.stage.name).photometric:
         return "none"
     return f"l1+{cfg.loss.lpips_weight:g}*lpips" if have_lpips else "l1"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes to a temporary file and renames it into place, so a
-    kill during saving never leaves a truncated ``last.ckpt``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        from ffsplat.training.guards import NonFiniteCheckpointError, nonfinite_tensors
-
-        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
-        if bad:  # never write a checkpoint that resumes into NaN
-            raise NonFiniteCheckpointError(
-                f"refusing to write {path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]})"
-            )
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -105,13 +65,12 @@ class SemanticSplatModule(L.LightningModule):
 
     def __init__(self, cfg: TrainConfig):
         super().__init__()
-        if cfg.stage.name not in STAGE_GROUPS:
-            raise ValueError(f"stage.name={cfg.stage.name!r}; choose one of {sorted(STAGE_GROUPS)}")
+        self.stage: Stage = get_stage(cfg.stage.name)
         self.cfg = cfg
         self.model = build_model(cfg.model)
         if cfg.stage.init_from:
             load_model_weights(self.model, cfg.stage.init_from)
-        self.trained_groups = STAGE_GROUPS[cfg.stage.name]
+        self.trained_groups = self.stage.trains
         for group, params in self.model.parameter_groups().items():
             for p in params:
                 p.requires_grad_(group in self.trained_groups)
@@ -122,7 +81,7 @@ class SemanticSplatModule(L.LightningModule):
         )
         for teacher in self._online.values():
             self._helper(None, teacher)
-        uses_lpips = cfg.stage.name != "lang" and cfg.loss.lpips_weight > 0
+        uses_lpips = self.stage.photometric and cfg.loss.lpips_weight > 0
         with warnings.catch_warnings():  # one warning below, naming the key and what is used instead
             warnings.simplefilter("ignore")
             self._helper("_lpips", make_lpips(cfg.loss.lpips_vgg_path) if uses_lpips else None)
@@ -191,41 +150,47 @@ class SemanticSplatModule(L.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Example) -> tuple[Tensor, dict[str, Tensor]]:
-        stage = self.cfg.stage.name
+        """``(total, logs)``: the stage's declared loss terms (:meth:`loss_terms`), each times its
+        weight (:func:`ffsplat.training.stages.term_weight`), summed; ``logs["total"]`` is the total."""
+        terms, logs = self.loss_terms(batch)
+        total = self.stage.total(terms, self.cfg.loss)
+        logs["total"] = total
+        return total, logs
+
+    def loss_terms(self, batch: Example) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(terms, logs)``: the unweighted scalar of each active loss term of the stage (declared,
+        weight not zero) and the finer values logged under ``train/`` (``rgb_l1``, ``sam_cos``...)."""
+        stage = self.stage
+        active = stage.active_terms(self.cfg.loss)
         ctx_roles = self.context_roles()
         ctx_teacher = self.teacher_maps(batch.context, ctx_roles) if ctx_roles else None
         out = self(batch.context, ctx_teacher)
-        fields = {"geometry": [], "seg": [SEG], "lang": [LANG]}[stage]
         target = batch.target
-        rendered = render(out.gaussians, target.cameras, features=fields)
+        rendered = render(out.gaussians, target.cameras, features=list(stage.fields))
+        teacher = self.teacher_maps(target, [stage.target_teacher]) if stage.target_teacher else {}
+        terms: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {}
-        if stage in ("geometry", "seg"):
+        if "rgb" in active:
             photo = photometric_loss(rendered.rgb, target.images, self._lpips, self.cfg.loss.lpips_weight)
             logs.update({f"rgb_{k}": v for k, v in photo.items()})
-            total = photo["total"]
-            if self.cfg.loss.depth_weight > 0:  # depth supervision where sensor depth exists
-                total = total + self.cfg.loss.depth_weight * self.depth_supervision(out, rendered, batch, logs)
-        if stage == "geometry":
-            return total, logs
-        tgt_teacher = self.teacher_maps(target, [STAGE_TARGET_ROLE[stage]])
-        if stage == "seg":
-            teacher = tgt_teacher["segmentation"]
-            expanded = self.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": teacher.shape[-2:]})["sam"]
-            logs["sam_cos"] = cosine_distillation(expanded, teacher)
-            total = total + logs["sam_cos"]
-            if self.cfg.loss.mask_weight > 0:
-                logs["sam_mask"] = self.mask_loss(expanded, teacher, target)
-                total = total + self.cfg.loss.mask_weight * logs["sam_mask"]
-        else:
-            teacher = tgt_teacher["language"]
+            terms["rgb"] = photo["total"]
+        if "depth" in active:  # depth supervision where sensor depth exists
+            terms["depth"] = self.depth_supervision(out, rendered, batch, logs)
+        if "seg" in active or "mask" in active:
+            sam = teacher["segmentation"]
+            expanded = self.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": sam.shape[-2:]})["sam"]
+            if "seg" in active:
+                terms["seg"] = logs["sam_cos"] = cosine_distillation(expanded, sam)
+            if "mask" in active:
+                terms["mask"] = logs["sam_mask"] = self.mask_loss(expanded, sam, target)
+        if "lang" in active:
             h, w = target.images.shape[-2:]
             expanded = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
             masks = self.hcam_masks(target) if self.cfg.loss.hcam else None
-            lang = language_loss(expanded.flatten(0, 1), teacher.flatten(0, 1), masks)
+            lang = language_loss(expanded.flatten(0, 1), teacher["language"].flatten(0, 1), masks)
             logs.update({f"lang_{k}": v for k, v in lang.items()})
-            total = lang["total"]
-        logs["total"] = total
-        return total, logs
+            terms["lang"] = lang["total"]
+        return terms, logs
 
     def depth_supervision(self, out, rendered, batch: Example, logs: dict[str, Tensor]) -> Tensor:
         """Depth loss on the predicted context depth and the rendered target depth (views that
@@ -349,7 +314,7 @@ def eval_class_embeddings(cfg: TrainConfig) -> Tensor:
 
         return LabelLanguageTeacher(**lang.kwargs).class_embeddings()
     if not cfg.teachers.clip_path:
-        return torch.zeros(len(EVAL_CLASSES), cfg.model.semantic.lseg_dim)  # mIoU unavailable without CLIP
+        return torch.zeros(len(EVAL_CLASSES), cfg.model.semantic.lang_teacher_dim)  # mIoU unavailable without CLIP
     from ffsplat.teachers.clip_text import ClipTextEncoder
 
     return ClipTextEncoder.from_pretrained(cfg.teachers.clip_path)(list(EVAL_CLASSES))
@@ -381,152 +346,10 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         teachers={"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
         class_names=list(module.class_names),
         class_embeddings=module.class_embeddings,
-        stage=cfg.stage.name,
+        stage=module.stage.name,
         trained_on=cfg.data.name,
         image_size=getattr(module, "image_size", None),
         global_step=int(module.global_step),
         photometric_loss=getattr(module, "photometric_loss", None),
         prompt_decoder=policy.resolve_prompt_decoder(cfg.teachers.prompt_decoder, cfg.teachers.segmentation.name),
     )
-
-
-class ClipDataModule(L.LightningDataModule):
-    """Training examples from clip shards; validation on a fixed evaluation index."""
-
-    def __init__(self, cfg: TrainConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.train_set: ClipExamples | None = None
-        self.epoch, self.epoch_start_step = 0, 0  # saved in checkpoints (state_dict) for resuming
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "epoch_start_step": self.epoch_start_step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.epoch_start_step = int(state["epoch"]), int(state["epoch_start_step"])
-
-    def start_epoch(self, epoch: int, global_step: int) -> None:
-        """A new epoch starts at ``global_step`` (called before its iterator is created)."""
-        self.epoch, self.epoch_start_step = epoch, global_step
-        if self.train_set is not None:
-            self.train_set.set_position(epoch, global_step, 0, self.cfg.data.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
-        d = self.cfg.data
-        urls = manifest_shards(d.root, d.train_split)
-        self.train_set = ClipExamples(
-            urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed
-        )
-        # Resuming: the checkpoint restored the global step and this module's epoch start, so the
-        # stream continues after the batches the interrupted run already trained on.
-        step = int(self.trainer.global_step) if self.trainer is not None else 0
-        consumed = max(0, step - self.epoch_start_step)
-        self.train_set.set_position(self.epoch, self.epoch_start_step, consumed, d.batch_size)
-        self.train_set.corrupt.sink = str(Path(self.cfg.checkpoint.dir) / self.cfg.run_name / "bad_samples")
-        return DataLoader(
-            self.train_set, batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate_examples
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        d = self.cfg.data
-        if d.eval_index:
-            index = load_eval_index(d.eval_index)
-        else:
-            index = build_eval_index(
-                scene_frame_ids(d.root, d.val_split), d.sampler, seed=self.cfg.trainer.seed, skip_short=True
-            )
-        if d.val_examples is not None:
-            kept, count = {}, 0
-            for scene in sorted(index):
-                if count >= d.val_examples:
-                    break
-                kept[scene] = index[scene][: d.val_examples - count]
-                count += len(kept[scene])
-            index = kept
-        return DataLoader(
-            EvalIndexDataset(d.root, d.val_split, index), batch_size=None, collate_fn=lambda e: collate_examples([e])
-        )
-
-
-class EpochAndStep(L.Callback):
-    """Tell the streaming dataset where each epoch starts: its number (reshuffling) and first global
-    step (view-gap curriculum; the workers derive each sample's step from it, see
-    :mod:`ffsplat.data.shards`). Lightning creates the first epoch's iterator before this hook, which
-    :meth:`ClipDataModule.train_dataloader` covers; later epochs' iterators come after it."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        if isinstance(dm, ClipDataModule) and (trainer.current_epoch, trainer.global_step) != (
-            dm.epoch,
-            dm.epoch_start_step,
-        ):
-            dm.start_epoch(trainer.current_epoch, trainer.global_step)
-
-
-def resume_path(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from: ``checkpoint.resume`` resolved (``auto`` -> existing last.ckpt)."""
-    resume = cfg.checkpoint.resume
-    if resume is None:
-        return None
-    if resume == "auto":
-        from ffsplat.training.guards import find_resume
-
-        path, note = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name)
-        if note:
-            print(f"warning: {note}", file=sys.stderr, flush=True)
-        return path
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"checkpoint.resume: no checkpoint at {resume}")
-    return resume
-
-
-def make_logger(cfg: TrainConfig):
-    mode = cfg.logging.wandb_mode
-    if mode == "disabled":
-        return False
-    if mode not in ("offline", "online"):
-        raise ValueError(f"logging.wandb_mode={mode!r}; choose offline, online or disabled")
-    from lightning.pytorch.loggers import WandbLogger
-
-    Path(cfg.logging.save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
-        project=cfg.logging.project, name=cfg.run_name, save_dir=cfg.logging.save_dir,
-        offline=mode == "offline", config=asdict(cfg),
-    )  # fmt: skip
-
-
-def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> SemanticSplatModule:
-    """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from ffsplat.training.guards import NonFiniteGuard, print_data_report
-    from ffsplat.training.logs import ImageLogger, ProgressLog
-
-    L.seed_everything(cfg.trainer.seed, workers=True)
-    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir, filename="step={step}", auto_insert_metric_name=False,
-        every_n_train_steps=cfg.checkpoint.every_n_steps, save_last=True, save_top_k=-1,
-    )  # fmt: skip
-    t = cfg.trainer
-    trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
-        callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
-                   ProgressLog(cfg.logging.progress_every_n_steps),
-                   NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
-        plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
-        val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,
-        default_root_dir=cfg.logging.save_dir,
-    )  # fmt: skip
-    module = SemanticSplatModule(cfg)
-    data = ClipDataModule(cfg)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg))
-    finally:
-        if trainer.is_global_zero and data.train_set is not None:  # the run's list of skipped bad shard data
-            print_data_report(data.train_set.corrupt.summary(), run_dir / "bad_samples.json")
-    if trainer.is_global_zero:
-        export_slim(module, run_dir / "model.pt")
-    return module

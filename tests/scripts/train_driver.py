@@ -1,4 +1,4 @@
-"""Run ffsplat.training.module.fit from a JSON config in a fresh process (DDP and kill/resume tests).
+"""Run ffsplat.training.fit.fit from a JSON config in a fresh process (DDP and kill/resume tests).
 
     python tests/scripts/train_driver.py CONFIG.json [--kill-at-step N] [--report-dir DIR]
 
@@ -23,7 +23,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from ffsplat.core.config import to_dataclass  # noqa: E402
-from ffsplat.training.module import fit  # noqa: E402
+from ffsplat.training.fit import fit  # noqa: E402
 from ffsplat.training.config import TrainConfig  # noqa: E402
 
 

@@ -61,8 +61,8 @@ class MVSplatSemanticNet(nn.Module):
         self.semantic_trunk = SemanticTrunk(cond.latent_dim + 1 + g.depth_unet_feat_dim, sem.latent_dim)
         self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
         self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
-        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.sam_dim, sem.decoder_hidden)
-        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lseg_dim, sem.decoder_hidden)
+        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
+        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lang_teacher_dim, sem.decoder_hidden)
 
     def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> _network.NetworkOutput:
         """
