@@ -360,10 +360,16 @@ def _opaque_stack_scene(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("tile,chunk,channels", [(4, 1 << 20, 67), (16, 1 << 24, 1), (4, 1 << 12, 7), (16, 1, 3)])
-def test_custom_backward_compositor_equals_autograd_compositor(dtype, tile, chunk, channels):
-    """rasterize_tiles (hand-written backward, chunk recompute) equals the previous dense autograd
-    compositor in values and in gradients w.r.t. every input, incl. upstream alpha gradients."""
+@pytest.mark.parametrize("slab", [3, 32])
+def test_custom_backward_compositor_equals_autograd_compositor(dtype, tile, chunk, channels, slab, monkeypatch):
+    """rasterize_tiles (hand-written backward, chunk recompute, slabs with early termination)
+    equals the previous dense autograd compositor in values and in gradients w.r.t. every input,
+    incl. upstream alpha gradients. ``slab=3`` splits every list into many slabs, so the carried
+    transmittance, stops inside later slabs and dropped tiles are all exercised."""
+    from ffsplat.render.rasterizer import tiles
     from tests.reference_raster import autograd_rasterize_tiles
+
+    monkeypatch.setattr(tiles, "SLAB", slab)
 
     means, rotations, scales, opacities = _opaque_stack_scene(dtype)
     n = means.shape[1]
@@ -389,6 +395,43 @@ def test_custom_backward_compositor_equals_autograd_compositor(dtype, tile, chun
         scale = b.abs().max().item()
         gtol = {"rtol": 1e-8, "atol": 1e-8 * scale} if dtype == torch.float64 else {"rtol": 1e-3, "atol": 1e-4 * scale}
         torch.testing.assert_close(a, b, **gtol, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def test_early_termination_skips_gaussians_behind_an_opaque_wall(monkeypatch):
+    """Behind a wall of opaque Gaussians every pixel stops, so the compositor evaluates only the
+    first slabs of each tile's list (and still equals the dense compositor)."""
+    from ffsplat.render.rasterizer import tiles
+    from tests.reference_raster import autograd_rasterize_tiles
+
+    monkeypatch.setattr(tiles, "SLAB", 8)
+    evaluated = []
+    slab_forward = tiles._slab_forward
+
+    def counting(pixels, means2d, *rest):
+        evaluated.append(means2d.shape[0] * means2d.shape[1])
+        return slab_forward(pixels, means2d, *rest)
+
+    monkeypatch.setattr(tiles, "_slab_forward", counting)
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.stack(torch.meshgrid(torch.linspace(-3, 3, 31), torch.linspace(-3, 3, 31), indexing="ij"), -1)
+    layer = torch.cat([grid.reshape(-1, 2), torch.zeros(961, 1)], -1)
+    wall = torch.cat([layer, layer + torch.tensor([0.1, 0.1, 0.05])])  # two layers at z ~ 0, in front
+    behind = torch.cat([torch.rand(3000, 2, generator=gen) * 4 - 2, 1 + torch.rand(3000, 1, generator=gen)], -1)
+    means = torch.cat([wall, behind])[None]
+    n, w = means.shape[1], wall.shape[0]
+    scales = torch.cat([torch.full((w, 3), 0.15), torch.full((3000, 3), 0.1)])[None]
+    rotations = torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4)
+    opacities = torch.cat([torch.full((w,), 0.99), torch.full((3000,), 0.5)])[None]
+    cams = look_at_cameras(1, 1, 32, 32, dtype=torch.float32)
+    proj = project_gaussians(means, rotations, scales, opacities, cams.w2c, cams.intrinsics, 32, 32)
+    colors = torch.rand(1, n, 3, generator=gen)
+    img, alpha = rasterize_tiles(proj, colors, 32, 32, tile_size=8)
+    _, _, counts, _, _ = tiles.tile_intersections(proj, 32, 32, 8)
+    ref_img, ref_alpha = autograd_rasterize_tiles(proj, colors, 32, 32, tile_size=8)
+    torch.testing.assert_close(img, ref_img, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=1e-4, atol=1e-5)
+    assert alpha.min() > 0.98, "the wall must cover the image"
+    assert sum(evaluated) < 0.5 * int(counts.sum()), (sum(evaluated), int(counts.sum()))
 
 
 def test_compositor_saves_only_o_pixels_for_backward():

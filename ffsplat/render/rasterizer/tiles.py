@@ -7,8 +7,10 @@ Gaussian that would take the transmittance ``T`` to ``<= 1e-4``; ``C = sum alpha
 rendered alpha ``1 - T``.
 
 Work is dense per tile: each tile gathers the depth-sorted Gaussians whose bounding boxes touch
-it, evaluates all (pixel, Gaussian) pairs at once and composites front to back with a cumulative
-product (the stop rule is a prefix test on it). Tiles are processed in chunks sorted by how many
+it and composites them front to back in slabs of :data:`SLAB` Gaussians, evaluating all (pixel,
+Gaussian) pairs of a slab at once with a cumulative product (the stop rule is a prefix test on
+it) and carrying the transmittance to the next slab. A tile is dropped once all its pixels have
+stopped (early termination), so opaque surfaces cost a few slabs, not their whole lists. Tiles are processed in chunks sorted by how many
 Gaussians they hold, so padding stays small, and a chunk holds at most ``max_chunk_elements``
 (pixel, Gaussian) pairs so that its intermediates stay in cache.
 
@@ -118,14 +120,19 @@ def composite_tiles(
     return torch.bmm(weights, colors), transmittance
 
 
-def _chunk_forward(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor):
-    """Per-pair quantities of one chunk (no autograd): everything the forward and backward share.
+def _slab_forward(
+    pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, t_in: Tensor, stopped: Tensor
+):
+    """Per-pair quantities of one slab of consecutive Gaussians (no autograd), given the
+    transmittance ``t_in`` ``[T, P]`` left by the earlier slabs and which pixels have already
+    ``stopped`` ``[T, P]`` (bool): everything the forward and backward passes share.
 
-    Shapes as :func:`blend_weights`. Returns ``dx, dy`` ``[T, P, K]``, ``gauss`` (``exp(-sigma)``),
-    ``raw`` (``o exp(-sigma)``), ``alpha`` (clamped, 0 where the pair does not contribute),
-    ``keep`` (bool), ``one_minus`` (``1 - alpha``), ``trans_excl`` (``T_i`` before each Gaussian)
-    and ``trans`` ``[T, P]`` (after the last contributor). Written with few passes and in-place
-    ops: this runs twice per render step (forward and recomputed in backward).
+    Shapes as :func:`blend_weights` with ``K`` the slab length. Returns ``dx, dy`` ``[T, P, K]``,
+    ``gauss`` (``exp(-sigma)``), ``raw`` (``o exp(-sigma)``), ``alpha`` (clamped, 0 where the pair
+    does not contribute), ``keep`` (bool), ``one_minus`` (``1 - alpha``), ``trans_excl`` (``T_i``
+    before each Gaussian), ``trans`` ``[T, P]`` (after the slab) and ``stopped`` ``[T, P]`` (after
+    the slab). Written with few passes and in-place ops: it runs twice per render step (forward,
+    and recomputed in backward).
     """
     dx = pixels[:, :, None, 0] - means2d[:, None, :, 0]  # [T, P, K]
     dy = pixels[:, :, None, 1] - means2d[:, None, :, 1]
@@ -134,19 +141,27 @@ def _chunk_forward(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: T
     gauss = sigma.neg().exp_()
     raw = gauss * opacities[:, None, :]
     keep = (sigma >= 0).logical_and_(raw >= ALPHA_THRESHOLD)  # alpha >= 1/255 <=> raw >= 1/255
+    keep.logical_and_(~stopped[:, :, None])
     alpha = torch.where(keep, raw.clamp_max(MAX_ALPHA), 0.0)
     one_minus = torch.rsub(alpha, 1.0)
-    trans_incl = torch.cumprod(one_minus, dim=-1)
+    trans_incl = torch.cumprod(one_minus, dim=-1).mul_(t_in[:, :, None])
     # gsplat stops before the Gaussian whose inclusion would leave T <= 1e-4; T only decreases,
-    # so the pairs before the stop are a prefix (and some pixel stops iff its last T is <= 1e-4):
-    # drop the rest and recompute the product.
-    if bool((trans_incl[..., -1] <= MIN_TRANSMITTANCE).any()):
+    # so the pairs before the stop are a prefix (and a pixel stops in this slab iff its last T is
+    # <= 1e-4): drop the rest and recompute the product.
+    stops_here = trans_incl[..., -1] <= MIN_TRANSMITTANCE
+    if bool(stops_here.any()):
         keep.logical_and_(trans_incl > MIN_TRANSMITTANCE)
         alpha.masked_fill_(~keep, 0.0)
         one_minus = torch.rsub(alpha, 1.0)
-        trans_incl = torch.cumprod(one_minus, dim=-1)
-    trans_excl = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], dim=-1)
-    return dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans_incl[..., -1]
+        trans_incl = torch.cumprod(one_minus, dim=-1).mul_(t_in[:, :, None])
+    trans_excl = torch.cat([t_in[:, :, None], trans_incl[..., :-1]], dim=-1)
+    return dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans_incl[..., -1], stopped | stops_here
+
+
+SLAB = 32
+"""Gaussians per tile composited at once. A tile stops being evaluated once all its pixels have
+stopped (early termination, as gsplat's per-pixel loop): with opaque surfaces most tiles stop
+within the first slabs of a list of hundreds."""
 
 
 class _CompositeTiles(torch.autograd.Function):
@@ -154,19 +169,45 @@ class _CompositeTiles(torch.autograd.Function):
 
     Inputs are the flat attribute tables (one zero padding row last) ``means_t [M+1, 2]``,
     ``conics_t [M+1, 3]``, ``opac_t [M+1]``, ``colors_t [M+1, D]`` and a ``plan``: a list of
-    ``(tiles [t], idx [t, k], pixels [t, P, 2])`` chunks. Returns ``colors [num_tiles, P, D]``
-    (without background) and ``transmittance [num_tiles, P]``.
+    ``(tiles [t], idx [t, k], pixels [t, P, 2], lengths [t])`` chunks. Each chunk is composited
+    front to back in slabs of :data:`SLAB` Gaussians, carrying the transmittance; a tile leaves the
+    chunk once its list is exhausted or all its pixels have stopped. Returns
+    ``colors [num_tiles, P, D]`` (without background) and ``transmittance [num_tiles, P]``.
+
+    Saved for backward, per chunk and slab: the active tiles and their pixels' transmittance and
+    stop flags at the slab's start (O(pixels) per slab), plus the final transmittance.
     """
 
     @staticmethod
     def forward(ctx, means_t, conics_t, opac_t, colors_t, plan, num_tiles: int, pix_per_tile: int):
         out_colors = colors_t.new_zeros(num_tiles, pix_per_tile, colors_t.shape[-1])
         out_trans = colors_t.new_ones(num_tiles, pix_per_tile)
-        for tiles, idx, pixels in plan:
-            *_, alpha, _, _, trans_excl, trans = _chunk_forward(pixels, means_t[idx], conics_t[idx], opac_t[idx])
-            out_colors.index_copy_(0, tiles, torch.bmm(alpha.mul_(trans_excl), colors_t[idx]))
+        schedule = []
+        for tiles, idx, pixels, lengths in plan:
+            t = tiles.numel()
+            color = colors_t.new_zeros(t, pix_per_tile, colors_t.shape[-1])
+            trans = colors_t.new_ones(t, pix_per_tile)
+            stopped = torch.zeros(t, pix_per_tile, dtype=torch.bool, device=colors_t.device)
+            active = torch.arange(t, device=colors_t.device)
+            slabs = []
+            for s0 in range(0, idx.shape[1], SLAB):
+                if s0:
+                    active = active[(lengths[active] > s0) & ~stopped[active].all(dim=1)]
+                if active.numel() == 0:
+                    break
+                sl = idx[active, s0 : s0 + SLAB]
+                t_in, st_in = trans[active], stopped[active]
+                *_, alpha, _, _, trans_excl, t_out, st_out = _slab_forward(
+                    pixels[active], means_t[sl], conics_t[sl], opac_t[sl], t_in, st_in
+                )
+                color.index_add_(0, active, torch.bmm(alpha.mul_(trans_excl), colors_t[sl]))
+                trans.index_copy_(0, active, t_out)
+                stopped.index_copy_(0, active, st_out)
+                slabs.append((s0, active, t_in, st_in))
+            out_colors.index_copy_(0, tiles, color)
             out_trans.index_copy_(0, tiles, trans)
-        ctx.plan = plan
+            schedule.append((slabs, trans))
+        ctx.plan, ctx.schedule = plan, schedule
         ctx.save_for_backward(means_t, conics_t, opac_t, colors_t)
         return out_colors, out_trans
 
@@ -178,36 +219,45 @@ class _CompositeTiles(torch.autograd.Function):
         g_conics = torch.zeros_like(conics_t)
         g_opac = torch.zeros_like(opac_t)
         g_colors = torch.zeros_like(colors_t)
-        for tiles, idx, pixels in ctx.plan:
-            flat_idx = idx.reshape(-1)
-            means, conics, opac, cols = means_t[idx], conics_t[idx], opac_t[idx], colors_t[idx]
-            dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, trans = _chunk_forward(pixels, means, conics, opac)
-            weights = alpha * trans_excl  # [t, P, k]
-            g_c = grad_colors[tiles]  # [t, P, D]
-            if need[3]:
-                g_colors.index_add_(0, flat_idx, torch.bmm(weights.transpose(1, 2), g_c).flatten(0, 1))
-            if not (need[0] or need[1] or need[2]):
-                continue
-            # dC/dalpha_i = T_i c_i - sum_{j>i} alpha_j T_j c_j / (1 - alpha_i); dT/dalpha_i = -T / (1 - alpha_i).
-            gc = torch.bmm(g_c, cols.transpose(1, 2))  # [t, P, k] (dL/dC . c_i)
-            later = torch.cumsum(weights.mul_(gc), -1)  # prefix sums of alpha_j T_j (dL/dC . c_j)
-            total = later[..., -1:] + (grad_trans[tiles] * trans)[..., None]
-            later.neg_().add_(total).div_(one_minus)  # (sum over j > i + dL/dT T) / (1 - alpha_i)
-            g_raw = gc.mul_(trans_excl).sub_(later)  # dL/dalpha_i
-            g_raw.masked_fill_(~keep.logical_and_(raw <= MAX_ALPHA), 0.0)  # where(keep) and the clamp
-            if need[2]:
-                g_opac.index_add_(0, flat_idx, (g_raw * gauss).sum(1).flatten())
-            if not (need[0] or need[1]):
-                continue
-            g_sigma = g_raw.mul_(raw)  # minus dL/dsigma, [t, P, k]
-            gx, gy = g_sigma * dx, g_sigma.mul_(dy)
-            a, b, c = conics.unbind(-1)  # [t, k]
-            if need[0]:
-                sx, sy = gx.sum(1), gy.sum(1)  # dsigma/dmx = -(a dx + b dy); a, b, c constant per Gaussian
-                g_means.index_add_(0, flat_idx, torch.stack([a * sx + b * sy, c * sy + b * sx], -1).flatten(0, 1))
-            if need[1]:
-                g_abc = torch.stack([-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1)
-                g_conics.index_add_(0, flat_idx, g_abc.flatten(0, 1))
+        for (tiles, idx, pixels, _), (slabs, final_trans) in zip(ctx.plan, ctx.schedule):
+            g_c_chunk = grad_colors[tiles]  # [t, P, D]
+            # Suffix sum over everything after the current slab: sum_j alpha_j T_j (dL/dC . c_j) + dL/dT T.
+            suffix = grad_trans[tiles] * final_trans  # [t, P]
+            for s0, active, t_in, st_in in reversed(slabs):
+                sl = idx[active, s0 : s0 + SLAB]
+                flat_idx = sl.reshape(-1)
+                means, conics, opac, cols = means_t[sl], conics_t[sl], opac_t[sl], colors_t[sl]
+                dx, dy, gauss, raw, alpha, keep, one_minus, trans_excl, _, _ = _slab_forward(
+                    pixels[active], means, conics, opac, t_in, st_in
+                )
+                weights = alpha * trans_excl  # [a, P, k]
+                g_c = g_c_chunk[active]  # [a, P, D]
+                if need[3]:
+                    g_colors.index_add_(0, flat_idx, torch.bmm(weights.transpose(1, 2), g_c).flatten(0, 1))
+                if not (need[0] or need[1] or need[2]):
+                    continue
+                # dC/dalpha_i = T_i c_i - sum_{j>i} alpha_j T_j c_j / (1 - alpha_i); dT/dalpha_i = -T / (1 - alpha_i).
+                gc = torch.bmm(g_c, cols.transpose(1, 2))  # [a, P, k] (dL/dC . c_i)
+                later = torch.cumsum(weights.mul_(gc), -1)  # prefix sums of alpha_j T_j (dL/dC . c_j)
+                slab_total = later[..., -1]
+                total = slab_total + suffix[active]
+                suffix.index_add_(0, active, slab_total)
+                later.neg_().add_(total[..., None]).div_(one_minus)  # (sum over j > i + dL/dT T) / (1 - alpha_i)
+                g_raw = gc.mul_(trans_excl).sub_(later)  # dL/dalpha_i
+                g_raw.masked_fill_(~keep.logical_and_(raw <= MAX_ALPHA), 0.0)  # where(keep) and the clamp
+                if need[2]:
+                    g_opac.index_add_(0, flat_idx, (g_raw * gauss).sum(1).flatten())
+                if not (need[0] or need[1]):
+                    continue
+                g_sigma = g_raw.mul_(raw)  # minus dL/dsigma, [a, P, k]
+                gx, gy = g_sigma * dx, g_sigma.mul_(dy)
+                a, b, c = conics.unbind(-1)  # [a, k]
+                if need[0]:
+                    sx, sy = gx.sum(1), gy.sum(1)  # dsigma/dmx = -(a dx + b dy); a, b, c constant per Gaussian
+                    g_means.index_add_(0, flat_idx, torch.stack([a * sx + b * sy, c * sy + b * sx], -1).flatten(0, 1))
+                if need[1]:
+                    g_abc = torch.stack([-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1)
+                    g_conics.index_add_(0, flat_idx, g_abc.flatten(0, 1))
         return g_means, g_conics, g_opac, g_colors, None, None, None
 
 
@@ -228,8 +278,8 @@ def rasterize_tiles(
         colors: ``[I, N, D]`` per-image colours/features (any D >= 1).
         width, height: image size.
         backgrounds: ``[I, D]`` or None (zeros).
-        max_chunk_elements: cap on ``tiles x pixels x Gaussians`` evaluated at once (memory and
-            cache bound; 2**18 keeps a chunk's float32 intermediates at 1 MB each).
+        max_chunk_elements: cap on ``tiles x pixels x slab Gaussians`` evaluated at once (memory
+            and cache bound; 2**18 keeps a slab's float32 intermediates at 1 MB each).
     Returns:
         ``colors``: ``[I, H, W, D]`` and ``alphas``: ``[I, H, W]``.
     """
@@ -262,7 +312,7 @@ def rasterize_tiles(
     begin = 0
     while begin < nonempty:
         k = max(counts_cpu[begin], 1)
-        chunk = max(1, min(nonempty - begin, max_chunk_elements // (pix_per_tile * k)))
+        chunk = max(1, min(nonempty - begin, max_chunk_elements // (pix_per_tile * min(k, SLAB))))
         tiles = tile_order[begin : begin + chunk]
         slot = torch.arange(k, device=device)
         pos = starts[tiles][:, None] + slot[None, :]  # [t, k]
@@ -270,7 +320,7 @@ def rasterize_tiles(
         idx = torch.where(in_list, gauss_ids[pos.clamp_max(max(gauss_ids.numel() - 1, 0))], pad)
         local_tile = tiles % (tiles_x * tiles_y)
         origin = torch.stack([local_tile % tiles_x, local_tile // tiles_x], dim=-1).to(dtype) * tile_size
-        plan.append((tiles, idx, origin[:, None, :] + local_pix[None]))  # pixels [t, P, 2]
+        plan.append((tiles, idx, origin[:, None, :] + local_pix[None], counts[tiles]))  # pixels [t, P, 2]
         begin += chunk
     # With nothing visible the outputs still depend on the inputs (zero gradients), as gsplat's,
     # so a training step whose Gaussians are all culled still backpropagates.
