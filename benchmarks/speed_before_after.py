@@ -176,7 +176,7 @@ def case_infer(size: int, checkpoint: str | None, device: str, inner: int, helpe
         def once() -> None:
             out = Path(tmp) / f"run{next(runs)}" / "scene.ply"
             argv = ["--views", str(demo / "view_0.png"), str(demo / "view_1.png"), "--cameras", str(demo / "cameras.json"),
-                    "--checkpoint", str(checkpoint or infer.DEFAULT_CHECKPOINT), "--out", str(out), "--size", str(size),
+                    "--checkpoint", str(checkpoint or tree / "checkpoints" / "demo" / "model.pt"), "--out", str(out), "--size", str(size),
                     "--render", "--device", device]  # fmt: skip
             with contextlib.redirect_stdout(io.StringIO()):
                 if infer.main(argv) != 0:
