@@ -304,3 +304,77 @@ def test_attention_masks_are_built_once_per_shape_and_survive_inference_mode(mon
         torch.testing.assert_close(m, f)
         torch.testing.assert_close(cm, f.repeat(1, 1, 2))
     assert others.tolist() == [[1, 2], [0, 2], [0, 1]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-view attention without a V(V-1) copy of keys/values == the gathering implementation
+
+
+def gathering_window_attention(self: WindowAttention, x, others=None, mask=None):
+    """The implementation before issue 18: keys/values of the other views gathered into a
+    ``[B, V, V-1, nW, T, C]`` copy (kept here as the reference)."""
+    b, v, nw, t, c = x.shape
+    q, k, val = self.q(x), self.k(x), self.v(x)
+    if others is not None:
+        k, val = (y[:, others].transpose(2, 3).flatten(3, 4) for y in (k, val))
+    q, k, val = (y.unflatten(-1, (self.heads, c // self.heads)).transpose(-2, -3) for y in (q, k, val))
+    if mask is None:
+        out = torch.nn.functional.scaled_dot_product_attention(q.flatten(0, 2), k.flatten(0, 2), val.flatten(0, 2))
+        out = out.unflatten(0, (b, v, nw))
+    else:
+        q, k, val = (y.movedim(2, 0).flatten(1, 3) for y in (q, k, val))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, val, mask[:, None])
+        out = out.unflatten(1, (b, v, self.heads)).movedim(0, 2)
+    return self.out(out.transpose(-2, -3).flatten(-2))
+
+
+@pytest.mark.parametrize("views", [2, 3, 4])
+@pytest.mark.parametrize("splits,hw", [(2, (5, 7)), (1, (4, 6))])  # shifted + padded (masks); global (no mask)
+def test_cross_attention_without_gathered_copies_equals_gathering_reference(monkeypatch, views, splits, hw):
+    torch.manual_seed(0)
+    tr = MultiViewTransformer(dim=8, num_layers=2, heads=2, ffn_expansion=2, splits=splits).double()
+    x = torch.randn(2, views, 8, *hw, dtype=torch.float64)
+    probe = torch.randn(2, views, 8, *hw, dtype=torch.float64)
+
+    def run():
+        xi = x.clone().requires_grad_(True)
+        tr.zero_grad()
+        out = tr(xi)
+        (out * probe).sum().backward()
+        return out.detach(), xi.grad, [p.grad.clone() for p in tr.parameters()]
+
+    out, gx, gp = run()
+    with torch.no_grad():
+        out_nograd = tr(x)
+    monkeypatch.setattr(WindowAttention, "forward", gathering_window_attention)
+    ref, rgx, rgp = run()
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out_nograd, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(gx, rgx, atol=1e-12, rtol=1e-12)
+    for g, r in zip(gp, rgp):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-12)
+
+
+def test_cross_attention_saves_no_gathered_copy_for_backward():
+    """With 4 views, what autograd saves inside cross-attention is V-sized: no saved tensor has
+    V (V-1) T tokens of keys (the gathered copy the reference saves)."""
+    import ffsplat.model.backbone as bb
+
+    torch.manual_seed(0)
+    v, nw, t, c = 4, 4, 6, 8
+    attn = WindowAttention(c, heads=2)
+    x = torch.randn(1, v, nw, t, c, requires_grad=True)
+    masks, cross, others = bb.attention_masks((4, 12), (4, 12), 2, (0, 0), v, torch.device("cpu"))
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda y: y):
+        attn(x, others, cross[0]).sum().backward()
+    assert max(sizes) <= v * nw * t * c
+    sizes.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda y: y):
+        gathering_window_attention(attn, x, others, cross[0]).sum()
+    assert max(sizes) >= v * (v - 1) * nw * t * c  # the reference does save the gathered copy

@@ -102,3 +102,38 @@ def test_scene_scale_is_not_tiny_for_close_views():
     assert scene_scale(centers, points) == pytest.approx(
         1.1 * 0.5 * (points - centers.mean(0)).norm(dim=-1).median().item()
     )
+
+
+def test_cpu_threads_apply_during_fit_only_and_keep_results(monkeypatch):
+    """cfg.cpu_threads sets torch's intra-op threads while fit runs (restored after, also on
+    error) and the fit's results equal those with torch's own setting."""
+    data = small_scene()
+    before = torch.get_num_threads()
+    target = before + 1  # differs from torch's setting whatever OMP_NUM_THREADS is
+    seen = []
+    real = SceneTrainer.train_step
+
+    def spy(self, view):
+        seen.append(torch.get_num_threads())
+        return real(self, view)
+
+    results = {}
+    for threads in (0, target):
+        torch.manual_seed(0)
+        trainer = SceneTrainer(config(iterations=12, cpu_threads=threads), data, SceneMethod())
+        monkeypatch.setattr(SceneTrainer, "train_step", spy)
+        trainer.fit(progress=False)
+        monkeypatch.setattr(SceneTrainer, "train_step", real)
+        results[threads] = {k: v.detach().clone() for k, v in trainer.params.items()}
+        assert torch.get_num_threads() == before
+    assert seen[:12] == [before] * 12 and seen[12:] == [target] * 12
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[target][name], value, rtol=1e-4, atol=1e-6)
+
+    def boom(self, view):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SceneTrainer, "train_step", boom)
+    with pytest.raises(RuntimeError):
+        SceneTrainer(config(iterations=2, cpu_threads=target), data, SceneMethod()).fit(progress=False)
+    assert torch.get_num_threads() == before

@@ -210,3 +210,53 @@ def test_bf16_autocast_keeps_camera_geometry_in_float32():
     assert all(torch.isfinite(t).all() for t in (g.means, g.scales, g.rotations, g.opacities, g.sh, out.depth.depth))
     near, far = views.near[0].item(), views.far[0].item()
     assert out.depth.depth.min() > 0.5 * near and out.depth.depth.max() < far * 1.01
+
+
+def gathering_transformer_forward(self, features, splits):
+    """MultiViewTransformer.forward before issue 18: the other views' features stacked into a
+    ``[(V B), V-1, L, C]`` copy and projected per (view, other view) pair (the reference)."""
+    from einops import rearrange
+
+    from ffsplat.model.mvsplat.backbone import shifted_window_mask
+
+    b, v, c, h, w = features.shape
+    mask = shifted_window_mask(h, w, splits, features.device).to(features.dtype)
+    x = rearrange(features, "b v c h w -> v b (h w) c")
+    others = [[j for j in range(v) if j != i] for i in range(v)]
+    for idx, block in enumerate(self.layers):
+        shift = mask if idx % 2 == 1 else None
+        target = rearrange(
+            torch.stack([torch.stack([x[j] for j in o], dim=1) for o in others]), "v b m l c -> (v b) m l c"
+        )
+        flat = x.reshape(v * b, h * w, c)
+        flat = block.self_attn(flat, flat[:, None], h, w, splits, shift)
+        flat = block.cross_attn_ffn(flat, target, h, w, splits, shift)
+        x = flat.view(v, b, h * w, c)
+    return rearrange(x, "v b (h w) c -> b v c h w", h=h)
+
+
+@pytest.mark.parametrize("views", [2, 3, 4])
+def test_mvsplat_transformer_without_gathered_copies_equals_gathering_reference(monkeypatch, views):
+    """Keys/values projected once per view (no [V, V-1] copy) == the stacked-copy implementation,
+    outputs and gradients, float64, shifted windows included (2 layers)."""
+    from ffsplat.model.mvsplat.backbone import MultiViewTransformer
+
+    torch.manual_seed(0)
+    tr = MultiViewTransformer(8, num_layers=2, ffn_expansion=2).double()
+    x = torch.randn(2, views, 8, 8, 12, dtype=torch.float64)
+    probe = torch.randn_like(x)
+
+    def run():
+        xi = x.clone().requires_grad_(True)
+        tr.zero_grad()
+        out = tr(xi, 2)
+        (out * probe).sum().backward()
+        return out.detach(), xi.grad, [p.grad.clone() for p in tr.parameters()]
+
+    out, gx, gp = run()
+    with torch.no_grad():
+        out_nograd = tr(x, 2)
+    monkeypatch.setattr(MultiViewTransformer, "forward", gathering_transformer_forward)
+    ref, rgx, rgp = run()
+    for a, r in [(out, ref), (out_nograd, ref), (gx, rgx), *zip(gp, rgp)]:
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-12)

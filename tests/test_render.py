@@ -459,3 +459,47 @@ def test_compositor_saves_only_o_pixels_for_backward():
     inputs = 2 * 400 * (16 + 2 + 3 + 1) * 4
     assert saved["ours"] <= 2 * (pixels_x_channels + inputs), saved
     assert saved["dense"] > 4 * saved["ours"], saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tile_culling_drops_only_pairs_below_the_alpha_threshold(dtype):
+    """tile_intersections(cull=True) keeps a subset of the bounding-box pairs; every dropped
+    (tile, Gaussian) pair has alpha < 1/255 at all pixel centres of the tile (brute force), a good
+    share is dropped for elongated Gaussians, and the images are equal with and without culling."""
+    import ffsplat.render.rasterizer.tiles as tiles_mod
+    from ffsplat.render.rasterizer.projection import ALPHA_THRESHOLD
+
+    g = random_gaussians(1, 300, 3, dtype=dtype, seed=7)
+    g.scales[..., 0] *= 4.0  # elongated: bounding boxes are mostly empty
+    cams = look_at_cameras(1, 2, 40, 44, dtype=dtype)
+    proj = project_gaussians(g.means, g.rotations, g.scales, g.opacities, cams.w2c, cams.intrinsics, 44, 40)
+    ts = 4
+    full = tiles_mod.tile_intersections(proj, 44, 40, ts)
+    culled = tiles_mod.tile_intersections(proj, 44, 40, ts, cull=True)
+    pairs = [set(zip(r[1].tolist(), r[0].tolist())) for r in (full, culled)]
+    assert pairs[1] <= pairs[0]
+    dropped = sorted(pairs[0] - pairs[1])
+    assert len(dropped) > 0.2 * len(pairs[0])
+    tiles_x = full[3]
+    tile, gid = map(torch.tensor, zip(*dropped))
+    local = tile % (tiles_x * full[4])
+    ly, lx = torch.meshgrid(torch.arange(ts), torch.arange(ts), indexing="ij")
+    px = (local % tiles_x)[:, None] * ts + lx.reshape(-1) + 0.5  # [pairs, P]
+    py = (local // tiles_x)[:, None] * ts + ly.reshape(-1) + 0.5
+    mean = proj.means2d.reshape(-1, 2)[gid].detach()
+    a, b, c = proj.conics.reshape(-1, 3)[gid].detach().unbind(-1)
+    dx, dy = px - mean[:, :1], py - mean[:, 1:]
+    sigma = 0.5 * (a[:, None] * dx * dx + c[:, None] * dy * dy) + b[:, None] * dx * dy
+    alpha = proj.opacities.reshape(-1)[gid].detach()[:, None] * torch.exp(-sigma)
+    assert alpha.max() < ALPHA_THRESHOLD
+    colors = torch.randn(2, 300, 5, dtype=dtype)
+    ours = rasterize_tiles(proj, colors, 44, 40, tile_size=ts)
+    real = tiles_mod.tile_intersections
+    try:
+        tiles_mod.tile_intersections = lambda *a, cull=False: real(*a)
+        plain = rasterize_tiles(proj, colors, 44, 40, tile_size=ts)
+    finally:
+        tiles_mod.tile_intersections = real
+    tol = {} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for x, y in zip(ours, plain):
+        torch.testing.assert_close(x, y, **tol)

