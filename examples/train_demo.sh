@@ -14,6 +14,9 @@
 #   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 400)
 #   SYN_SCENES synthetic rooms added for diversity (default 8; 0 = real frames only); WORK data folder (default data)
 #   WORKERS    processes for ray casting the rooms and writing shards (default 2)
+#   OMP_NUM_THREADS  torch's intra-op threads; default 1 on CPU. The small model's ops are small,
+#              and with 2 threads on a 2-core box that is also doing anything else the threads
+#              mostly spin: one seg step took ~50 s with 2 threads and ~2 s with 1 (BENCHMARKS.md).
 # Run time: the ESPNetv2 teachers dominate shard making on a CPU (two 256x256 forward passes per
 # keyframe; ~250 keyframes): 36 min at SIZE=64 on the shared 2-core box under a load average of ~20
 # (2026-11-30). Training speed: see BENCHMARKS.md ("Demo model"). On a GPU node use DEVICE=cuda
@@ -34,6 +37,7 @@ WORK=${WORK:-data}
 WORKERS=${WORKERS:-2}
 EXTRA=${EXTRA:-}    # extra train.py overrides for both stages (e.g. "data.epoch_length=10")
 TRAINER=cpu; [ "$DEVICE" = cuda ] && TRAINER=gpu
+[ "$DEVICE" = cpu ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
     [ -e "$f" ] || { echo "error: $f not found (set HOLOLENS / ESPNET / SCANNET_TSV)" >&2; exit 2; }
 done
