@@ -5,7 +5,8 @@
    ``label_lang`` for LSeg, as ``benchmarks/learn_synthetic.py``), and a seeded evaluation index
    (2 context views, 2 targets, ``--examples`` entries per scene).
 2. ``python -m ffsplat.baselines compare`` with the feed-forward checkpoint ``--checkpoint``
-   (default: the demo model) and every method in ``--methods``, sparse setting, with the defaults:
+   (default: `checkpoints/demo_synthetic/model.pt`, the small model trained on synthetic rooms with
+   the label stand-in teachers, whose vocabulary these rooms use) and every method in ``--methods``, sparse setting, with the defaults:
    SfM initialisation (COLMAP SIFT + known-pose triangulation) and teacher supervision
    (language-teacher argmax labels, automatic masks of the segmentation teacher).
 3. ``--oracle-methods``: the same methods once more with sensor-depth initialisation and
@@ -68,7 +69,7 @@ def compare(args, shards: Path, index: Path, out: Path, methods: list[str], extr
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/ffsplat-compare"))
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo_synthetic" / "model.pt")
     p.add_argument("--label-tsv", type=Path, default=LABEL_TSV, help="scannetv2-labels.combined.tsv")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU runs: gsplat rasterizer, peak GPU memory per row)")
     p.add_argument("--size", type=int, default=96)

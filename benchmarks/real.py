@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "--espnet", type=Path, default=SHARED / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth"
     )
     p.add_argument(
-        "--old", type=Path, default=ROOT / "checkpoints" / "demo" / "model.pt", help="the shipped demo model"
+        "--old", type=Path, default=ROOT / "checkpoints" / "demo_synthetic" / "model.pt", help="the earlier synthetic-only demo model"
     )
     p.add_argument("--candidate", type=Path, action="append", default=[], help="more models to score (repeatable)")
     p.add_argument("--holdout-start", type=int, default=HOLDOUT_START)

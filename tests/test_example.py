@@ -33,19 +33,23 @@ def test_render_example_writes_pngs_and_ply(tmp_path):
 
 @pytest.mark.slow
 def test_readme_main_command_runs_infer_on_the_example_views(tmp_path):
-    """The README's main job: infer.py on examples/demo with the default (demo) checkpoint."""
-    demo = ROOT / "examples" / "demo"
+    """The README's main job: infer.py on the real example photos with the default (demo) checkpoint."""
+    from ffsplat.checkpoint import load_model
+    from ffsplat.core.config import DEMO_CHECKPOINT
+
+    demo = ROOT / "examples" / "demo_real"
     out = tmp_path / "demo" / "scene.ply"
-    cmd = [sys.executable, str(ROOT / "infer.py"), "--views", str(demo / "view_0.png"), str(demo / "view_1.png"),
+    cmd = [sys.executable, str(ROOT / "infer.py"), "--views", str(demo / "view_0.jpg"), str(demo / "view_1.jpg"),
            "--cameras", str(demo / "cameras.json"), "--out", str(out), "--render", "--query", "chair", "--device", "cpu"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     gaussians, extra = read_ply(out)
-    size = 48  # the demo model's training size, used by default
-    assert gaussians.num_gaussians == 2 * size * size
+    blob = load_model(DEMO_CHECKPOINT)
+    size, classes = blob["image_size"], len(blob["class_names"])  # the demo model's training size, used by default
+    assert size >= 128 and gaussians.num_gaussians == 2 * size * size
     import torch
 
     assert all(torch.isfinite(t).all() for t in (gaussians.means, gaussians.scales, gaussians.opacities, gaussians.sh))
-    assert 1 <= extra["class_id"].min() and extra["class_id"].max() <= 8
+    assert 1 <= extra["class_id"].min() and extra["class_id"].max() <= classes
     rgb = np.asarray(Image.open(tmp_path / "demo" / "scene_render" / "view_0_rgb.png"))
     assert rgb.shape == (size, size, 3) and rgb.std() > 5
