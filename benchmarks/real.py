@@ -6,8 +6,9 @@
 On the contiguous tail of the sequence that ``examples/train_demo.sh`` never trains on (frames
 ``>= --holdout-start``), context pairs ``(i, i + gap)`` for several gaps, targets at ``i + gap/4``,
 ``i + gap/2`` and ``i + 3 gap/4``. Every model gets the same two context images with their true
-intrinsics and poses, at ``--size`` (resize to cover + centre crop), and ``--near/--far`` as
-``infer.py``'s defaults (no sensor depth at inference). Reported per method, averaged over targets:
+intrinsics and poses, at ``--size`` (resize to cover + centre crop), and near/far as ``infer.py``
+picks them without a cameras file (``--near/--far``, else the model's recorded training depth range,
+else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over targets:
 
 * ``psnr``, ``ssim`` of the rendered target view;
 * ``depth_abs_rel``, ``depth_delta_1.25`` of the rendered depth against the sensor depth (pixels
@@ -41,6 +42,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ffsplat.checkpoint import DEFAULT_DEPTH_RANGE, depth_range
 from ffsplat.core.benchmarking import machine
 from ffsplat.core.config import group_file, to_dataclass
 from ffsplat.core.types import Cameras, Views
@@ -142,15 +144,26 @@ def main(argv: list[str] | None = None) -> None:
         "--espnet", type=Path, default=SHARED / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth"
     )
     p.add_argument(
-        "--old", type=Path, default=ROOT / "checkpoints" / "demo_synthetic" / "model.pt", help="the earlier synthetic-only demo model"
+        "--old",
+        type=Path,
+        default=ROOT / "checkpoints" / "demo_synthetic" / "model.pt",
+        help="the earlier synthetic-only demo model",
     )
     p.add_argument("--candidate", type=Path, action="append", default=[], help="more models to score (repeatable)")
     p.add_argument("--holdout-start", type=int, default=HOLDOUT_START)
     p.add_argument("--gaps", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--stride", type=int, default=12, help="frames between the first context frames of pairs")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--near", type=float, default=0.5)
-    p.add_argument("--far", type=float, default=10.0)
+    p.add_argument(
+        "--near",
+        type=float,
+        help="nearest depth for every model (default: each model's recorded training range, as infer.py)",
+    )
+    p.add_argument(
+        "--far",
+        type=float,
+        help="farthest depth for every model (default: each model's recorded training range, as infer.py)",
+    )
     p.add_argument("--gs-iterations", type=int, default=300, help="per-scene 3DGS steps (0: skip 3DGS)")
     p.add_argument("--max-pairs", type=int, help="use only the first N pairs (quick runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -179,6 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     for i, c in enumerate(args.candidate):
         models["candidate" if i == 0 else f"candidate{i + 1}"] = c
     predictors = {name: Predictor(path, device) for name, path in models.items()}
+    # near/far as infer.py picks them without a cameras file: --near/--far, else the model's recorded
+    # training depth range, else 0.5 / 10 (older model files).
+    ranges = {
+        name: (args.near or depth_range(p.meta)[0], args.far or depth_range(p.meta)[1])
+        for name, p in predictors.items()
+    }
+    ranges["3dgs"] = (args.near or DEFAULT_DEPTH_RANGE[0], args.far or DEFAULT_DEPTH_RANGE[1])
     pascal = list(PASCAL_CLASSES[1:])
     scores = {name: Scores(len(pascal)) for name in predictors}
     if args.gs_iterations:
@@ -187,17 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     for first, second, targets in chosen:
         images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
         images, depths, cams = images.to(device), depths.to(device), cams.to(device)
-        ctx = Views(
-            images[:, :2],
-            cams[:, :2],
-            torch.tensor([args.near], device=device),
-            torch.tensor([args.far], device=device),
-        )
+        contexts = {
+            name: Views(
+                images[:, :2], cams[:, :2], torch.tensor([near], device=device), torch.tensor([far], device=device)
+            )
+            for name, (near, far) in ranges.items()
+        }
+        ctx = contexts["3dgs"]
         tgt_cams, gt, gt_depth = cams[:, 2:], images[0, 2:], depths[0, 2:]
         teacher_labels = teacher.probabilities(gt).argmax(1)  # [T, H, W], 0 = background (ignored)
         for name, pred in predictors.items():
             start = time.perf_counter()
-            out = pred(ctx)
+            out = pred(contexts[name])
             rendered = render(out.gaussians, tgt_cams, features=[LANG])
             scores[name].seconds += time.perf_counter() - start
             scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         s["seconds_per_pair"] /= max(len(chosen), 1)
     print(json.dumps({
         "benchmark": "real", "data": str(args.data), "holdout_frames": [args.holdout_start, last],
-        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near": args.near, "far": args.far,
+        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near_far": ranges,
         "gs_iterations": args.gs_iterations, "gs_note": "3DGS is initialised from the context views' sensor depth (oracle)",
         "models": {k: str(v) for k, v in models.items() if k != "untrained"}, "machine": machine(), "results": results,
     }, indent=1))  # fmt: skip

@@ -44,8 +44,9 @@ def real_views(sequence: Path, out: Path) -> None:
     for frame in range(REAL_FRAMES[0] + 2, REAL_FRAMES[1], 2):
         f = seq.read_frame(frame, with_labels=False)
         novel.append(CameraView(f.color_intrinsics, f.c2w, *f.color.shape[:2]))
-    write_cameras(out / "cameras.json", CameraFile(views, near=0.3, far=8.0))
-    write_cameras(out / "novel_cameras.json", CameraFile(novel, near=0.3, far=8.0))
+    # No near/far: like a user's photos, infer.py then uses the depth range the model was trained over.
+    write_cameras(out / "cameras.json", CameraFile(views))
+    write_cameras(out / "novel_cameras.json", CameraFile(novel))
     print(f"wrote {out}: view_0.jpg, view_1.jpg (frames {REAL_FRAMES}), cameras.json, novel_cameras.json")
 
 

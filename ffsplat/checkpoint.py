@@ -18,6 +18,9 @@ prompt_decoder      ``"sam"`` or ``"similarity"`` (``ffsplat.objectives.policy.r
 stage, trained_on,  metadata (str / int / None)
 image_size,
 global_step
+depth_range         ``[near, far]`` metres: the median depth range of the training clips, which the
+                    cost volume's candidates were learned over; inference uses it when neither the
+                    user nor the cameras file gives near/far (absent in older files: 0.5, 10)
 ==================  ==========================================================================
 
 The checksum (:func:`tensor_checksum`) hashes every tensor's name, dtype, shape and raw bytes in
@@ -182,3 +185,16 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         raise CheckpointError(f"{path}: neither an ffsplat model file nor a Lightning checkpoint")
     return {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+
+
+DEFAULT_DEPTH_RANGE = (0.5, 10.0)
+"""near/far (metres) for a model file that records no ``depth_range``."""
+
+
+def depth_range(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """The model's default ``(near, far)``: its recorded training ``depth_range``, else :data:`DEFAULT_DEPTH_RANGE`."""
+    value = meta.get("depth_range")
+    if value is None:
+        return DEFAULT_DEPTH_RANGE
+    near, far = (float(v) for v in value)
+    return near, far

@@ -104,6 +104,7 @@ def test_scene_scale_is_not_tiny_for_close_views():
     )
 
 
+@pytest.mark.slow
 def test_cpu_threads_apply_during_fit_only_and_keep_results(monkeypatch):
     """cfg.cpu_threads sets torch's intra-op threads while fit runs (restored after, also on
     error) and the fit's results equal those with torch's own setting."""

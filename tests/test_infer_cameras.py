@@ -182,3 +182,34 @@ def test_bad_camera_input_gives_one_clear_error_and_no_output(tmp_path, checkpoi
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "result").exists()
+
+
+def test_near_far_default_to_the_models_training_depth_range(tmp_path, inputs, capsys):  # noqa: F811
+    """Without --near/--far and without near/far in the cameras file, infer.py uses the depth range
+    recorded in model.pt (the cost volume's candidates were learned over it); the file's range and
+    then the options take precedence."""
+    import torch
+
+    from ffsplat.core.config import group_file, to_dataclass
+    from ffsplat.inference.cameras import read_cameras
+    from ffsplat.model.network import ModelConfig
+    from ffsplat.training.config import TrainConfig
+    from ffsplat.training.module import SemanticSplatModule, export_slim
+
+    cfg = TrainConfig()
+    cfg.model = to_dataclass(ModelConfig, group_file("model", "small"))
+    cfg.model.conditioning.use_seg_teacher = cfg.model.conditioning.use_lang_teacher = False
+    torch.manual_seed(0)
+    module = SemanticSplatModule(cfg)
+    module.image_size, module.depth_ranges = 64, [(1.5, 3.0), (1.4, 3.2), (1.6, 2.8)]
+    checkpoint = export_slim(module, tmp_path / "model.pt")
+    views, cams = inputs
+    bare = tmp_path / "bare.json"
+    write_cameras(bare, CameraFile(read_cameras(cams).views, None, None))
+    cases = [([], bare, (1.5, 3.0)), ([], cams, (0.3, 8.0)), (["--near", "1.0", "--far", "4.0"], bare, (1.0, 4.0))]
+    for i, (extra, camera_file, expected) in enumerate(cases):
+        out = tmp_path / f"scene_{i}.ply"
+        args = ["--views", *views, "--cameras", camera_file, "--checkpoint", checkpoint, "--out", out, *extra]
+        assert run_infer(*args, "--device", "cpu") == 0, capsys.readouterr().err
+        summary = json.loads(out.with_suffix(".json").read_text())
+        assert (summary["cameras"]["near"], summary["cameras"]["far"]) == pytest.approx(expected), (extra, camera_file)

@@ -193,3 +193,23 @@ def test_datamodule_resumes_the_epoch_position_from_its_checkpoint_state(tiny_sh
     dm.start_epoch(4, 52)
     assert dm.state_dict() == {"epoch": 4, "epoch_start_step": 52}
     assert (data.epoch, data.epoch_start_step, data.consumed_batches) == (4, 52, 0)
+
+
+def test_model_pt_records_the_median_training_depth_range(tiny_shards, tmp_path):
+    """training_step keeps each clip's (near, far); model.pt's depth_range is their medians and
+    survives a Lightning checkpoint round trip (resume)."""
+    from ffsplat.checkpoint import load_model
+
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry"))
+    assert module.training_depth_range() is None
+    batch = first_batch(module, tiny_shards)
+    for near, far in [(0.5, 4.0), (1.0, 6.0), (2.0, 5.0)]:
+        batch.context.near, batch.context.far = torch.tensor([near]), torch.tensor([far])
+        module.training_step(batch, 0)
+    assert module.training_depth_range() == [1.0, 5.0]
+    saved: dict = {}
+    module.on_save_checkpoint(saved)
+    resumed = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry"))
+    resumed.on_load_checkpoint(saved)
+    assert resumed.training_depth_range() == [1.0, 5.0]
+    assert load_model(export_slim(module, tmp_path / "model.pt"))["depth_range"] == [1.0, 5.0]

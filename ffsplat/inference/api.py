@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ffsplat.checkpoint import depth_range
 from ffsplat.core.types import Cameras, Gaussians, Views
 from ffsplat.inference.predictor import Predictor, teacher_overrides
 from ffsplat.model.network import LANG, SEG
@@ -149,7 +150,8 @@ class Model:
             images: ``V >= 2`` images (paths or ``[H, W, 3]`` uint8 arrays).
             cameras: cameras JSON path, ``CameraFile``, ``(Ks [V, 3, 3], c2w [V, 4, 4])``, or None
                 (COLMAP registration of 2+ views, intrinsics from ``hfov_deg``, the first two cameras ``baseline`` metres apart).
-            near, far: scene depth range in metres (default: the cameras JSON's, else 0.5 and 10).
+            near, far: scene depth range in metres (default: the cameras JSON's, else the model's training
+                range ``depth_range``, else 0.5 and 10).
             size: square working size, a multiple of 4 (default: the model's training size, else 256).
         """
         from ffsplat.data.image_ops import resize_and_center_crop
@@ -162,7 +164,8 @@ class Model:
             file_near = file_far = None
         else:
             ks, c2ws, file_near, file_far = _camera_arrays(cameras, pictures)
-        near, far = near or file_near or 0.5, far or file_far or 10.0
+        default_near, default_far = depth_range(self.predictor.meta)
+        near, far = near or file_near or default_near, far or file_far or default_far
         if not 0 < near < far:
             raise ValueError(f"near/far: need 0 < near < far, got {near}, {far}")
         size = size or self.predictor.meta.get("image_size") or 256

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ffsplat.core.errors import InputError, check_device, check_number, cleanup_on_error, run_command  # noqa: E402
+from ffsplat.checkpoint import DEFAULT_DEPTH_RANGE, depth_range  # noqa: E402
 
 
 def _demo_checkpoint() -> Path:
@@ -126,8 +127,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="write each input view's predicted depth (16-bit mm PNG + float metres .npy)",
     )
-    p.add_argument("--near", type=float, help="nearest scene depth in metres (default: cameras JSON or 0.5)")
-    p.add_argument("--far", type=float, help="farthest scene depth in metres (default: cameras JSON or 10)")
+    p.add_argument(
+        "--near",
+        type=float,
+        help="nearest scene depth in metres (default: the cameras JSON's, else the model's training range, else 0.5)",
+    )
+    p.add_argument(
+        "--far",
+        type=float,
+        help="farthest scene depth in metres (default: the cameras JSON's, else the model's training range, else 10)",
+    )
     p.add_argument("--render", action="store_true", help="write RGB/depth/class PNGs at the input views")
     p.add_argument("--render-cameras", type=Path, help="cameras JSON of novel views to render (implies --render)")
     p.add_argument("--query", action="append", default=[], help="open-vocabulary text query (repeatable)")
@@ -196,7 +205,7 @@ def run(args: argparse.Namespace) -> None:
     novel = None
     try:
         novel = read_cameras(args.render_cameras) if args.render_cameras else None
-        ks, c2ws, near, far, how, registration = resolve_cameras(args, images)
+        ks, c2ws, near, far, how, registration = resolve_cameras(args, images, depth_range(predictor.meta))
     except (CameraFileError, PoseEstimationError) as exc:
         raise InputError(str(exc)) from exc
     if not 0 < near < far:
@@ -326,8 +335,11 @@ def view_intrinsics(args, images) -> tuple[list[np.ndarray], list[str]]:
     return ks, sources
 
 
-def resolve_cameras(args, images):
-    """(ks, c2ws [V, 4, 4], near, far, how, registration or None) from --cameras or COLMAP registration."""
+def resolve_cameras(args, images, default_range: tuple[float, float] = DEFAULT_DEPTH_RANGE):
+    """(ks, c2ws [V, 4, 4], near, far, how, registration or None) from --cameras or COLMAP registration.
+
+    near/far: --near/--far, else the cameras file's, else ``default_range`` (the model's training
+    depth range, :func:`ffsplat.checkpoint.depth_range`)."""
     from ffsplat.inference.cameras import load_cameras
     from ffsplat.inference.pose import RegistrationConfig, register_views
 
@@ -355,7 +367,7 @@ def resolve_cameras(args, images):
             how = f"cameras from {args.cameras} ({fmt})"
             c2ws = np.stack([v.c2w for v in cams.views])
             check_distinct_poses(c2ws, f"--cameras: {args.cameras}")
-            return ks, c2ws, near or 0.5, far or 10.0, how, None
+            return ks, c2ws, near or default_range[0], far or default_range[1], how, None
         sources = [f"{args.cameras}"] * len(images)
         intrinsics_from = f"intrinsics from {args.cameras}"
     else:
@@ -373,7 +385,7 @@ def resolve_cameras(args, images):
             "; ".join(f"{p.name}: {s}" for p, s in zip(args.views, sources)) if len(unique) > 1 else unique[0]
         )
     how = f"{reg.report.summary()}; {intrinsics_from}" + ("; focal lengths refined" if args.refine_intrinsics else "")
-    return list(reg.k), reg.c2w, near or 0.5, far or 10.0, how, reg
+    return list(reg.k), reg.c2w, near or default_range[0], far or default_range[1], how, reg
 
 
 def write_depth(depth, images, size: int, stem: Path) -> dict:

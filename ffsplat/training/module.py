@@ -71,6 +71,7 @@ class SemanticSplatModule(L.LightningModule):
         if cfg.stage.init_from:
             load_model_weights(self.model, cfg.stage.init_from)
         self.trained_groups = self.stage.trains
+        self.depth_ranges: list[tuple[float, float]] = []  # training clips' (near, far): model.pt's depth_range
         for group, params in self.model.parameter_groups().items():
             for p in params:
                 p.requires_grad_(group in self.trained_groups)
@@ -227,8 +228,26 @@ class SemanticSplatModule(L.LightningModule):
         return policy.hcam_masks(target, t.masks, t.segmentation.name, self.prompt_decoder, self.cfg.data.root)
 
     # ------------------------------------------------------------------ Lightning hooks
+    DEPTH_RANGE_WINDOW = 10_000
+    """Training clips' (near, far) kept for the exported ``depth_range`` (the most recent ones)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["depth_ranges"] = list(self.depth_ranges)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.depth_ranges = [tuple(r) for r in checkpoint.get("depth_ranges", [])]
+
+    def training_depth_range(self) -> list[float] | None:
+        """Median near and median far of the training clips seen (None before any step)."""
+        if not self.depth_ranges:
+            return None
+        ranges = torch.tensor(self.depth_ranges, dtype=torch.float64)
+        return [float(ranges[:, 0].median()), float(ranges[:, 1].median())]
+
     def training_step(self, batch: Example, batch_idx: int) -> Tensor:
         self.image_size = int(batch.context.images.shape[-1])  # recorded in the slim export
+        self.depth_ranges.extend(zip(batch.context.near.tolist(), batch.context.far.tolist()))
+        del self.depth_ranges[: -self.DEPTH_RANGE_WINDOW]
         total, logs = self.compute_losses(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=False, batch_size=len(batch.scenes))
         self.log("loss", total.detach(), prog_bar=True, batch_size=len(batch.scenes))
@@ -351,5 +370,6 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         image_size=getattr(module, "image_size", None),
         global_step=int(module.global_step),
         photometric_loss=getattr(module, "photometric_loss", None),
+        depth_range=module.training_depth_range(),
         prompt_decoder=policy.resolve_prompt_decoder(cfg.teachers.prompt_decoder, cfg.teachers.segmentation.name),
     )

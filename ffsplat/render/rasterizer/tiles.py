@@ -158,9 +158,7 @@ def composite_tiles(
     return torch.bmm(weights, colors), transmittance
 
 
-def _slab_forward(
-    pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, t_in: Tensor, stopped: Tensor
-):
+def _slab_forward(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, t_in: Tensor, stopped: Tensor):
     """Per-pair quantities of one slab of consecutive Gaussians (no autograd), given the
     transmittance ``t_in`` ``[T, P]`` left by the earlier slabs and which pixels have already
     ``stopped`` ``[T, P]`` (bool): everything the forward and backward passes share.
@@ -294,7 +292,9 @@ class _CompositeTiles(torch.autograd.Function):
                     sx, sy = gx.sum(1), gy.sum(1)  # dsigma/dmx = -(a dx + b dy); a, b, c constant per Gaussian
                     g_means.index_add_(0, flat_idx, torch.stack([a * sx + b * sy, c * sy + b * sx], -1).flatten(0, 1))
                 if need[1]:
-                    g_abc = torch.stack([-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1)
+                    g_abc = torch.stack(
+                        [-0.5 * (gx * dx).sum(1), -(gx.mul_(dy)).sum(1), -0.5 * (gy.mul_(dy)).sum(1)], -1
+                    )
                     g_conics.index_add_(0, flat_idx, g_abc.flatten(0, 1))
         return g_means, g_conics, g_opac, g_colors, None, None, None
 
