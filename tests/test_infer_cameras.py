@@ -202,14 +202,14 @@ def test_near_far_default_to_the_models_training_depth_range(tmp_path, inputs, c
     torch.manual_seed(0)
     module = SemanticSplatModule(cfg)
     module.image_size, module.depth_ranges = 64, [(1.5, 3.0), (1.4, 3.2), (1.6, 2.8)]
-    checkpoint = export_slim(module, tmp_path / "model.pt")
+    ranged = export_slim(module, tmp_path / "model.pt")
     views, cams = inputs
     bare = tmp_path / "bare.json"
     write_cameras(bare, CameraFile(read_cameras(cams).views, None, None))
     cases = [([], bare, (1.5, 3.0)), ([], cams, (0.3, 8.0)), (["--near", "1.0", "--far", "4.0"], bare, (1.0, 4.0))]
     for i, (extra, camera_file, expected) in enumerate(cases):
         out = tmp_path / f"scene_{i}.ply"
-        args = ["--views", *views, "--cameras", camera_file, "--checkpoint", checkpoint, "--out", out, *extra]
+        args = ["--views", *views, "--cameras", camera_file, "--checkpoint", ranged, "--out", out, *extra]
         assert run_infer(*args, "--device", "cpu") == 0, capsys.readouterr().err
         summary = json.loads(out.with_suffix(".json").read_text())
         assert (summary["cameras"]["near"], summary["cameras"]["far"]) == pytest.approx(expected), (extra, camera_file)
