@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Train the demo model (checkpoints/demo/model.pt): the synthetic-room model
-# (checkpoints/demo_synthetic/model.pt) fine-tuned on the real HoloLens office sequence plus
+# Train the demo model (checkpoints/demo/model.pt) on the real HoloLens office sequence plus
 # synthetic rooms, with sensor-depth supervision and the ESPNetv2-PASCAL teacher.
 #
 #   examples/train_demo.sh                      # CPU, 128x128 (defaults below)
@@ -12,7 +11,7 @@
 #              evaluates on them.
 #   ESPNET     espnetv2_s_2.0_pascal_256x256.pth (default under ../shared/weights/espnetv2-pascal/)
 #   SIZE       training resolution (default 128); DEVICE cpu | cuda (teachers and trainer)
-#   SEG_STEPS, LANG_STEPS   steps of the two stages (default 750 / 200)
+#   SEG_STEPS, LANG_STEPS   steps of the two stages (default 1500 / 200)
 #   SYN_SCENES synthetic rooms added for diversity (default 8; 0 = real frames only); WORK data folder (default data)
 #   WORKERS    processes for ray casting the rooms and writing shards (default 2)
 #   OMP_NUM_THREADS  torch's intra-op threads; default 1 on CPU. The small model's ops are small,
@@ -20,8 +19,8 @@
 #              mostly spin: one seg step took ~50 s with 2 threads and ~2 s with 1 (BENCHMARKS.md).
 # Run time on the 2-core build box, one torch thread per process (2026-11-30): synthetic rooms 16 s,
 # shards 6 min (ESPNetv2 on CPU dominates: two 256x256 passes per keyframe, ~170 real + 320
-# synthetic keyframes at SIZE=128), stage 1 750 steps ~30 min (0.42 steps/s), stage 2 200 steps
-# ~7 min: about 45 minutes in all. Re-running skips finished shards (make_shards resumes). Shards
+# synthetic keyframes at SIZE=128), stage 1 1500 steps 54 min (0.47 steps/s), stage 2 200 steps
+# ~7 min: about 70 minutes in all. Re-running skips finished shards (make_shards resumes). Shards
 # are ~1.5 MB per keyframe (cached teacher features).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +30,7 @@ TSV=${SCANNET_TSV:-../shared/data/scannet/scannetv2-labels.combined.tsv}
 HOLDOUT=${HOLDOUT:-208}
 SIZE=${SIZE:-128}
 DEVICE=${DEVICE:-cpu}
-SEG_STEPS=${SEG_STEPS:-750}
+SEG_STEPS=${SEG_STEPS:-1500}
 LANG_STEPS=${LANG_STEPS:-200}
 SYN_SCENES=${SYN_SCENES:-8}
 WORK=${WORK:-data}
@@ -39,8 +38,8 @@ WORKERS=${WORKERS:-2}
 EXTRA=${EXTRA:-}    # extra train.py overrides for both stages (e.g. "data.epoch_length=10")
 TRAINER=cpu; [ "$DEVICE" = cuda ] && TRAINER=gpu
 [ "$DEVICE" = cpu ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-for f in "$HOLOLENS/pose" "$ESPNET" "$TSV" checkpoints/demo_synthetic/model.pt; do
-    [ -e "$f" ] || { echo "error: $f not found (set HOLOLENS / ESPNET / SCANNET_TSV; the synthetic model ships in the repository)" >&2; exit 2; }
+for f in "$HOLOLENS/pose" "$ESPNET" "$TSV"; do
+    [ -e "$f" ] || { echo "error: $f not found (set HOLOLENS / ESPNET / SCANNET_TSV)" >&2; exit 2; }
 done
 start=$(date +%s)
 SYN_ARGS=()
@@ -62,4 +61,4 @@ python train.py experiment=real_demo_lang trainer=$TRAINER data.root="$WORK/shar
     optim.max_steps="$LANG_STEPS" logging.wandb_mode=disabled $EXTRA
 mkdir -p checkpoints/demo_candidate && cp checkpoints/real_demo_lang/model.pt checkpoints/demo_candidate/model.pt
 echo "trained in $(( $(date +%s) - start )) s: checkpoints/demo_candidate/model.pt"
-echo "compare with the shipped model: python benchmarks/real.py --candidate checkpoints/demo_candidate/model.pt"
+echo "compare: python benchmarks/real.py --candidate checkpoints/demo_candidate/model.pt --candidate checkpoints/demo/model.pt"
