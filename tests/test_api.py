@@ -85,3 +85,23 @@ def test_predict_from_arrays_and_pose_free(model):
         model.predict([images[0].astype(np.float32), images[1]])
     with pytest.raises(ValueError, match="intrinsics \\[2, 3, 3\\]"):
         model.predict(images, cameras=(np.eye(3)[None], np.eye(4)[None]))
+
+
+def test_predict_uses_the_models_depth_range_without_near_far(model, monkeypatch):
+    """The README photos' cameras give no near/far: predict() hands the network the depth range
+    recorded in model.pt (depth_range); explicit near/far win."""
+    from ffsplat.checkpoint import depth_range
+
+    seen = []
+    forward = type(model.predictor).__call__
+
+    def recording(self, context, *rest):
+        seen.append((float(context.near[0]), float(context.far[0])))
+        return forward(self, context, *rest)
+
+    monkeypatch.setattr(type(model.predictor), "__call__", recording)
+    views = [DEMO / "view_0.jpg", DEMO / "view_1.jpg"]
+    model.predict(views, cameras=DEMO / "cameras.json")
+    model.predict(views, cameras=DEMO / "cameras.json", near=1.0, far=4.0)
+    assert "depth_range" in model.predictor.meta
+    assert seen == [pytest.approx(depth_range(model.predictor.meta)), pytest.approx((1.0, 4.0))]
