@@ -13,13 +13,19 @@ else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over
 * ``psnr``, ``ssim`` of the rendered target view;
 * ``depth_abs_rel``, ``depth_delta_1.25`` of the rendered depth against the sensor depth (pixels
   with a measurement, no scale alignment);
-* ``teacher_miou``, ``teacher_acc``: agreement of the language field rendered at the target view
-  (classified against the model's class embeddings) with the ESPNetv2 teacher run on the target
-  image; mIoU over the PASCAL classes present in the teacher's or the model's maps, background
-  pixels ignored (SemanticSplat Table 3 reports this kind of teacher agreement). Only for models
-  whose vocabulary is the ESPNetv2 one (null for the old label-stand-in demo model).
+* ``teacher_miou``, ``teacher_object_miou``, ``teacher_acc``: agreement of the language field
+  rendered at the target view with the ESPNetv2 teacher's argmax on the target image (SemanticSplat
+  Table 3 reports this kind of teacher agreement). The field is classified against the model's
+  class embeddings and its background embedding (the PASCAL background row), so a pixel can be
+  background, as in the teacher's map. PASCAL VOC's protocol: 21 classes including background,
+  IoU from the confusion matrix over all targets, ``teacher_miou`` the mean over the classes present
+  in either map, ``teacher_object_miou`` the same mean over the object classes only (background's
+  IoU, high for any model that says "background" everywhere, left out), ``teacher_acc`` the pixel
+  accuracy. Only for models whose vocabulary is the ESPNetv2 one (null for the old label-stand-in
+  demo model).
 
-Methods: ``untrained`` (the small model at initialisation, ESPNetv2 vocabulary), ``old_demo``
+Methods: ``untrained`` (the first candidate's architecture at initialisation, seed 0, ESPNetv2
+vocabulary; the small model without a candidate), ``old_demo``
 (``--old``, the previously shipped synthetic-only model), ``candidate`` (``--candidate``, e.g. the
 new demo model) and ``3dgs`` (per-scene 3DGS optimised on the same two views for
 ``--gs-iterations`` steps; **oracle initialisation**: its Gaussians start from the context views'
@@ -88,23 +94,26 @@ def pairs(holdout_start: int, last: int, gaps: list[int], stride: int) -> list[t
     return out
 
 
-def untrained_checkpoint(path: Path, espnet: str) -> Path:
-    """The small model at initialisation (seed 0) as a slim checkpoint with the ESPNetv2 vocabulary."""
-    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, pascal_class_embeddings
+def untrained_checkpoint(path: Path, espnet: str, like: Path | None = None) -> Path:
+    """A model at initialisation (seed 0) as a slim checkpoint with the ESPNetv2 vocabulary: the
+    architecture of ``like`` (a model file), else the small model without conditioning."""
+    from ffsplat.checkpoint import load_model, save_model
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, pascal_background_embedding, pascal_class_embeddings
 
-    cfg = to_dataclass(ModelConfig, group_file("model", "small"))
-    cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
+    if like is not None:
+        cfg = to_dataclass(ModelConfig, load_model(like)["model_config"])
+    else:
+        cfg = to_dataclass(ModelConfig, group_file("model", "small"))
+        cfg.conditioning.use_seg_teacher = cfg.conditioning.use_lang_teacher = False
+    cfg.pretrained = None
     torch.manual_seed(0)
     model = build_model(cfg)
-    blob = {
-        "format": "ffsplat-model", "version": 1, "model_config": asdict(cfg), "state_dict": model.state_dict(),
-        "stage": "untrained", "teachers": {"segmentation": {"name": "espnetv2_seg", "kwargs": {"checkpoint": espnet}},
-                                          "language": {"name": "espnetv2", "kwargs": {"checkpoint": espnet}}},
-        "class_names": list(PASCAL_CLASSES[1:]), "class_embeddings": pascal_class_embeddings(), "trained_on": None,
-        "image_size": None, "global_step": 0,
-    }  # fmt: skip
-    torch.save(blob, path)
-    return path
+    teachers = {"segmentation": {"name": "espnetv2_seg", "kwargs": {"checkpoint": espnet}},
+                "language": {"name": "espnetv2", "kwargs": {"checkpoint": espnet}}}  # fmt: skip
+    return save_model(path, model_config=asdict(cfg), state_dict=model.state_dict(), teachers=teachers,
+                      class_names=list(PASCAL_CLASSES[1:]), class_embeddings=pascal_class_embeddings(),
+                      background_embedding=pascal_background_embedding(), stage="untrained", trained_on=None,
+                      image_size=None, global_step=0)  # fmt: skip
 
 
 class Scores:
@@ -131,9 +140,11 @@ class Scores:
         out["seconds_per_pair"] = self.seconds
         if int(self.seg.confusion.sum()):
             seg = self.seg.compute()
-            out.update(teacher_miou=float(seg["miou"]), teacher_acc=float(seg["acc"]))
+            objects = seg["iou_per_class"][1:]  # meter class 1 is PASCAL's background
+            out.update(teacher_miou=float(seg["miou"]), teacher_object_miou=float(objects.nanmean()),
+                       teacher_acc=float(seg["acc"]))  # fmt: skip
         else:
-            out.update(teacher_miou=None, teacher_acc=None)
+            out.update(teacher_miou=None, teacher_object_miou=None, teacher_acc=None)
         return out
 
 
@@ -186,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     chosen = pairs(args.holdout_start, last, args.gaps, args.stride)[: args.max_pairs]
     teacher = ESPNetv2Teacher(checkpoint=args.espnet).to(device)
     tmp = Path(tempfile.mkdtemp(prefix="ffsplat_real_"))
-    models = {"untrained": untrained_checkpoint(tmp / "untrained.pt", str(args.espnet))}
+    like = args.candidate[0] if args.candidate else None
+    models = {"untrained": untrained_checkpoint(tmp / "untrained.pt", str(args.espnet), like)}
     if args.old.is_file():
         models["old_demo"] = args.old
     for i, c in enumerate(args.candidate):
@@ -200,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     ranges["3dgs"] = (args.near or DEFAULT_DEPTH_RANGE[0], args.far or DEFAULT_DEPTH_RANGE[1])
     pascal = list(PASCAL_CLASSES[1:])
-    scores = {name: Scores(len(pascal)) for name in predictors}
+    # the meter's classes 1..21 are PASCAL's ids 0..20 shifted by one: background is scored as a class
+    scores = {name: Scores(len(PASCAL_CLASSES)) for name in predictors}
     if args.gs_iterations:
-        scores["3dgs"] = Scores(len(pascal))
+        scores["3dgs"] = Scores(len(PASCAL_CLASSES))
 
     for first, second, targets in chosen:
         images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
@@ -215,16 +228,18 @@ def main(argv: list[str] | None = None) -> None:
         }
         ctx = contexts["3dgs"]
         tgt_cams, gt, gt_depth = cams[:, 2:], images[0, 2:], depths[0, 2:]
-        teacher_labels = teacher.probabilities(gt).argmax(1)  # [T, H, W], 0 = background (ignored)
+        teacher_labels = teacher.probabilities(gt).argmax(1) + 1  # [T, H, W], 1 = background
         for name, pred in predictors.items():
             start = time.perf_counter()
-            out = pred(contexts[name])
+            ctx_m = contexts[name]
+            out = pred(ctx_m, pred.teacher_maps(ctx_m) if pred.conditioned else None)
             rendered = render(out.gaussians, tgt_cams, features=[LANG])
             scores[name].seconds += time.perf_counter() - start
             scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
             if pred.class_names == pascal:
                 lang = pred.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": gt.shape[-2:]})["lseg"][0]
-                scores[name].seg.update(classify_by_embeddings(lang, pred.class_embeddings), teacher_labels)
+                ids = classify_by_embeddings(lang, pred.class_embeddings, pred.background_embedding)
+                scores[name].seg.update(ids + 1, teacher_labels)
         if args.gs_iterations:
             from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer
 

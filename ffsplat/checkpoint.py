@@ -3,25 +3,30 @@
 A ``model.pt`` is a ``torch.save``'d dict, read back with ``torch.load(..., weights_only=True)``
 (nothing in it needs arbitrary unpickling):
 
-==================  ==========================================================================
-key                 value
-==================  ==========================================================================
-format              ``"ffsplat-model"`` (:data:`SLIM_FORMAT`)
-version             :data:`FORMAT_VERSION` (2: with checksum; 1: written before checksums)
-model_config        ``dataclasses.asdict(ModelConfig)``
-state_dict          network weights, ``{name: Tensor}`` on CPU
-teachers            ``{"segmentation": {"name", "kwargs"}, "language": {"name", "kwargs"}}``
-class_names         the evaluation classes (``ffsplat.data.labels.EVAL_CLASSES``), ``list[str]``
-class_embeddings    ``[K, C]`` float, the classes in the language teacher's space
-checksum            ``{"algorithm": "sha256", "tensors": hex}`` over ``state_dict`` + ``class_embeddings``
-prompt_decoder      ``"sam"`` or ``"similarity"`` (``ffsplat.objectives.policy.resolve_prompt_decoder``)
-stage, trained_on,  metadata (str / int / None)
+======================  ==========================================================================
+key                     value
+======================  ==========================================================================
+format                  ``"ffsplat-model"`` (:data:`SLIM_FORMAT`)
+version                 :data:`FORMAT_VERSION` (2: with checksum; 1: written before checksums)
+model_config            ``dataclasses.asdict(ModelConfig)``
+state_dict              network weights, ``{name: Tensor}`` on CPU
+teachers                ``{"segmentation": {"name", "kwargs"}, "language": {"name", "kwargs"}}``
+class_names             the evaluation classes (``ffsplat.data.labels.EVAL_CLASSES``), ``list[str]``
+class_embeddings        ``[K, C]`` float, the classes in the language teacher's space
+background_embedding    ``[C]`` float or absent: a closed-vocabulary language teacher's "none of the
+                        classes" output (ESPNetv2: PASCAL's background); pixels and Gaussians closest to
+                        it are labelled 0 (unlabelled) and match no query. Absent for open-vocabulary
+                        teachers (LSeg) and in older files: every Gaussian then gets its closest class
+checksum                ``{"algorithm": "sha256", "tensors": hex}`` over ``state_dict``, ``class_embeddings``
+                        and ``background_embedding``
+prompt_decoder          ``"sam"`` or ``"similarity"`` (``ffsplat.objectives.policy.resolve_prompt_decoder``)
+stage, trained_on,      metadata (str / int / None)
 image_size,
 global_step
-depth_range         ``[near, far]`` metres: the median depth range of the training clips, which the
-                    cost volume's candidates were learned over; inference uses it when neither the
-                    user nor the cameras file gives near/far (absent in older files: 0.5, 10)
-==================  ==========================================================================
+depth_range             ``[near, far]`` metres: the median depth range of the training clips, which the
+                        cost volume's candidates were learned over; inference uses it when neither the
+                        user nor the cameras file gives near/far (absent in older files: 0.5, 10)
+======================  ==========================================================================
 
 The checksum (:func:`tensor_checksum`) hashes every tensor's name, dtype, shape and raw bytes in
 sorted key order, so a flipped byte inside a weight is caught on load. :func:`save_model` refuses
@@ -56,6 +61,8 @@ class CheckpointError(ValueError):
 def _checksum_items(blob: Mapping[str, Any]) -> dict[str, Tensor]:
     items = {f"state_dict/{k}": v for k, v in blob["state_dict"].items()}
     items["class_embeddings"] = blob["class_embeddings"]
+    if blob.get("background_embedding") is not None:
+        items["background_embedding"] = blob["background_embedding"]
     return items
 
 
@@ -82,6 +89,7 @@ def save_model(
     teachers: dict[str, dict],
     class_names: list[str],
     class_embeddings: Tensor,
+    background_embedding: Tensor | None = None,
     **meta: Any,
 ) -> Path:
     """Write a ``model.pt`` atomically (see the module docstring for the fields).
@@ -103,6 +111,8 @@ def save_model(
         "class_embeddings": class_embeddings.detach().cpu(),
         **meta,
     }
+    if background_embedding is not None:
+        blob["background_embedding"] = background_embedding.detach().cpu()
     bad = non_finite_tensors(_checksum_items(blob))
     if bad:
         shown = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
@@ -132,6 +142,13 @@ def validate(blob: Any, path: str | Path) -> dict:
     if len(blob["class_names"]) != blob["class_embeddings"].shape[0]:
         raise CheckpointError(
             f"{path}: {len(blob['class_names'])} class_names but {blob['class_embeddings'].shape[0]} class_embeddings"
+        )
+    background = blob.get("background_embedding")
+    if background is not None and (
+        not isinstance(background, Tensor) or tuple(background.shape) != (blob["class_embeddings"].shape[1],)
+    ):
+        raise CheckpointError(
+            f"{path}: 'background_embedding' must be a [{blob['class_embeddings'].shape[1]}] tensor (the class embeddings' width)"
         )
     for role in ROLE_CONDITION:
         if role not in blob["teachers"] or "name" not in blob["teachers"][role]:

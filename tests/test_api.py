@@ -45,7 +45,7 @@ def test_predict_scene_methods(model, tmp_path):
     k = len(model.predictor.class_names)
     assert scene.classes == list(model.predictor.class_names) and k >= 2
     assert scene.gaussians.means.shape == (n, 3) and scene.class_id.shape == (n,) and scene.class_conf.shape == (n,)
-    assert int(scene.class_id.min()) >= 1 and int(scene.class_id.max()) <= k
+    assert int(scene.class_id.min()) >= 0 and int(scene.class_id.max()) <= k  # 0: the background (unlabelled)
     assert bool(((scene.class_conf > 0) & (scene.class_conf <= 1)).all())
 
     gaussians, extra = read_ply(scene.save_ply(tmp_path / "scene.ply"))

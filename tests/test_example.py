@@ -50,6 +50,11 @@ def test_readme_main_command_runs_infer_on_the_example_views(tmp_path):
     import torch
 
     assert all(torch.isfinite(t).all() for t in (gaussians.means, gaussians.scales, gaussians.opacities, gaussians.sh))
-    assert 1 <= extra["class_id"].min() and extra["class_id"].max() <= classes
+    assert 0 <= extra["class_id"].min() and extra["class_id"].max() <= classes  # 0: background (unlabelled)
+    import json
+
+    counts = json.loads(out.with_suffix(".json").read_text())["class_counts"]
+    assert sum(counts.values()) == gaussians.num_gaussians
+    assert counts.get("unlabelled", 0) == int((extra["class_id"] == 0).sum())
     rgb = np.asarray(Image.open(tmp_path / "demo" / "scene_render" / "view_0_rgb.png"))
     assert rgb.shape == (size, size, 3) and rgb.std() > 5

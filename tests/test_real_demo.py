@@ -36,6 +36,7 @@ def test_real_demo_experiments_compose():
     lang = compose("experiment=real_demo_lang", "trainer=gpu")
     assert lang.stage.name == "lang" and lang.stage.init_from == "checkpoints/real_demo_seg/model.pt"
     assert lang.trainer.accelerator == "gpu"
+    assert lang.model.conditioning == seg.model.conditioning  # stage 2 loads stage 1's weights
 
 
 def test_depth_loss_is_added_only_with_a_weight(tiny_shards, tmp_path):
@@ -71,6 +72,8 @@ def test_espnetv2_vocabulary_reaches_training_and_export(tiny_shards, tmp_path):
     torch.testing.assert_close(module.class_embeddings, ESPNetv2Teacher(checkpoint=ckpt).class_embeddings())
     predictor = Predictor(export_slim(module, tmp_path / "model.pt"))
     assert predictor.class_names[8] == "chair" and predictor.class_embeddings.shape == (20, 512)
+    # PASCAL's background row: where the field is closest to it, no class (id 0)
+    torch.testing.assert_close(predictor.background_embedding, ESPNetv2Teacher(checkpoint=ckpt).table[0])
 
 
 def test_frame_range_holds_out_the_tail(tmp_path):

@@ -60,13 +60,13 @@ def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, 
     monkeypatch.setattr(module, "hcam_masks", lambda target: sentinel)
     received = {}
 
-    def fake_language_loss(expanded, target, masks=None):
-        received["masks"] = masks
+    def fake_language_loss(expanded, target, masks=None, weights=None):
+        received["masks"], received["weights"] = masks, weights
         return {"plain": expanded.mean() * 0, "total": expanded.mean() + 3.0}
 
     monkeypatch.setattr(module_lib, "language_loss", fake_language_loss)
     total, logs = module.compute_losses(first_batch(module, tiny_shards))
-    assert received["masks"] is sentinel
+    assert received["masks"] is sentinel and received["weights"] is None  # loss.class_balance = 0: uniform
     torch.testing.assert_close(total, logs["lang_total"])
     assert not any(k.startswith(("rgb_", "sam_")) for k in logs)  # no photometric / SAM term in stage 2
 

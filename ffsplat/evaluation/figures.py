@@ -17,6 +17,19 @@ CLASS_PALETTE = torch.tensor(
         [31, 119, 180],   # sofa
         [148, 103, 189],  # bed
         [127, 127, 127],  # other
+        # ids 9..20: the rest of a 20-class vocabulary (ESPNetv2's PASCAL classes)
+        [188, 189, 34],
+        [23, 190, 207],
+        [140, 86, 75],
+        [227, 119, 194],
+        [255, 187, 120],
+        [44, 160, 44],
+        [197, 176, 213],
+        [196, 156, 148],
+        [219, 219, 141],
+        [158, 218, 229],
+        [255, 152, 150],
+        [57, 59, 121],
     ],
     dtype=torch.float32,
 ) / 255.0  # fmt: skip
@@ -47,7 +60,7 @@ def colorize_depth(depth: Tensor) -> Tensor:
 
 
 def colorize_labels(labels: Tensor) -> Tensor:
-    """``[H, W]`` class ids 0..8 -> ``[3, H, W]`` colours."""
+    """``[H, W]`` class ids 0..20 (0 black: ignored / unlabelled) -> ``[3, H, W]`` colours."""
     return CLASS_PALETTE.to(labels.device)[labels.long().clamp(0, len(CLASS_PALETTE) - 1)].permute(2, 0, 1)
 
 
@@ -81,7 +94,10 @@ def example_panels(predictor, example) -> dict[str, Tensor]:
     }
     if target.labels is not None:
         panels["gt_classes"] = colorize_labels(target.labels[0, 0])
-    panels["classes"] = colorize_labels(classify_by_embeddings(decoded["lseg"][0], predictor.class_embeddings)[0])
+    background = getattr(predictor, "background_embedding", None)
+    panels["classes"] = colorize_labels(
+        classify_by_embeddings(decoded["lseg"][0], predictor.class_embeddings, background)[0]
+    )
     panels["seg_pca"] = feature_pca(decoded["sam"][0, 0])
     panels["lang_pca"] = feature_pca(decoded["lseg"][0, 0])
     return {k: p.float().cpu() for k, p in panels.items()}

@@ -32,8 +32,7 @@ from ffsplat.checkpoint import depth_range
 from ffsplat.core.types import Cameras, Gaussians, Views
 from ffsplat.inference.predictor import Predictor, teacher_overrides
 from ffsplat.model.network import LANG, SEG
-from ffsplat.objectives.metrics import class_similarity
-from ffsplat.objectives.policy import classify
+from ffsplat.objectives.policy import classify, match_query
 from ffsplat.render.renderer import render
 
 ImageLike = str | os.PathLike | np.ndarray
@@ -184,7 +183,7 @@ class Model:
         teacher = self.predictor.teacher_maps(context) if self.predictor.conditioned else None
         gaussians = self.predictor(context, teacher).gaussians
         lang = _decoded_language(self.predictor, gaussians, context.cameras)
-        class_id, class_conf = classify(lang, self.predictor.class_embeddings)
+        class_id, class_conf = classify(lang, self.predictor.class_embeddings, self.predictor.background_embedding)
         return Scene(self, gaussians[:1], context.cameras, lang, class_id.reshape(-1), class_conf.reshape(-1))
 
 
@@ -200,8 +199,9 @@ class QueryResult:
     """Gaussians matching a text query.
 
     Attributes:
-        mask: ``[N]`` bool, Gaussians whose best label among the classes (+ the query) is the query.
-        relevance: ``[N]`` softmax probability of the query among the classes (+ the query).
+        mask: ``[N]`` bool, Gaussians whose best label among the classes (+ the query) (+ the model's
+            background) is the query.
+        relevance: ``[N]`` softmax probability of the query among the same labels.
     """
 
     text: str
@@ -218,7 +218,9 @@ class Scene:
             ``N = V * size * size``).
         cameras: the context cameras at the working size, batch ``[1, V]``.
         language: ``[V, C, size, size]`` decoded language features at the context views.
-        class_id: ``[N]`` int64 in ``1..K`` (names: :attr:`classes`); class_conf: ``[N]`` softmax confidence.
+        class_id: ``[N]`` int64 in ``1..K`` (names: :attr:`classes`), 0 where the model's background
+            embedding is the closest (closed vocabularies: "none of the classes"); class_conf: ``[N]``
+            softmax confidence.
     """
 
     model: Model
@@ -262,7 +264,8 @@ class Scene:
         rendered = render(self.batched, cams, features=[LANG])
         h, w = cams.image_size
         lang = self.model.predictor.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
-        ids, _ = classify(lang, self.model.predictor.class_embeddings)
+        predictor = self.model.predictor
+        ids, _ = classify(lang, predictor.class_embeddings, predictor.background_embedding)
         return {"rgb": rendered.rgb[0].clamp(0, 1), "depth": rendered.depth[0], "classes": ids}
 
     def _cameras(self, cameras) -> Cameras:
@@ -285,21 +288,19 @@ class Scene:
 
     def query(self, text: str) -> QueryResult:
         """Gaussians labelled ``text``: one of :attr:`classes`, or any word with ``clip_path`` given to :func:`load`."""
-        names, table = self.classes, self.model.predictor.class_embeddings
+        names, predictor = self.classes, self.model.predictor
         if text in names:
-            index = names.index(text)
+            target = names.index(text)
         elif self.model.clip_path:
             from ffsplat.teachers.clip_text import ClipTextEncoder
 
-            embedding = ClipTextEncoder.from_pretrained(self.model.clip_path)([text])[0].to(table)
-            table, index = torch.cat([table, embedding[None]]), len(names)
+            target = ClipTextEncoder.from_pretrained(self.model.clip_path)([text])[0].to(predictor.class_embeddings)
         else:
             raise ValueError(
                 f"query {text!r}: this model knows the classes {names}; other words need clip_path (a local CLIP text model)"
             )
-        from ffsplat.objectives.policy import CLASS_LOGIT_SCALE
-
-        cos = class_similarity(self.language, table)  # [V, K(+1), H, W]
-        relevance = (cos * CLASS_LOGIT_SCALE).softmax(dim=1)[:, index].reshape(-1)
-        mask = (cos.argmax(dim=1) == index).reshape(-1)
+        match, relevance = match_query(
+            self.language, predictor.class_embeddings, target, predictor.background_embedding
+        )
+        mask, relevance = match.reshape(-1), relevance.reshape(-1)
         return QueryResult(text, mask, relevance)

@@ -17,7 +17,8 @@ first two cameras is set to ``--baseline`` metres (photos alone have no absolute
 
 Outputs (all written atomically, only after every input checked out):
 ``--out`` scene.ply (3DGS layout + ``seg_*``/``lang_*`` fields + per-Gaussian ``class_id`` and
-``class_conf``), ``<out>.json`` (class names, cameras, timings), with ``--render`` PNGs of RGB,
+``class_conf``; ``class_id`` 0 = "unlabelled", none of the model's classes), ``<out>.json`` (class
+names, Gaussians per class, cameras, timings), with ``--render`` PNGs of RGB,
 depth and class maps, with ``--query`` a relevance map per view and ``<out stem>_<query>.ply``, with
 ``--save-depth`` each input view's predicted depth at the working size as ``<out stem>_depth/view_<i>.png``
 (uint16 millimetres, 0 = beyond 65.535 m or invalid) and ``.npy`` (float32 metres); ``<out>.json``
@@ -141,8 +142,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render-cameras", type=Path, help="cameras JSON of novel views to render (implies --render)")
     p.add_argument("--query", action="append", default=[], help="open-vocabulary text query (repeatable)")
     p.add_argument("--clip-path", help="local CLIP text model directory for --query (models trained with real LSeg)")
-    p.add_argument("--sam-checkpoint", help="local SAM weights (models conditioned on SAM)")
-    p.add_argument("--lseg-checkpoint", help="local LSeg weights (models conditioned on LSeg)")
+    p.add_argument("--sam-checkpoint", help="local weights of the segmentation teacher of a conditioned model "
+                   "(e.g. SAM), replacing the path stored in model.pt")  # fmt: skip
+    p.add_argument("--lseg-checkpoint", help="local weights of the language teacher of a conditioned model "
+                   "(e.g. LSeg), replacing the path stored in model.pt")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -184,10 +187,14 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
     check_output(args.out)
     try:
-        predictor = Predictor(
-            args.checkpoint, args.device, teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint)
-        )
-    except (CheckpointError, FileNotFoundError, KeyError) as exc:
+        overrides = teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint)
+        predictor = Predictor(args.checkpoint, args.device, overrides)
+    except FileNotFoundError as exc:  # a conditioned model's teacher weights
+        raise InputError(
+            f"--checkpoint {args.checkpoint}: the model is conditioned on a teacher whose weights are missing ({exc}); "
+            "give them with --sam-checkpoint / --lseg-checkpoint"
+        ) from exc
+    except (CheckpointError, KeyError) as exc:
         raise InputError(f"--checkpoint: {exc}") from exc
     if predictor.needs_labels:
         raise InputError(
@@ -227,8 +234,10 @@ def run(args: argparse.Namespace) -> None:
     with torch.no_grad():
         rendered = render(gaussians, context.cameras, features=[LANG])  # only LANG is decoded
         lang = predictor.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (size, size)})["lseg"][0]
-    class_id, class_conf = classify(lang, predictor.class_embeddings)
-    progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes")
+    class_id, class_conf = classify(lang, predictor)
+    counts = class_counts(class_id, predictor.class_names)
+    shown = ", ".join(f"{n} {name}" for name, n in list(counts.items())[:6])
+    progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes: {shown}")
 
     with cleanup_on_error(created_dir=args.out.parent) as written:
         write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
@@ -253,6 +262,7 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
         "ply": str(args.out),
         "gaussians": g0.num_gaussians,
         "class_names": ["unlabelled"] + predictor.class_names,
+        "class_counts": class_counts(class_id, predictor.class_names),
         "cameras": {
             "how": how,
             "K": context.cameras.intrinsics[0].tolist(),
@@ -440,11 +450,21 @@ def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
     return Views(tensor, cams, torch.tensor([near]), torch.tensor([far])).to(device), size
 
 
-def classify(lang, class_embeddings):
-    """Per-pixel (= per-Gaussian, they are in pixel order) class ids 1..K and softmax confidence."""
+def classify(lang, predictor):
+    """Per-pixel (= per-Gaussian, they are in pixel order) class ids 1..K (0: the model's background)
+    and softmax confidence."""
     from ffsplat.objectives.policy import classify as classify_pixels
 
-    return classify_pixels(lang, class_embeddings)
+    return classify_pixels(lang, predictor.class_embeddings, predictor.background_embedding)
+
+
+def class_counts(class_id, class_names: list[str]) -> dict[str, int]:
+    """``{name: Gaussians}`` for the classes that occur, most frequent first; id 0 is ``"unlabelled"``
+    (the model's background: none of its classes)."""
+    ids = class_id.reshape(-1).cpu()
+    counts = ids.bincount(minlength=len(class_names) + 1).tolist()
+    names = ["unlabelled", *class_names]
+    return {names[i]: n for i, n in sorted(enumerate(counts), key=lambda item: -item[1]) if n}
 
 
 def novel_cameras(cam_file, size: int, device):
@@ -480,7 +500,7 @@ def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list
             r = render(gaussians, cameras, features=[LANG])
             h, w = cameras.image_size
             lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
-    ids, _ = classify(lang, predictor.class_embeddings)
+    ids, _ = classify(lang, predictor)
     folder = Path(f"{stem}_render")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -559,31 +579,26 @@ def write_queries(queries: dict, predictor, gaussians, lang, stem: Path, written
     """Relevance map per view and a .ply of the Gaussians whose best label is the query.
 
     A query that no Gaussian matches writes nothing and says so."""
-    import torch
     from PIL import Image
 
     from ffsplat.core.atomic import atomic_open
-    from ffsplat.objectives.metrics import class_similarity
+    from ffsplat.objectives.policy import match_query
     from ffsplat.render.ply import write_ply
 
     names = predictor.class_names
     results = {}
     for query, embedding in queries.items():
-        known = query in names
-        table = predictor.class_embeddings if known else torch.cat([predictor.class_embeddings, embedding[None]])
-        q_index = names.index(query) if known else len(names)
-        cos = class_similarity(lang, table)
-        match = cos.argmax(dim=1) == q_index  # [V, H, W]
+        target = names.index(query) if query in names else embedding
+        match, relevance = match_query(lang, predictor.class_embeddings, target, predictor.background_embedding)
         keep = match.reshape(-1).cpu()
         count = int(keep.sum())
         if count == 0:
             print(
-                f"query {query!r}: no Gaussian matched (its best label is never {query!r}); nothing written for it",
+                f"query {query!r}: no Gaussian matched (every one is closer to another class or to the background); nothing written for it",
                 flush=True,
             )
             results[query] = {"relevance_maps": [], "ply": None, "gaussians": 0}
             continue
-        relevance = cos.softmax(dim=1)[:, q_index]
         safe = "".join(c if c.isalnum() else "_" for c in query)
         maps = []
         for v in range(len(relevance)):

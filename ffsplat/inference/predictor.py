@@ -24,7 +24,7 @@ from ffsplat.model.network import ModelConfig, NetworkOutput, build_model
 from ffsplat.objectives import policy
 from ffsplat.teachers.features import load_teachers
 
-__all__ = ["CheckpointError", "Predictor", "teacher_overrides"]
+__all__ = ["CheckpointError", "Predictor", "resolve_weight_paths", "teacher_overrides"]
 
 
 @dataclass
@@ -48,10 +48,14 @@ class Predictor(nn.Module):
     ):
         super().__init__()
         blob = load_model(path)
-        self.meta = {k: v for k, v in blob.items() if k not in ("state_dict", "class_embeddings")}
+        self.meta = {
+            k: v for k, v in blob.items() if k not in ("state_dict", "class_embeddings", "background_embedding")
+        }
         model_cfg = to_dataclass(ModelConfig, blob["model_config"])
         model_cfg.pretrained = None
         roles = {role: dict(spec) for role, spec in blob["teachers"].items()}
+        for spec in roles.values():
+            spec["kwargs"] = resolve_weight_paths(spec.get("kwargs", {}), Path(path))
         for role, kwargs in (teacher_overrides or {}).items():
             roles[role]["kwargs"] = {**roles[role].get("kwargs", {}), **kwargs}
         self.cfg = _Cfg(model_cfg, roles)
@@ -68,6 +72,11 @@ class Predictor(nn.Module):
             )
         self.class_names: list[str] = list(blob["class_names"])
         self.register_buffer("class_embeddings", blob["class_embeddings"].float(), persistent=False)
+        # [C] or None: where the language field is closest to it, no class (id 0; see ffsplat.checkpoint)
+        background = blob.get("background_embedding")
+        self.register_buffer(
+            "background_embedding", None if background is None else background.float(), persistent=False
+        )
         self._teachers: dict[str, nn.Module] = {}
         if model_cfg.conditioning.names:
             needed = {roles[r]["name"]: roles[r].get("kwargs", {}) for r in ("segmentation", "language")}
@@ -112,6 +121,28 @@ class Predictor(nn.Module):
     def forward(self, context: Views, teacher: dict[str, Tensor] | None = None) -> NetworkOutput:
         conditions = {ROLE_CONDITION[role]: f for role, f in (teacher or {}).items()}
         return self.model(context, conditions if self.conditioned else None)
+
+
+WEIGHT_KEYS = ("checkpoint", "clip_path")
+"""Teacher config keys that name local weights (files or folders)."""
+
+
+def resolve_weight_paths(kwargs: dict, model_path: Path) -> dict:
+    """A teacher's stored config with relative weight paths resolved: as given (relative to the
+    working directory) when that exists, else relative to the model file's folder or one of its
+    parents (a checkout's ``checkpoints/demo/model.pt`` stores ``../shared/weights/...`` relative to
+    the repository root, so it runs from any directory). Paths found nowhere are kept as given, so
+    the teacher's own error names them."""
+    out = dict(kwargs)
+    for key in WEIGHT_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+            continue
+        for folder in Path(model_path).resolve().parents:
+            if (folder / value).exists():
+                out[key] = str(folder / value)
+                break
+    return out
 
 
 def teacher_overrides(sam_checkpoint: str | None = None, lseg_checkpoint: str | None = None) -> dict[str, dict]:

@@ -203,17 +203,35 @@ def depth_metrics(pred: Tensor, gt: Tensor, valid: Tensor | None = None) -> dict
 
 
 # ----------------------------------------------------------------------------- segmentation
-def classify_by_embeddings(features: Tensor, class_embeddings: Tensor) -> Tensor:
+def classify_by_embeddings(features: Tensor, class_embeddings: Tensor, background: Tensor | None = None) -> Tensor:
     """Per-pixel class by cosine similarity to class (text) embeddings.
 
     Args:
         features: ``[N, C, H, W]`` (e.g. expanded language features).
         class_embeddings: ``[K, C]``.
+        background: ``[C]`` or None: a closed-vocabulary teacher's "none of the classes" embedding
+            (ESPNetv2's PASCAL background). Pixels closer to it than to every class get id 0.
 
     Returns:
-        ``[N, H, W]`` int64 class ids in ``1..K`` (``argmax_k cos + 1``; 0 stays "ignored").
+        ``[N, H, W]`` int64 class ids in ``1..K`` (``argmax_k cos + 1``), or 0 where ``background``
+        is the closest (0 is "ignored"/"unlabelled" everywhere).
     """
-    return class_similarity(features, class_embeddings).argmax(1) + 1
+    return _ids_with_background(class_similarity(features, class_table(class_embeddings, background)), background)
+
+
+def class_table(class_embeddings: Tensor, background: Tensor | None) -> Tensor:
+    """``[K (+1), C]``: the class embeddings with the background row (if any) appended last."""
+    if background is None:
+        return class_embeddings
+    return torch.cat([class_embeddings, background.reshape(1, -1).to(class_embeddings)])
+
+
+def _ids_with_background(scores: Tensor, background: Tensor | None) -> Tensor:
+    """``[N, K (+1), H, W]`` scores -> ids ``1..K``, 0 where the appended background row wins."""
+    idx = scores.argmax(1)
+    if background is None:
+        return idx + 1
+    return torch.where(idx == scores.shape[1] - 1, torch.zeros_like(idx), idx + 1)
 
 
 def class_similarity(features: Tensor, class_embeddings: Tensor) -> Tensor:

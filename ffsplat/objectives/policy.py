@@ -11,7 +11,8 @@ behind it are made once, here, for both implementations:
   SAM's automatic masks online, or the ground-truth stand-in;
 * :func:`classify` -- per-pixel classes and confidences by cosine against class embeddings
   (ids from :func:`ffsplat.objectives.metrics.classify_by_embeddings`, confidences at
-  :data:`CLASS_LOGIT_SCALE`).
+  :data:`CLASS_LOGIT_SCALE`; 0 where the model's background embedding is closest);
+* :func:`match_query` -- the pixels (Gaussians) whose best label is a query.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ffsplat.core.types import Views
-from ffsplat.objectives.metrics import class_similarity
+from ffsplat.objectives.metrics import class_similarity, class_table, classify_by_embeddings
 from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks
 
 ROLES = ("segmentation", "language")
@@ -179,16 +180,50 @@ def hcam_masks(
 
 
 @torch.no_grad()
-def classify(features: Tensor, class_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+def classify(features: Tensor, class_embeddings: Tensor, background: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel class ids and confidences.
 
     Args:
         features: ``[N, C, H, W]`` language features (expanded to the teacher's space).
         class_embeddings: ``[K, C]``.
+        background: ``[C]`` or None: the model's ``background_embedding`` (a closed-vocabulary
+            teacher's "none of the classes" output); where it is the closest, the id is 0.
     Returns:
-        ids ``[N, H, W]`` int64 in ``1..K`` (the cosine argmax, as
+        ids ``[N, H, W]`` int64 in ``1..K``, or 0 for background (the cosine argmax, as
         :func:`~ffsplat.objectives.metrics.classify_by_embeddings`), confidence ``[N, H, W]``: the
-        softmax over classes of ``CLASS_LOGIT_SCALE * cos`` at that class.
+        softmax over the classes (and background) of ``CLASS_LOGIT_SCALE * cos`` at the winner.
     """
-    conf, idx = (class_similarity(features, class_embeddings) * CLASS_LOGIT_SCALE).softmax(dim=1).max(dim=1)
-    return idx + 1, conf
+    cos = class_similarity(features, class_table(class_embeddings, background))
+    conf = (cos * CLASS_LOGIT_SCALE).softmax(dim=1).max(dim=1).values
+    return classify_by_embeddings(features, class_embeddings, background), conf
+
+
+@torch.no_grad()
+def match_query(
+    features: Tensor, class_embeddings: Tensor, query: int | Tensor, background: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Pixels (= Gaussians, in pixel order) whose best label is a query.
+
+    The query competes with every class and, if the model has one, the background: a pixel matches
+    when the query is the cosine argmax among them.
+
+    Args:
+        features: ``[N, C, H, W]`` language features (teacher space).
+        class_embeddings: ``[K, C]``.
+        query: a class index ``0..K-1`` (a known class name) or an embedding ``[C]`` (e.g. CLIP text),
+            appended to the classes.
+        background: ``[C]`` or None (see :func:`classify`).
+    Returns:
+        match ``[N, H, W]`` bool, relevance ``[N, H, W]``: the softmax probability of the query over
+        the classes (+ query) (+ background) at ``CLASS_LOGIT_SCALE``.
+    """
+    table = class_embeddings
+    if isinstance(query, Tensor):
+        table, index = torch.cat([class_embeddings, query.reshape(1, -1).to(class_embeddings)]), len(class_embeddings)
+    else:
+        index = int(query)
+        if not 0 <= index < len(class_embeddings):
+            raise ValueError(f"match_query: class index {index} outside 0..{len(class_embeddings) - 1}")
+    cos = class_similarity(features, class_table(table, background))
+    relevance = (cos * CLASS_LOGIT_SCALE).softmax(dim=1)[:, index]
+    return cos.argmax(dim=1) == index, relevance

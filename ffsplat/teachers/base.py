@@ -72,6 +72,32 @@ def register_teacher(name: str, produces: str = "features") -> Callable[[Teacher
     return decorator
 
 
+ClassTableFactory = Callable[..., Tensor]
+CLASS_TABLES: dict[str, ClassTableFactory] = {}
+"""Closed-vocabulary teacher name -> ``f(**config kwargs) -> [K, C]`` unit embeddings of every class
+the teacher can output (background included): its features are mixtures of these rows. Built
+without the teacher's weights, so training on cached features can use them (``loss.class_balance``)."""
+
+
+def register_class_table(name: str) -> Callable[[ClassTableFactory], ClassTableFactory]:
+    """Register the class table of closed-vocabulary teacher ``name`` (see :data:`CLASS_TABLES`)."""
+
+    def decorator(factory: ClassTableFactory) -> ClassTableFactory:
+        CLASS_TABLES[name] = factory
+        return factory
+
+    return decorator
+
+
+def teacher_class_table(name: str, kwargs: dict | None = None) -> Tensor | None:
+    """``[K, C]`` class table of teacher ``name`` with config ``kwargs``; None for teachers without a
+    closed vocabulary (SAM, LSeg)."""
+    for module in BUILTIN_TEACHER_MODULES:
+        importlib.import_module(module)
+    factory = CLASS_TABLES.get(name)
+    return None if factory is None else factory(**(kwargs or {}))
+
+
 def mask_teacher_names() -> set[str]:
     """Names of the registered mask-producing teachers (built-ins imported first)."""
     for module in BUILTIN_TEACHER_MODULES:

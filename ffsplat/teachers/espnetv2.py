@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ffsplat.teachers.base import register_teacher, require_file
+from ffsplat.teachers.base import register_class_table, register_teacher, require_file
 from ffsplat.teachers.label_teachers import _unit_table
 
 PASCAL_CLASSES = (
@@ -392,7 +392,26 @@ def build_espnetv2_segmentation_teacher(**kwargs) -> ESPNetv2Teacher:
     return ESPNetv2Teacher(**({"dim": 256, "stride": 4, "seed": 8} | kwargs), name="espnetv2_seg")
 
 
+@register_class_table("espnetv2")
+def espnetv2_class_table(dim: int = 512, seed: int = 7, **_: object) -> Tensor:
+    """``[21, dim]``: the ``espnetv2`` teacher's table (PASCAL background + 20 classes)."""
+    return _unit_table(len(PASCAL_CLASSES), int(dim), int(seed))
+
+
+@register_class_table("espnetv2_seg")
+def espnetv2_seg_class_table(dim: int = 256, seed: int = 8, **_: object) -> Tensor:
+    """``[21, dim]``: the ``espnetv2_seg`` teacher's table (its defaults: 256-d, seed 8)."""
+    return _unit_table(len(PASCAL_CLASSES), int(dim), int(seed))
+
+
 def pascal_class_embeddings(dim: int = 512, seed: int = 7) -> Tensor:
     """``[20, dim]`` rows of :class:`ESPNetv2Teacher`'s class table for the 20 PASCAL object classes
     (no weights needed: the table depends only on ``dim`` and ``seed``)."""
-    return _unit_table(len(PASCAL_CLASSES), dim, seed)[1:]
+    return espnetv2_class_table(dim, seed)[1:]
+
+
+def pascal_background_embedding(dim: int = 512, seed: int = 7) -> Tensor:
+    """``[dim]`` row of :class:`ESPNetv2Teacher`'s class table for PASCAL's background (class 0): where
+    the language field is closest to it, nothing of the vocabulary is there (``background_embedding``
+    in ``model.pt``)."""
+    return espnetv2_class_table(dim, seed)[0]

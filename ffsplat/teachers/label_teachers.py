@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffsplat.core.vocabulary import EVAL_CLASSES
-from ffsplat.teachers.base import register_teacher
+from ffsplat.teachers.base import register_class_table, register_teacher
 
 
 def _unit_table(count: int, dim: int, seed: int) -> Tensor:
@@ -168,6 +168,12 @@ class LabelSegmentationTeacher(nn.Module):
             )
             feats = feats + self.noise_std * noise.to(feats)
         return F.normalize(feats, dim=1)
+
+
+@register_class_table("label_lang")
+def label_lang_class_table(num_classes: int = len(EVAL_CLASSES), dim: int = 512, seed: int = 0, **_: object) -> Tensor:
+    """``[num_classes + 1, dim]``: the ``label_lang`` stand-in's table (row 0: unlabelled)."""
+    return _unit_table(int(num_classes) + 1, int(dim), int(seed))
 
 
 @register_teacher("label_lang")

@@ -160,6 +160,12 @@ class LossConfig:
             depth against valid sensor depth on the predicted context depth and on the rendered
             target depth (:func:`ffsplat.objectives.losses.depth_loss`); 0 disables it (paper
             config), batches without sensor depth skip it.
+        class_balance: exponent of inverse-frequency weighting of the teacher's classes in the
+            stage's distillation loss (``seg`` in stage 1, ``lang`` in stage 2; see
+            :func:`ffsplat.objectives.losses.class_balance_weights`): 0 = uniform pixels (the paper),
+            1 = every class present in a batch weighs the same, 0.5 = inverse square root. Only for
+            closed-vocabulary teachers (``espnetv2``, ``espnetv2_seg``, ``label_lang``), whose
+            features are mixtures of known class rows; refused at start-up for others (SAM, LSeg).
     """
 
     lpips_weight: float = 0.05
@@ -168,6 +174,11 @@ class LossConfig:
     num_prompts: int = 8
     hcam: bool = True
     depth_weight: float = 0.0
+    class_balance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.class_balance, (int, float)) or not 0 <= self.class_balance <= 1:
+            raise InputError(f"loss.class_balance: expected a number in [0, 1], got {self.class_balance!r}")
 
 
 @dataclass
@@ -279,3 +290,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.name", self.model.name, sorted(MODELS))
+        if self.loss.class_balance:
+            self._check_class_balance()
+
+    def _check_class_balance(self) -> None:
+        """``loss.class_balance`` needs a stage with a teacher target whose teacher has a class table."""
+        from ffsplat.teachers.base import teacher_class_table
+        from ffsplat.training.stages import get_stage
+
+        role = get_stage(self.stage.name).target_teacher
+        if role is None:
+            raise InputError(
+                f"loss.class_balance={self.loss.class_balance}: stage {self.stage.name!r} distils no teacher; set it to 0"
+            )
+        teacher = getattr(self.teachers, role)
+        if teacher_class_table(teacher.name, teacher.kwargs) is None:
+            raise InputError(
+                f"loss.class_balance={self.loss.class_balance}: teachers.{role}.name={teacher.name!r} has no closed "
+                "class vocabulary to balance (espnetv2, espnetv2_seg and label_lang have one); set it to 0"
+            )

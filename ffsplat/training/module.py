@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.objectives.losses import (
-    LPIPS_VGG_KEY, cosine_distillation, depth_loss, language_loss, make_lpips, mask_consistency_loss, photometric_loss,
+    LPIPS_VGG_KEY, class_balance_weights, cosine_distillation, depth_loss, language_loss, make_lpips,
+    mask_consistency_loss, photometric_loss,
 )  # fmt: skip
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
@@ -38,6 +39,7 @@ from ffsplat.model.semantic_heads import resize_field
 from ffsplat.objectives import policy
 from ffsplat.objectives.prompting import sample_prompt_points
 from ffsplat.render.renderer import render
+from ffsplat.teachers.base import teacher_class_table
 from ffsplat.teachers.features import load_teachers
 from ffsplat.training.config import TrainConfig
 from ffsplat.training.stages import Stage, get_stage
@@ -96,6 +98,8 @@ class SemanticSplatModule(L.LightningModule):
         self._helper("prompt_decoder", self._make_prompt_decoder())
         self.class_embeddings = eval_class_embeddings(cfg)
         self.class_names = eval_class_names(cfg)
+        self.background_embedding = eval_background_embedding(cfg)
+        self._class_table: Tensor | None = None  # the target teacher's, for loss.class_balance
         self._val_meter = SegmentationMeter(num_classes=len(EVAL_CLASSES))
         self._val_scalars: dict[str, list[float]] = {}
 
@@ -123,6 +127,8 @@ class SemanticSplatModule(L.LightningModule):
             if isinstance(module, nn.Module):
                 module.to(self.device)
         self.class_embeddings = self.class_embeddings.to(self.device)
+        if self.background_embedding is not None:
+            self.background_embedding = self.background_embedding.to(self.device)
 
     def on_fit_start(self) -> None:
         self._move_helpers()
@@ -181,17 +187,29 @@ class SemanticSplatModule(L.LightningModule):
             sam = teacher["segmentation"]
             expanded = self.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": sam.shape[-2:]})["sam"]
             if "seg" in active:
-                terms["seg"] = logs["sam_cos"] = cosine_distillation(expanded, sam)
+                terms["seg"] = logs["sam_cos"] = cosine_distillation(expanded, sam, self.class_weights(sam))
             if "mask" in active:
                 terms["mask"] = logs["sam_mask"] = self.mask_loss(expanded, sam, target)
         if "lang" in active:
             h, w = target.images.shape[-2:]
             expanded = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
             masks = self.hcam_masks(target) if self.cfg.loss.hcam else None
-            lang = language_loss(expanded.flatten(0, 1), teacher["language"].flatten(0, 1), masks)
+            target_lang = teacher["language"].flatten(0, 1)
+            lang = language_loss(expanded.flatten(0, 1), target_lang, masks, self.class_weights(target_lang))
             logs.update({f"lang_{k}": v for k, v in lang.items()})
             terms["lang"] = lang["total"]
         return terms, logs
+
+    def class_weights(self, target: Tensor) -> Tensor | None:
+        """Per-pixel weights of the stage's distillation loss on teacher features ``target [..., C, h, w]``:
+        :func:`class_balance_weights` with ``loss.class_balance`` (None when it is 0: uniform)."""
+        power = self.cfg.loss.class_balance
+        if not power:
+            return None
+        if self._class_table is None:
+            spec = getattr(self.cfg.teachers, self.stage.target_teacher)
+            self._class_table = teacher_class_table(spec.name, spec.kwargs)  # checked at config load
+        return class_balance_weights(target, self._class_table.to(target.device), power)
 
     def depth_supervision(self, out, rendered, batch: Example, logs: dict[str, Tensor]) -> Tensor:
         """Depth loss on the predicted context depth and the rendered target depth (views that
@@ -339,6 +357,17 @@ def eval_class_embeddings(cfg: TrainConfig) -> Tensor:
     return ClipTextEncoder.from_pretrained(cfg.teachers.clip_path)(list(EVAL_CLASSES))
 
 
+def eval_background_embedding(cfg: TrainConfig) -> Tensor | None:
+    """``[C]`` "none of the classes" embedding of a closed-vocabulary language teacher (the ``espnetv2``
+    teacher's PASCAL background row), else None (open vocabularies have no background)."""
+    lang = cfg.teachers.language
+    if lang.name == "espnetv2":
+        from ffsplat.teachers.espnetv2 import pascal_background_embedding
+
+        return pascal_background_embedding(int(lang.kwargs.get("dim", 512)), int(lang.kwargs.get("seed", 7)))
+    return None
+
+
 def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Load network weights from a slim ``model.pt`` or a Lightning checkpoint (``model.`` prefix)."""
     path = Path(path)
@@ -365,6 +394,7 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         teachers={"segmentation": asdict(cfg.teachers.segmentation), "language": asdict(cfg.teachers.language)},
         class_names=list(module.class_names),
         class_embeddings=module.class_embeddings,
+        background_embedding=module.background_embedding,
         stage=module.stage.name,
         trained_on=cfg.data.name,
         image_size=getattr(module, "image_size", None),
