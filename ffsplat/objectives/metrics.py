@@ -216,10 +216,10 @@ def classify_by_embeddings(features: Tensor, class_embeddings: Tensor, backgroun
         ``[N, H, W]`` int64 class ids in ``1..K`` (``argmax_k cos + 1``), or 0 where ``background``
         is the closest (0 is "ignored"/"unlabelled" everywhere).
     """
-    return _ids_with_background(class_similarity(features, class_table(class_embeddings, background)), background)
+    return _ids_with_background(class_similarity(features, label_rows(class_embeddings, background)), background)
 
 
-def class_table(class_embeddings: Tensor, background: Tensor | None) -> Tensor:
+def label_rows(class_embeddings: Tensor, background: Tensor | None) -> Tensor:
     """``[K (+1), C]``: the class embeddings with the background row (if any) appended last."""
     if background is None:
         return class_embeddings

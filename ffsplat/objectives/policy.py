@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ffsplat.core.types import Views
-from ffsplat.objectives.metrics import class_similarity, class_table, classify_by_embeddings
+from ffsplat.objectives.metrics import class_similarity, classify_by_embeddings, label_rows
 from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks
 
 ROLES = ("segmentation", "language")
@@ -193,7 +193,7 @@ def classify(features: Tensor, class_embeddings: Tensor, background: Tensor | No
         :func:`~ffsplat.objectives.metrics.classify_by_embeddings`), confidence ``[N, H, W]``: the
         softmax over the classes (and background) of ``CLASS_LOGIT_SCALE * cos`` at the winner.
     """
-    cos = class_similarity(features, class_table(class_embeddings, background))
+    cos = class_similarity(features, label_rows(class_embeddings, background))
     conf = (cos * CLASS_LOGIT_SCALE).softmax(dim=1).max(dim=1).values
     return classify_by_embeddings(features, class_embeddings, background), conf
 
@@ -224,6 +224,6 @@ def match_query(
         index = int(query)
         if not 0 <= index < len(class_embeddings):
             raise ValueError(f"match_query: class index {index} outside 0..{len(class_embeddings) - 1}")
-    cos = class_similarity(features, class_table(table, background))
+    cos = class_similarity(features, label_rows(table, background))
     relevance = (cos * CLASS_LOGIT_SCALE).softmax(dim=1)[:, index]
     return cos.argmax(dim=1) == index, relevance
