@@ -165,7 +165,8 @@ class LossConfig:
             :func:`ffsplat.objectives.losses.class_balance_weights`): 0 = uniform pixels (the paper),
             1 = every class present in a batch weighs the same, 0.5 = inverse square root. Only for
             closed-vocabulary teachers (``espnetv2``, ``espnetv2_seg``, ``label_lang``), whose
-            features are mixtures of known class rows; refused at start-up for others (SAM, LSeg).
+            features are mixtures of known class rows; refused when the config loads for others (SAM,
+            LSeg) and for the ``geometry`` stage.
     """
 
     lpips_weight: float = 0.05
