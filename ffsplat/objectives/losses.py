@@ -197,7 +197,7 @@ def class_balance_weights(target: Tensor, class_table: Tensor, power: float) -> 
     table = F.normalize(class_table.to(t), dim=-1)
     labels = torch.einsum("...chw,kc->...khw", t, table).argmax(dim=-3)  # [..., h, w]
     freq = torch.bincount(labels.reshape(-1), minlength=len(table)).to(t.dtype) / labels.numel()
-    weights = freq.clamp_min(1.0 / labels.numel()).pow(-float(power))[labels]
+    weights = freq.pow(-float(power))[labels]  # only classes present are indexed (freq > 0)
     return weights / weights.mean()
 
 

@@ -216,7 +216,7 @@ def classify_by_embeddings(features: Tensor, class_embeddings: Tensor, backgroun
         ``[N, H, W]`` int64 class ids in ``1..K`` (``argmax_k cos + 1``), or 0 where ``background``
         is the closest (0 is "ignored"/"unlabelled" everywhere).
     """
-    return _ids_with_background(class_similarity(features, label_rows(class_embeddings, background)), background)
+    return label_ids(class_similarity(features, label_rows(class_embeddings, background)), background)
 
 
 def label_rows(class_embeddings: Tensor, background: Tensor | None) -> Tensor:
@@ -226,8 +226,9 @@ def label_rows(class_embeddings: Tensor, background: Tensor | None) -> Tensor:
     return torch.cat([class_embeddings, background.reshape(1, -1).to(class_embeddings)])
 
 
-def _ids_with_background(scores: Tensor, background: Tensor | None) -> Tensor:
-    """``[N, K (+1), H, W]`` scores -> ids ``1..K``, 0 where the appended background row wins."""
+def label_ids(scores: Tensor, background: Tensor | None) -> Tensor:
+    """``[N, K (+1), H, W]`` scores over :func:`label_rows` -> ids ``1..K``, 0 where the appended
+    background row wins."""
     idx = scores.argmax(1)
     if background is None:
         return idx + 1

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ffsplat.core.types import Views
-from ffsplat.objectives.metrics import class_similarity, classify_by_embeddings, label_rows
+from ffsplat.objectives.metrics import class_similarity, label_ids, label_rows
 from ffsplat.objectives.prompting import SimilarityPromptDecoder, label_hierarchy_masks
 
 ROLES = ("segmentation", "language")
@@ -195,7 +195,7 @@ def classify(features: Tensor, class_embeddings: Tensor, background: Tensor | No
     """
     cos = class_similarity(features, label_rows(class_embeddings, background))
     conf = (cos * CLASS_LOGIT_SCALE).softmax(dim=1).max(dim=1).values
-    return classify_by_embeddings(features, class_embeddings, background), conf
+    return label_ids(cos, background), conf
 
 
 @torch.no_grad()
