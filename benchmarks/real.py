@@ -23,6 +23,11 @@ else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over
   IoU, high for any model that says "background" everywhere, left out), ``teacher_acc`` the pixel
   accuracy. Only for models whose vocabulary is the ESPNetv2 one (null for the old label-stand-in
   demo model).
+* ``seg_field_miou``, ``seg_field_object_miou``, ``seg_field_acc``: the same for the segmentation
+  field (stage 1's, decoded to the ``espnetv2_seg`` teacher's space and classified against that
+  teacher's class table with its background row); only for models whose segmentation teacher is
+  ``espnetv2_seg``. Stage 2 learns the language field from the latent stage 1 trained, so this
+  says whether stage 1 already separates the classes.
 
 Methods: ``untrained`` (the first candidate's architecture at initialisation, seed 0, ESPNetv2
 vocabulary; the small model without a candidate), ``old_demo``
@@ -55,7 +60,7 @@ from ffsplat.core.types import Cameras, Views
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
 from ffsplat.data.sequence import RGBDSequence
 from ffsplat.inference.predictor import Predictor
-from ffsplat.model.network import LANG, ModelConfig, build_model
+from ffsplat.model.network import LANG, SEG, ModelConfig, build_model
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
 from ffsplat.render import render
 
@@ -116,11 +121,17 @@ def untrained_checkpoint(path: Path, espnet: str, like: Path | None = None) -> P
                       image_size=None, global_step=0)  # fmt: skip
 
 
+def seg_table_kwargs(kwargs: dict) -> dict:
+    """The ``espnetv2_seg`` teacher's table options (``dim``, ``seed``) among its stored kwargs."""
+    return {k: kwargs[k] for k in ("dim", "seed") if k in kwargs}
+
+
 class Scores:
     def __init__(self, num_classes: int):
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.seg = SegmentationMeter(num_classes=num_classes)
+        self.seg = SegmentationMeter(num_classes=num_classes)  # language field vs the teacher
+        self.seg_field = SegmentationMeter(num_classes=num_classes)  # segmentation field vs the teacher
         self.seconds = 0.0
 
     def add(self, rgb: Tensor, depth: Tensor, gt: Tensor, gt_depth: Tensor) -> None:
@@ -138,13 +149,14 @@ class Scores:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         out["targets"] = self.count
         out["seconds_per_pair"] = self.seconds
-        if int(self.seg.confusion.sum()):
-            seg = self.seg.compute()
-            objects = seg["iou_per_class"][1:]  # meter class 1 is PASCAL's background
-            out.update(teacher_miou=float(seg["miou"]), teacher_object_miou=float(objects.nanmean()),
-                       teacher_acc=float(seg["acc"]))  # fmt: skip
-        else:
-            out.update(teacher_miou=None, teacher_object_miou=None, teacher_acc=None)
+        for prefix, meter in (("teacher", self.seg), ("seg_field", self.seg_field)):
+            if int(meter.confusion.sum()):
+                seg = meter.compute()
+                objects = seg["iou_per_class"][1:]  # meter class 1 is PASCAL's background
+                out.update({f"{prefix}_miou": float(seg["miou"]), f"{prefix}_object_miou": float(objects.nanmean()),
+                            f"{prefix}_acc": float(seg["acc"])})  # fmt: skip
+            else:
+                out.update({f"{prefix}_miou": None, f"{prefix}_object_miou": None, f"{prefix}_acc": None})
         return out
 
 
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {what}: {path} does not exist", file=sys.stderr)
             raise SystemExit(2)
 
-    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Teacher
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Teacher, espnetv2_seg_class_table
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -233,13 +245,18 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             ctx_m = contexts[name]
             out = pred(ctx_m, pred.teacher_maps(ctx_m) if pred.conditioned else None)
-            rendered = render(out.gaussians, tgt_cams, features=[LANG])
+            rendered = render(out.gaussians, tgt_cams, features=[LANG, SEG])
             scores[name].seconds += time.perf_counter() - start
             scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
             if pred.class_names == pascal:
                 lang = pred.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": gt.shape[-2:]})["lseg"][0]
                 ids = classify_by_embeddings(lang, pred.class_embeddings, pred.background_embedding)
                 scores[name].seg.update(ids + 1, teacher_labels)
+            if pred.cfg.roles["segmentation"]["name"] == "espnetv2_seg":
+                table = espnetv2_seg_class_table(**seg_table_kwargs(pred.cfg.roles["segmentation"].get("kwargs", {})))
+                sam = pred.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": gt.shape[-2:]})["sam"][0]
+                ids = classify_by_embeddings(sam, table[1:], table[0])
+                scores[name].seg_field.update(ids + 1, teacher_labels)
         if args.gs_iterations:
             from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer
 

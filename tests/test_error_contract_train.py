@@ -35,6 +35,8 @@ def bad_config(kind: str, shards: Path, tmp: Path):
     elif kind == "damaged_resume":
         (tmp / "bad.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
         cfg.checkpoint.resume, message = str(tmp / "bad.ckpt"), "checkpoint.resume: "
+    elif kind == "unknown_scene":
+        cfg.data.scenes, message = ["room9"], "data.scenes: ['room9'] not in split 'train'"
     elif kind == "zero_lr":
         cfg.optim.lr, message = 0.0, "optim.lr"
     elif kind == "zero_steps":
@@ -45,7 +47,7 @@ def bad_config(kind: str, shards: Path, tmp: Path):
 
 
 @pytest.mark.parametrize("kind", ["missing_root", "missing_split", "missing_eval_index", "missing_init", "missing_resume",
-                                  "damaged_resume", "zero_lr", "zero_steps"])  # fmt: skip
+                                  "damaged_resume", "unknown_scene", "zero_lr", "zero_steps"])  # fmt: skip
 def test_bad_config_gives_one_error_line_and_writes_nothing(tiny_shards, tmp_path, capsys, kind):
     cfg, message = bad_config(kind, tiny_shards, tmp_path)
     code = train.run(cfg)

@@ -149,3 +149,17 @@ def test_make_eval_index_cli_indexes_stored_keyframes(tmp_path):
         assert ids <= set(frames[scene])
     # ...and every indexed frame loads.
     assert len(list(EvalIndexDataset(tmp_path / "shards", "train", index))) == 2
+
+
+def test_data_scenes_keeps_the_shards_of_those_scenes_only(tiny_shards):
+    from ffsplat.data.shards import ClipExamples, manifest_shards
+
+    everything = manifest_shards(tiny_shards, "train")
+    room1 = manifest_shards(tiny_shards, "train", ["room1"])
+    assert room1 and set(room1) < set(everything) and all("room1" in Path(u).name for u in room1)
+    assert manifest_shards(tiny_shards, "train", []) == everything  # empty: all
+    sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=4)
+    scenes = {s for example, _ in zip(ClipExamples(room1, sampler, shuffle_buffer=0), range(4)) for s in example.scenes}
+    assert scenes == {"room1"}
+    with pytest.raises(ValueError, match=r"data.scenes: \['room2'\] not in split 'train'.*room0"):
+        manifest_shards(tiny_shards, "train", ["room2"])  # a val scene

@@ -14,6 +14,7 @@ from ffsplat.training.stages import STAGES, Stage, get_stage
 TABLE = {
     "geometry": ({"geometry"}, ("rgb", "depth"), (), None),
     "seg": ({"geometry", "segmentation"}, ("rgb", "depth", "seg", "mask"), ("seg",), "segmentation"),
+    "semantic": ({"segmentation"}, ("seg", "mask"), ("seg",), "segmentation"),
     "lang": ({"language"}, ("lang",), ("lang",), "language"),
 }
 
@@ -35,7 +36,9 @@ def test_each_stage_declares_the_groups_terms_and_teachers_of_the_table(name):
 
 
 def test_an_unknown_stage_names_the_key_and_the_choices():
-    with pytest.raises(InputError, match=r"stage\.name='colour'; choose one of \['geometry', 'lang', 'seg'\]"):
+    with pytest.raises(
+        InputError, match=r"stage\.name='colour'; choose one of \['geometry', 'lang', 'seg', 'semantic'\]"
+    ):
         get_stage("colour")
 
 
@@ -58,6 +61,7 @@ def test_a_stage_with_an_unknown_term_group_or_teacher_is_refused():
         ("geometry", 0.5, 0.2, ("rgb", "depth"), 1.0 + 0.5 * 2),
         ("seg", 0.0, 0.3, ("rgb", "seg", "mask"), 1.0 + 3 + 0.3 * 4),
         ("seg", 0.5, 0.0, ("rgb", "depth", "seg"), 1.0 + 0.5 * 2 + 3),
+        ("semantic", 0.5, 0.3, ("seg", "mask"), 3 + 0.3 * 4),
         ("seg", 0.5, 0.3, ("rgb", "depth", "seg", "mask"), 1.0 + 0.5 * 2 + 3 + 0.3 * 4),
         ("lang", 0.5, 0.3, ("lang",), 5.0),
     ],

@@ -14,7 +14,7 @@ from ffsplat.training.config import TrainConfig
 
 BAD = [
     # override, the error (regex)
-    ({"stage": {"name": "colour"}}, r"stage\.name='colour'; choose one of \['geometry', 'lang', 'seg'\]"),
+    ({"stage": {"name": "colour"}}, r"stage\.name='colour'; choose one of \['geometry', 'lang', 'seg', 'semantic'\]"),
     ({"model": {"name": "nerf"}}, r"model\.name='nerf'; choose one of mvsplat, semanticsplat"),
     ({"teachers": {"prompt_decoder": "clip"}}, r"teachers\.prompt_decoder='clip'; choose one of auto, sam, similarity"),
     ({"teachers": {"masks": "slic"}}, r"teachers\.masks='slic'; choose one of auto, cached, sam, labels, none"),
@@ -82,7 +82,7 @@ def test_every_shipped_experiment_composes_and_validates(experiment):
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = to_dataclass(TrainConfig, compose("train", overrides=[f"experiment={experiment}"]))
-    assert cfg.stage.name in ("geometry", "seg", "lang")
+    assert cfg.stage.name in ("geometry", "seg", "semantic", "lang")
 
 
 def test_a_bad_hydra_override_fails_at_load():

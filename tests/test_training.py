@@ -70,11 +70,16 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(values[9:], values[10:]))
 
 
-TRAINED_GROUPS = {"geometry": ("geometry",), "seg": ("geometry", "segmentation"), "lang": ("language",)}
+TRAINED_GROUPS = {
+    "geometry": ("geometry",),
+    "seg": ("geometry", "segmentation"),
+    "semantic": ("segmentation",),
+    "lang": ("language",),
+}
 """Written out, not taken from the stage registry (SemanticSplat sec. 3.6)."""
 
 
-@pytest.mark.parametrize("stage", ["geometry", "seg", "lang"])
+@pytest.mark.parametrize("stage", ["geometry", "seg", "semantic", "lang"])
 def test_each_stage_trains_exactly_its_parameters(shards, tmp_path, stage):
     from ffsplat.data.shards import ClipExamples, collate_examples, manifest_shards
 
@@ -95,9 +100,12 @@ def test_each_stage_trains_exactly_its_parameters(shards, tmp_path, stage):
     expected_terms = {
         "geometry": {"rgb_l1"},
         "seg": {"rgb_l1", "sam_cos", "sam_mask"},
+        "semantic": {"sam_cos", "sam_mask"},
         "lang": {"lang_plain", "lang_total"},
     }[stage]
     assert expected_terms <= set(logs), logs.keys()
+    if stage == "semantic":  # no photometric or depth term on a frozen geometry
+        assert not any(k.startswith(("rgb_", "depth_")) for k in logs), logs.keys()
     loss.backward()
     optimizer.step()
     trained = {n for n, p in module.model.named_parameters() if id(p) in trained_ids}

@@ -23,7 +23,7 @@ from tests.test_training import tiny_config
 GEOMETRY = {"backbone", "conditioning", "depth_head", "gaussian_head"}
 SEGMENTATION = {"semantic_trunk", "seg_head", "seg_decoder"}
 LANGUAGE = {"lang_head", "lang_decoder"}
-TRAINS = {"geometry": GEOMETRY, "seg": GEOMETRY | SEGMENTATION, "lang": LANGUAGE}
+TRAINS = {"geometry": GEOMETRY, "seg": GEOMETRY | SEGMENTATION, "semantic": SEGMENTATION, "lang": LANGUAGE}
 
 
 def first_batch(module: SemanticSplatModule, shards):
@@ -31,7 +31,7 @@ def first_batch(module: SemanticSplatModule, shards):
     return collate_examples([next(iter(data))])
 
 
-@pytest.mark.parametrize("stage", ["geometry", "seg", "lang"])
+@pytest.mark.parametrize("stage", ["geometry", "seg", "semantic", "lang"])
 def test_each_stage_trains_the_parts_of_a_literal_table(tiny_shards, tmp_path, stage):
     module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, stage))
     parts = dict(module.model.named_children())
@@ -51,6 +51,18 @@ def test_seg_total_is_rgb_plus_sam_plus_weighted_mask(tiny_shards, tmp_path, mon
     assert float(logs["sam_mask"]) == pytest.approx(0.7)
     torch.testing.assert_close(total, logs["rgb_total"] + logs["sam_cos"] + 0.3 * 0.7)
     torch.testing.assert_close(logs["total"], total)
+
+
+def test_semantic_total_is_sam_plus_weighted_mask_without_rgb(tiny_shards, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "semantic", loss__mask_weight=0.3))
+    monkeypatch.setattr(module, "mask_loss", lambda *a: torch.tensor(0.7))
+    total, logs = module.compute_losses(first_batch(module, tiny_shards))
+    torch.testing.assert_close(total, logs["sam_cos"] + 0.3 * 0.7)
+    assert module._lpips is None and not any(k.startswith(("rgb_", "depth_")) for k in logs)
+    total.backward()  # gradient reaches the segmentation branch only
+    grads = {name: any(p.grad is not None for p in part.parameters()) for name, part in module.model.named_children()}
+    assert {name for name, g in grads.items() if g} == SEGMENTATION
 
 
 def test_lang_total_is_the_language_loss_with_hcam_masks(tiny_shards, tmp_path, monkeypatch):
@@ -195,6 +207,15 @@ def test_datamodule_resumes_the_epoch_position_from_its_checkpoint_state(tiny_sh
     assert (data.epoch, data.epoch_start_step, data.consumed_batches) == (4, 52, 0)
 
 
+def test_datamodule_trains_on_data_scenes_only(tiny_shards, tmp_path):
+    from ffsplat.training.datamodule import ClipDataModule
+
+    dm = ClipDataModule(tiny_config(tiny_shards, tmp_path, "seg", data__scenes=["room1"]))
+    batches = [b for b, _ in zip(dm.train_dataloader(), range(4))]
+    assert dm.train_set.urls and all("room1" in u for u in dm.train_set.urls)
+    assert {s for b in batches for s in b.scenes} == {"room1"}
+
+
 def test_model_pt_records_the_median_training_depth_range(tiny_shards, tmp_path):
     """training_step keeps each clip's (near, far); model.pt's depth_range is their medians and
     survives a Lightning checkpoint round trip (resume)."""
@@ -213,3 +234,19 @@ def test_model_pt_records_the_median_training_depth_range(tiny_shards, tmp_path)
     resumed.on_load_checkpoint(saved)
     assert resumed.training_depth_range() == [1.0, 5.0]
     assert load_model(export_slim(module, tmp_path / "model.pt"))["depth_range"] == [1.0, 5.0]
+
+
+@pytest.mark.parametrize("stage,kept", [("semantic", True), ("lang", True), ("seg", False)])
+def test_a_stage_on_a_frozen_geometry_keeps_the_depth_range_it_starts_from(tiny_shards, tmp_path, stage, kept):
+    from ffsplat.checkpoint import load_model
+
+    first = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, "geometry"))
+    batch = first_batch(first, tiny_shards)
+    batch.context.near, batch.context.far = torch.tensor([0.5]), torch.tensor([4.0])
+    first.training_step(batch, 0)
+    init = export_slim(first, tmp_path / "init.pt")
+    module = SemanticSplatModule(tiny_config(tiny_shards, tmp_path, stage, stage__init_from=str(init)))
+    batch.context.near, batch.context.far = torch.tensor([2.0]), torch.tensor([9.0])  # other clips
+    module.training_step(batch, 0)
+    expected = [0.5, 4.0] if kept else [2.0, 9.0]
+    assert load_model(export_slim(module, tmp_path / "model.pt"))["depth_range"] == expected

@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,9 +75,19 @@ def manifest_split(root: str | Path, split: str) -> dict:
     return manifest["splits"][split]
 
 
-def manifest_shards(root: str | Path, split: str) -> list[str]:
-    """Shard paths of ``split`` listed in ``<root>/manifest.json``."""
-    return [str(Path(root) / s["path"]) for s in manifest_split(root, split)["shards"]]
+def manifest_shards(root: str | Path, split: str, scenes: Sequence[str] | None = None) -> list[str]:
+    """Shard paths of ``split`` listed in ``<root>/manifest.json``; with ``scenes``, only the shards
+    of those scenes (each shard holds one scene's clips). A scene that no shard of the split holds
+    raises a ValueError naming ``data.scenes`` and the scenes there are."""
+    shards = manifest_split(root, split)["shards"]
+    if scenes:
+        present = sorted({str(s.get("scene")) for s in shards})
+        unknown = sorted(set(scenes) - set(present))
+        if unknown:
+            raise ValueError(f"data.scenes: {unknown} not in split {split!r} of {Path(root) / 'manifest.json'} "
+                             f"(scenes there: {present})")  # fmt: skip
+        shards = [s for s in shards if s.get("scene") in set(scenes)]
+    return [str(Path(root) / s["path"]) for s in shards]
 
 
 def scene_frame_ids(root: str | Path, split: str, corrupt: CorruptCounter | None = None) -> dict[str, list[int]]:

@@ -1,7 +1,8 @@
 """Semantic latent per Gaussian and the two semantic fields (SemanticSplat sec. 3.3-3.5).
 
 * :class:`SemanticTrunk`: per-pixel latent ``f`` from [fused latent map (upsampled), normalised
-  depth, view-aware refinement features].
+  depth, view-aware refinement features] and, when ``semantic.image_encoder`` is set, the features
+  of a :class:`SemanticImageEncoder` of the context image.
 * :class:`FieldHead`: ``f -> f^S`` (segmentation) or ``f -> f^L`` (language), low-dimensional
   per-Gaussian features that are *rendered*.
 * :class:`FieldDecoder`: rendered low-dimensional maps -> teacher space (SAM 256-d, LSeg 512-d)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -31,6 +33,12 @@ class SemanticConfig:
         lang_teacher_dim: channels of the language teacher's space, which the language decoder
             expands to (LSeg: 512). Was ``lseg_dim``.
         decoder_hidden: hidden channels of the expanding decoders.
+        image_encoder: widths of a :class:`SemanticImageEncoder` (one stride-2 stage each) whose
+            features of each context image join the semantic trunk's input; empty (the paper) = none,
+            the semantic latent then sees the image only through the fused latent map (where the
+            SAM/LSeg conditioning carries the semantics). Meant for RGB-only models (no
+            conditioning), whose fused latent is shared with depth (16 channels in the small
+            model). BENCHMARKS.md ("Real-data benchmark") says what it did for the CPU demo model.
     """
 
     latent_dim: int = 64
@@ -39,18 +47,105 @@ class SemanticConfig:
     seg_teacher_dim: int = 256
     lang_teacher_dim: int = 512
     decoder_hidden: int = 256
+    image_encoder: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.image_encoder = tuple(int(c) for c in self.image_encoder)
+        if self.image_encoder and (len(self.image_encoder) < 2 or min(self.image_encoder) < 1):
+            raise ValueError(
+                f"semantic.image_encoder: expected [] or at least two positive widths, got {list(self.image_encoder)}"
+            )
+
+
+IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""ImageNet statistics the image encoder standardises its ``[0, 1]`` input with."""
+
+
+class SemanticImageEncoder(nn.Module):
+    """Multi-scale CNN on the context image for the semantic latent: ``[N, 3, H, W]`` in ``[0, 1]`` ->
+    ``[N, out_dim, H, W]``.
+
+    Stage ``i`` (width ``widths[i]``) is two 3x3 convolutions with per-image instance norm (as the
+    backbone: batch statistics would couple views) at ``1/2^(i+1)`` resolution; the stages from
+    1/4 down are upsampled to 1/4, concatenated, mixed by a 1x1 convolution to ``out_dim`` and
+    upsampled to the input size. The coarse stages give each pixel the context (a desk, a room)
+    that a class needs.
+    """
+
+    def __init__(self, widths: tuple[int, ...], out_dim: int):
+        super().__init__()
+        stages, cin = [], 3
+        for width in widths:
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, width, 3, 2, 1),
+                    nn.InstanceNorm2d(width, affine=True),
+                    nn.GELU(),
+                    nn.Conv2d(width, width, 3, 1, 1),
+                    nn.InstanceNorm2d(width, affine=True),
+                    nn.GELU(),
+                )
+            )
+            cin = width
+        self.stages = nn.ModuleList(stages)
+        self.mix = nn.Conv2d(sum(widths[1:]), out_dim, 1)
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2:]
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        scales = []
+        for stage in self.stages:
+            x = stage(x)
+            scales.append(x)
+        quarter = scales[1].shape[-2:]
+        fused = torch.cat([scales[1]] + [_upsample(s, quarter) for s in scales[2:]], dim=1)
+        return _upsample(self.mix(fused), (height, width))
+
+
+def _upsample(x: Tensor, size) -> Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class SemanticTrunk(nn.Module):
-    def __init__(self, in_ch: int, latent_dim: int):
+    """Per-pixel semantic latent: two 3x3 convolutions on ``x``, the first one's output plus a 3x3
+    projection of the image features when there is an image encoder.
+
+    The sum is a convolution of ``[x, image features]`` split in two; the projection starts at zero,
+    so a trained model without an encoder gains one (``stage.init_from`` of a ``semantic`` stage)
+    with its outputs unchanged at the first step.
+
+    Args:
+        in_ch: channels of ``x`` (the network's geometry-side maps).
+        latent_dim: channels of ``f``.
+        image_encoder: widths of the optional :class:`SemanticImageEncoder` (empty: none), whose
+            ``2 * latent_dim`` output channels ``image_proj`` maps to ``latent_dim``.
+    """
+
+    def __init__(self, in_ch: int, latent_dim: int, image_encoder: tuple[int, ...] = ()):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, latent_dim, 3, padding=1), nn.GELU(), nn.Conv2d(latent_dim, latent_dim, 3, padding=1)
         )
+        self.image_encoder = self.image_proj = None
+        if image_encoder:
+            self.image_encoder = SemanticImageEncoder(tuple(image_encoder), 2 * latent_dim)
+            self.image_proj = nn.Conv2d(2 * latent_dim, latent_dim, 3, padding=1)
+            nn.init.zeros_(self.image_proj.weight)
+            nn.init.zeros_(self.image_proj.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[N, in_ch, H, W] -> [N, latent_dim, H, W]``."""
-        return self.net(x)
+    def forward(self, x: Tensor, images: Tensor | None = None) -> Tensor:
+        """``x [N, in_ch, H, W]``, ``images [N, 3, H, W]`` in ``[0, 1]`` (needed with an image
+        encoder, ignored without) -> ``[N, latent_dim, H, W]``."""
+        first = self.net[0](x)
+        if self.image_encoder is not None:
+            if images is None or images.shape[0] != x.shape[0] or images.shape[-2:] != x.shape[-2:]:
+                got = None if images is None else tuple(images.shape)
+                raise ValueError(f"semantic trunk with an image encoder needs images [N={x.shape[0]}, 3, "
+                                 f"{x.shape[-2]}, {x.shape[-1]}], got {got}")  # fmt: skip
+            first = first + self.image_proj(self.image_encoder(images).to(x.dtype))
+        return self.net[2](self.net[1](first))
 
 
 class FieldHead(nn.Module):

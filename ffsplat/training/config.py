@@ -48,6 +48,10 @@ class DataConfig:
         resampled: draw shards with replacement (required for multi-GPU: keeps ranks in step).
         epoch_length: samples per epoch per device when ``resampled``.
         sampler: how context/target views are drawn from each clip.
+        scenes: train only on the clips of these scenes of ``train_split`` (names as in the manifest,
+            e.g. ``[hololens-office]``); empty = all. For a stage whose teacher is meaningful on some
+            scenes only (ESPNetv2 on synthetic renders says "background" with noise). An unknown name
+            is an error at start-up naming this key.
     """
 
     name: str = "synthetic"
@@ -64,6 +68,7 @@ class DataConfig:
     sampler: ViewSamplerConfig = field(
         default_factory=lambda: ViewSamplerConfig(num_context=2, num_target=4, min_gap=4, max_gap=12)
     )
+    scenes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,8 +134,10 @@ class StageConfig:
     """Which training stage runs (SemanticSplat sec. 3.6).
 
     Attributes:
-        name: ``geometry`` (photometric only: a warm start), ``seg`` (stage 1: L_rgb + L_sam) or
-            ``lang`` (stage 2: L_clip with the segmentation branch and geometry frozen).
+        name: ``geometry`` (photometric only: a warm start), ``seg`` (stage 1: L_rgb + L_sam),
+            ``semantic`` (L_sam alone on a frozen geometry: the segmentation branch only) or
+            ``lang`` (stage 2: L_clip with the segmentation branch and geometry frozen); see
+            :mod:`ffsplat.training.stages`.
         init_from: checkpoint of the previous stage to start from (a ``last.ckpt`` or a slim
             ``model.pt``); None starts from the config's initial weights.
     """
@@ -161,7 +168,7 @@ class LossConfig:
             target depth (:func:`ffsplat.objectives.losses.depth_loss`); 0 disables it (paper
             config), batches without sensor depth skip it.
         class_balance: exponent of inverse-frequency weighting of the teacher's classes in the
-            stage's distillation loss (``seg`` in stage 1, ``lang`` in stage 2; see
+            stage's distillation loss (``seg`` in stages ``seg``/``semantic``, ``lang`` in stage 2; see
             :func:`ffsplat.objectives.losses.class_balance_weights`): 0 = uniform pixels (the paper),
             1 = every class present in a batch weighs the same, 0.5 = inverse square root. Only for
             closed-vocabulary teachers (``espnetv2``, ``espnetv2_seg``, ``label_lang``), whose

@@ -36,7 +36,7 @@ class ClipDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
-        urls = manifest_shards(d.root, d.train_split)
+        urls = manifest_shards(d.root, d.train_split, d.scenes)
         self.train_set = ClipExamples(
             urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed
         )

@@ -125,7 +125,8 @@ def find_resume(run_dir: Path) -> tuple[str | None, str | None]:
 
 def check_train_config(cfg) -> None:
     """Refuse a config that cannot work before anything is loaded or written (:class:`InputError`)."""
-    from ffsplat.data.shards import manifest_split
+    from ffsplat.core.errors import one_line
+    from ffsplat.data.shards import manifest_shards, manifest_split
 
     d, o = cfg.data, cfg.optim
     check_input_dir("data.root", Path(d.root), "shard folder")
@@ -134,10 +135,13 @@ def check_train_config(cfg) -> None:
         if not d.eval_index:
             manifest_split(d.root, d.val_split)
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        from ffsplat.core.errors import one_line
-
         split = "data.train_split/data.val_split"
         raise InputError(f"data.root/{split}: {one_line(exc)}") from exc
+    if d.scenes:
+        try:
+            manifest_shards(d.root, d.train_split, d.scenes)
+        except ValueError as exc:
+            raise InputError(one_line(exc)) from exc
     if d.eval_index:
         check_input_file("data.eval_index", Path(d.eval_index), "evaluation index")
     check_mask_source(cfg)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
@@ -70,10 +70,24 @@ class SemanticSplatModule(L.LightningModule):
         self.stage: Stage = get_stage(cfg.stage.name)
         self.cfg = cfg
         self.model = build_model(cfg.model)
-        if cfg.stage.init_from:
-            load_model_weights(self.model, cfg.stage.init_from)
         self.trained_groups = self.stage.trains
+        if cfg.stage.init_from:
+            groups = self.model.parameter_groups()
+            trained = {id(p) for g in self.trained_groups for p in groups[g]}
+            addable = [
+                n for n, p in self.model.named_parameters() if id(p) in trained and n.startswith(ADDABLE_MODULES)
+            ]
+            added = load_model_weights(self.model, cfg.stage.init_from, addable)
+            if added:
+                rank_zero_info(f"[train] stage.init_from={cfg.stage.init_from} lacks {len(added)} tensors of the new "
+                               f"modules {[p.rstrip('.') for p in ADDABLE_MODULES]}: they start from their initialisation")  # fmt: skip
         self.depth_ranges: list[tuple[float, float]] = []  # training clips' (near, far): model.pt's depth_range
+        # A stage that does not train the geometry keeps the depth range it was trained over.
+        self.inherited_depth_range = (
+            init_depth_range(cfg.stage.init_from)
+            if cfg.stage.init_from and "geometry" not in self.trained_groups
+            else None
+        )
         for group, params in self.model.parameter_groups().items():
             for p in params:
                 p.requires_grad_(group in self.trained_groups)
@@ -256,7 +270,11 @@ class SemanticSplatModule(L.LightningModule):
         self.depth_ranges = [tuple(r) for r in checkpoint.get("depth_ranges", [])]
 
     def training_depth_range(self) -> list[float] | None:
-        """Median near and median far of the training clips seen (None before any step)."""
+        """Median near and median far of the training clips seen (None before any step); for a stage
+        that does not train the geometry, the ``stage.init_from`` model's range when it records one
+        (the clips of such a stage, e.g. ``data.scenes``, say nothing about the geometry)."""
+        if self.inherited_depth_range is not None:
+            return list(self.inherited_depth_range)
         if not self.depth_ranges:
             return None
         ranges = torch.tensor(self.depth_ranges, dtype=torch.float64)
@@ -368,8 +386,34 @@ def eval_background_embedding(cfg: TrainConfig) -> Tensor | None:
     return None
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Load network weights from a slim ``model.pt`` or a Lightning checkpoint (``model.`` prefix)."""
+ADDABLE_MODULES = ("semantic_trunk.image_encoder.", "semantic_trunk.image_proj.")
+"""Modules a stage may add to a model it starts from (``semantic.image_encoder``: its projection
+starts at zero, so the loaded model's outputs are unchanged until the stage trains them)."""
+
+
+def init_depth_range(path: str | Path) -> list[float] | None:
+    """The training depth range a ``stage.init_from`` file records: ``depth_range`` of a ``model.pt``,
+    the median of a Lightning checkpoint's ``depth_ranges``; None when it records none."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)  # read before by load_model_weights
+    if isinstance(blob, dict) and blob.get("depth_range") is not None:
+        return [float(v) for v in blob["depth_range"]]
+    ranges = blob.get("depth_ranges") if isinstance(blob, dict) else None
+    if ranges:
+        table = torch.tensor(ranges, dtype=torch.float64)
+        return [float(table[:, 0].median()), float(table[:, 1].median())]
+    return None
+
+
+def load_model_weights(model: nn.Module, path: str | Path, addable: Sequence[str] = ()) -> list[str]:
+    """Load network weights from a slim ``model.pt`` or a Lightning checkpoint (``model.`` prefix).
+
+    Args:
+        addable: parameter names the file may lack (they keep their initialisation).
+    Returns:
+        the names of ``addable`` that the file lacked.
+    Raises:
+        RuntimeError naming ``stage.init_from`` for any other missing or unexpected key.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.init_from: no checkpoint at {path}")
@@ -378,10 +422,13 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     except CheckpointError as exc:
         raise ValueError(f"stage.init_from={path}: {exc}") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
+    added = [k for k in missing if k in set(addable)]
+    missing = [k for k in missing if k not in set(addable)]
     if missing or unexpected:
         raise RuntimeError(
             f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)"
         )
+    return added
 
 
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:

@@ -6,8 +6,14 @@ stage      trained parameter groups       loss terms                  rendered f
 =========  =============================  ==========================  ===============  ==============
 geometry   geometry                       rgb, depth                  --               --
 seg        geometry, segmentation         rgb, depth, seg, mask       seg              segmentation
+semantic   segmentation                   seg, mask                   seg              segmentation
 lang       language                       lang                        lang             language
 =========  =============================  ==========================  ===============  ==============
+
+``semantic`` is stage 1 on a frozen geometry: the segmentation branch alone, distilled onto Gaussians
+whose positions no longer move (a geometry-only model, e.g. MVSplat's released weights, or a ``seg``
+run continued on the scenes where the teacher is meaningful, ``data.scenes``). No RGB is scored, so
+it needs no LPIPS, and no gradient flows through the geometry.
 
 Loss terms (each a scalar; the stage's total is ``sum(weight(term) * term)``, see :func:`term_weight`):
 
@@ -105,6 +111,9 @@ STAGES: dict[str, Stage] = {
             losses=("rgb", "depth", "seg", "mask"),
             fields=(SEG,),
             target_teacher="segmentation",
+        ),
+        Stage(
+            "semantic", trains=("segmentation",), losses=("seg", "mask"), fields=(SEG,), target_teacher="segmentation"
         ),
         Stage("lang", trains=("language",), losses=("lang",), fields=(LANG,), target_teacher="language"),
     )

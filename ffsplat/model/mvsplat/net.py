@@ -58,7 +58,9 @@ class MVSplatSemanticNet(nn.Module):
         nn.init.zeros_(self.condition_inject.weight)
         nn.init.zeros_(self.condition_inject.bias)
         sem = cfg.semantic
-        self.semantic_trunk = SemanticTrunk(cond.latent_dim + 1 + g.depth_unet_feat_dim, sem.latent_dim)
+        self.semantic_trunk = SemanticTrunk(
+            cond.latent_dim + 1 + g.depth_unet_feat_dim, sem.latent_dim, sem.image_encoder
+        )
         self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
         self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
         self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
@@ -109,7 +111,8 @@ class MVSplatSemanticNet(nn.Module):
             [latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w").to(latent_full.dtype), out.refine_features],
             dim=1,
         )
-        f = rearrange(self.semantic_trunk(trunk_in), "(b v) c h w -> b (v h w) c", b=b)
+        flat_images = rearrange(images, "b v c h w -> (b v) c h w")
+        f = rearrange(self.semantic_trunk(trunk_in, flat_images), "(b v) c h w -> b (v h w) c", b=b)
         gaussians = replace(gaussians, features={_network.SEG: self.seg_head(f), _network.LANG: self.lang_head(f)})
         depth = DepthOutput(
             depth=z,
