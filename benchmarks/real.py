@@ -121,9 +121,16 @@ def untrained_checkpoint(path: Path, espnet: str, like: Path | None = None) -> P
                       image_size=None, global_step=0)  # fmt: skip
 
 
-def seg_table_kwargs(kwargs: dict) -> dict:
-    """The ``espnetv2_seg`` teacher's table options (``dim``, ``seed``) among its stored kwargs."""
-    return {k: kwargs[k] for k in ("dim", "seed") if k in kwargs}
+def seg_field_table(pred: Predictor) -> Tensor | None:
+    """``[21, C]`` class table of the model's segmentation teacher when that is ``espnetv2_seg``
+    (its ``dim``/``seed`` as stored), else None: the segmentation field is not scored."""
+    from ffsplat.teachers.espnetv2 import espnetv2_seg_class_table
+
+    role = pred.cfg.roles["segmentation"]
+    if role["name"] != "espnetv2_seg":
+        return None
+    kwargs = role.get("kwargs", {})
+    return espnetv2_seg_class_table(**{k: kwargs[k] for k in ("dim", "seed") if k in kwargs}).to(pred.device)
 
 
 class Scores:
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {what}: {path} does not exist", file=sys.stderr)
             raise SystemExit(2)
 
-    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Teacher, espnetv2_seg_class_table
+    from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Teacher
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -224,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     ranges["3dgs"] = (args.near or DEFAULT_DEPTH_RANGE[0], args.far or DEFAULT_DEPTH_RANGE[1])
     pascal = list(PASCAL_CLASSES[1:])
+    seg_tables = {name: seg_field_table(p) for name, p in predictors.items()}
     # the meter's classes 1..21 are PASCAL's ids 0..20 shifted by one: background is scored as a class
     scores = {name: Scores(len(PASCAL_CLASSES)) for name in predictors}
     if args.gs_iterations:
@@ -245,15 +253,15 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             ctx_m = contexts[name]
             out = pred(ctx_m, pred.teacher_maps(ctx_m) if pred.conditioned else None)
-            rendered = render(out.gaussians, tgt_cams, features=[LANG, SEG])
+            table = seg_tables[name]
+            rendered = render(out.gaussians, tgt_cams, features=[LANG] if table is None else [LANG, SEG])
             scores[name].seconds += time.perf_counter() - start
             scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
             if pred.class_names == pascal:
                 lang = pred.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": gt.shape[-2:]})["lseg"][0]
                 ids = classify_by_embeddings(lang, pred.class_embeddings, pred.background_embedding)
                 scores[name].seg.update(ids + 1, teacher_labels)
-            if pred.cfg.roles["segmentation"]["name"] == "espnetv2_seg":
-                table = espnetv2_seg_class_table(**seg_table_kwargs(pred.cfg.roles["segmentation"].get("kwargs", {})))
+            if table is not None:
                 sam = pred.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": gt.shape[-2:]})["sam"][0]
                 ids = classify_by_embeddings(sam, table[1:], table[0])
                 scores[name].seg_field.update(ids + 1, teacher_labels)
