@@ -1,5 +1,6 @@
 """Closed-vocabulary semantics: ``loss.class_balance`` (per-pixel weights evening out a teacher's
-classes, reaching the seg and lang distillation losses) and the ``background_embedding`` (a
+classes, reaching the seg and lang distillation losses), ``loss.class_ce`` (a cross-entropy over the
+teacher's class rows added to those terms) and the ``background_embedding`` (a
 closed-vocabulary teacher's "none of the classes" row: class id 0, matched by no query) through
 classification, queries, the model file, the CLI and the Python API."""
 
@@ -16,7 +17,7 @@ import ffsplat
 import infer
 from ffsplat.checkpoint import CheckpointError, load_model, save_model, tensor_checksum
 from ffsplat.core.errors import InputError
-from ffsplat.objectives.losses import class_balance_weights, cosine_distillation
+from ffsplat.objectives.losses import class_balance_weights, class_cross_entropy, cosine_distillation
 from ffsplat.objectives.metrics import classify_by_embeddings
 from ffsplat.objectives.policy import CLASS_LOGIT_SCALE, classify, match_query
 from ffsplat.teachers.base import teacher_class_table
@@ -125,6 +126,105 @@ def test_the_stage_loss_uses_the_balanced_weights(stage, tiny_shards, tmp_path, 
         assert mask is not None
         torch.testing.assert_close(mask, class_balance_weights(target, table, 1.0))
         assert mask.std() > 0  # several classes in the teacher's map: the weights are not uniform
+
+
+# ----------------------------------------------------------------------------- class cross-entropy
+def reference_class_ce(pred, target, table, weights, temperature=0.1):
+    """Pixel by pixel: label = the row nearest the teacher feature, logits = cosines / temperature."""
+    total = norm = 0.0
+    for n in range(pred.shape[0]):
+        for i in range(pred.shape[-2]):
+            for j in range(pred.shape[-1]):
+                t, p = target[n, :, i, j], pred[n, :, i, j]
+                label = max(range(len(table)), key=lambda k: float(F.cosine_similarity(t, table[k], dim=0)))
+                logits = torch.stack([F.cosine_similarity(p, row, dim=0) for row in table]) / temperature
+                w = 1.0 if weights is None else weights[n, i, j]
+                total = total - w * torch.log_softmax(logits, 0)[label]
+                norm = norm + w
+    return total / norm
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_class_cross_entropy_matches_a_plain_reference_with_gradients(balanced):
+    torch.manual_seed(0)
+    table = F.normalize(torch.randn(5, 12), dim=-1)
+    target = label_features(torch.randint(0, 5, (2, 4, 3)), table)
+    weights = class_balance_weights(target, table, 1.0) if balanced else None
+    pred = torch.randn(2, 12, 4, 3, requires_grad=True)
+    ref_pred = pred.detach().clone().requires_grad_(True)
+    loss = class_cross_entropy(pred, target, table, weights)
+    ref = reference_class_ce(ref_pred, target, table, weights)
+    torch.testing.assert_close(loss, ref.float(), rtol=1e-4, atol=1e-5)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(pred.grad, ref_pred.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_class_cross_entropy_ranks_the_teachers_class_where_cosine_barely_cares():
+    """A pixel the teacher calls 55 % chair and 45 % background: "background" costs the cosine term
+    little, the cross-entropy much more than "chair" (the field's argmax is what classification reads)."""
+    table = torch.eye(3, 8)  # 0 background, 1 chair, 2 other
+    target = F.normalize(0.55 * table[1] + 0.45 * table[0], dim=0).view(1, 8, 1, 1)
+    says_background, says_chair = table[0].view(1, 8, 1, 1), table[1].view(1, 8, 1, 1)
+    cos_gap = float(cosine_distillation(says_background, target) - cosine_distillation(says_chair, target))
+    ce_gap = float(class_cross_entropy(says_background, target, table) - class_cross_entropy(says_chair, target, table))
+    assert 0 < cos_gap < 0.2 and ce_gap > 5
+    with pytest.raises(ValueError, match="differ beyond the grid"):
+        class_cross_entropy(torch.rand(2, 8, 2, 2), torch.rand(1, 8, 2, 2), table)
+
+
+def test_class_ce_is_checked_when_the_config_loads():
+    with pytest.raises(InputError, match=r"loss.class_ce: expected a number >= 0, got -1"):
+        LossConfig(class_ce=-1)
+    with pytest.raises(InputError, match="loss.class_ce=1.0: stage 'geometry' distils no teacher"):
+        TrainConfig(stage=StageConfig("geometry"), loss=LossConfig(class_ce=1.0))
+    sam = TeachersConfig(language=TeacherRole("lseg", {}))
+    with pytest.raises(InputError, match="loss.class_ce=1.0: teachers.language.name='lseg' has no closed class"):
+        TrainConfig(stage=StageConfig("lang"), teachers=sam, loss=LossConfig(class_ce=1.0))
+
+
+@pytest.mark.parametrize("stage", ["semantic", "lang"])
+def test_the_stage_term_adds_the_weighted_class_ce(stage, tiny_shards, tmp_path, monkeypatch):
+    """seg (stage semantic) = cosine + class_ce * CE; lang = language loss + class_ce * CE; both on
+    the stage's own teacher target and table, with the class_balance weights."""
+    import ffsplat.training.module as module_lib
+    from tests.test_training_glue import first_batch
+
+    cfg = tiny_config(tiny_shards, tmp_path, stage, loss__class_balance=1.0, loss__class_ce=0.3, loss__hcam=False,
+                      loss__mask_weight=0.0)  # fmt: skip
+    cfg.model.conditioning.use_seg_teacher = cfg.model.conditioning.use_lang_teacher = False
+    if stage == "semantic":
+        cfg.teachers.segmentation = TeacherRole("espnetv2_seg", {"checkpoint": "unused.pth"})
+    seen = []
+    real_ce = module_lib.class_cross_entropy
+
+    def spy(pred, target, table, weights=None):
+        seen.append((target, table, weights, real_ce(pred, target, table, weights)))
+        return seen[-1][-1]
+
+    monkeypatch.setattr(module_lib, "class_cross_entropy", spy)
+    module = module_lib.SemanticSplatModule(cfg)
+    if stage == "semantic":
+
+        def label_maps(views, roles):
+            labels = F.interpolate(views.labels.flatten(0, 1)[:, None].float(), size=(8, 8), mode="nearest")
+            feats = label_features(labels[:, 0].long(), teacher_class_table("espnetv2_seg"))
+            return {"segmentation": feats.unflatten(0, views.labels.shape[:2])}
+
+        monkeypatch.setattr(module, "teacher_maps", label_maps)
+    module._move_helpers()
+    terms, logs = module.loss_terms(first_batch(module, tiny_shards))
+    assert len(seen) == 1
+    target, table, weights, ce = seen[0]
+    role = "segmentation" if stage == "semantic" else "language"
+    spec = getattr(cfg.teachers, role)
+    torch.testing.assert_close(table, teacher_class_table(spec.name, spec.kwargs))
+    torch.testing.assert_close(weights, class_balance_weights(target, table, 1.0))
+    if stage == "semantic":
+        torch.testing.assert_close(terms["seg"], logs["sam_cos"] + 0.3 * ce)
+    else:
+        torch.testing.assert_close(terms["lang"], logs["lang_total"] + 0.3 * ce)
+    assert float(ce) > 0 and (logs["sam_ce"] if stage == "semantic" else logs["lang_ce"]) is ce
 
 
 # ----------------------------------------------------------------------------- background

@@ -92,3 +92,37 @@ def test_a_bad_hydra_override_fails_at_load():
         raw = compose("train", overrides=["experiment=synthetic_seg", "teachers.prompt_decoder=sam2"])
     with pytest.raises(InputError, match=r"teachers\.prompt_decoder='sam2'; choose one of auto, sam, similarity"):
         to_dataclass(TrainConfig, raw)
+
+
+def test_the_demo_recipe_chains_its_stages():
+    """examples/train_demo.sh: seg -> semantic -> lang, each stage starting from the previous one's
+    model.pt with the same architecture (the segmenter's weights travel in model.pt, so only the
+    stage that adds it names its file, and the script points that at $ESPNET)."""
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_dir
+
+    script = (CONFIG_DIR.parent / "examples" / "train_demo.sh").read_text()
+    experiments = re.findall(r"python train\.py experiment=(\w+)", script)
+    assert experiments == ["real_demo_seg", "real_demo_semantic", "real_demo_lang"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfgs = [to_dataclass(TrainConfig, compose("train", overrides=[f"experiment={e}"])) for e in experiments]
+    assert [c.stage.name for c in cfgs] == ["seg", "semantic", "lang"]
+    for before, after in zip(cfgs, cfgs[1:]):
+        assert after.stage.init_from == f"checkpoints/{before.run_name}/model.pt"
+    seg, semantic, lang = (c.model for c in cfgs)
+    assert semantic.semantic.segmenter == "espnetv2" and semantic.semantic.segmenter_checkpoint
+    assert re.search(
+        r"experiment=real_demo_semantic [^\n]*\\\n\s+model\.semantic\.segmenter_checkpoint=\"\$ESPNET\"", script
+    )
+
+    def without(model, *keys):
+        out = asdict(model)
+        for key in keys:
+            del out["semantic"][key]
+        return out
+
+    assert without(lang, "segmenter_checkpoint") == without(semantic, "segmenter_checkpoint")
+    assert not semantic.semantic.trunk_geometry  # semantics from the segmenter alone (see the experiment)
+    added = ("segmenter", "segmenter_checkpoint", "trunk_geometry")
+    assert without(seg, *added) == without(semantic, *added)  # the geometry stage 2 loads is stage 1's

@@ -7,7 +7,7 @@ Data flow (SemanticSplat sec. 3.1-3.3, MVSplat)::
     C, F, SAM?, LSeg? ─ fusion U-Net ─► latent map Z
     C, F, Z ─ depth U-Net + softmax + refinement ─► depth, refinement features R (full res)
     R, image, F↑ ─ Gaussian head ─► means, scales, rotations, opacities, SH
-    Z↑, depth, R (, image encoder?) ─ semantic trunk ─► f ─ heads ─► f^S (seg), f^L (lang)  (rendered, then decoded)
+    Z↑, depth, R (, image encoder?, frozen segmenter?) ─ semantic trunk ─► f ─ heads ─► f^S (seg), f^L (lang)  (rendered, then decoded)
 """
 
 from __future__ import annotations
@@ -102,7 +102,14 @@ class SemanticSplatNet(nn.Module):
         r = cfg.depth.refine_channels[0]
         self.gaussian_head = GaussianHead(cfg.gaussians, r + 3 + cfg.depth.feature_proj)
         sem = cfg.semantic
-        self.semantic_trunk = SemanticTrunk(cfg.conditioning.latent_dim + 1 + r, sem.latent_dim, sem.image_encoder)
+        self.semantic_trunk = SemanticTrunk(
+            cfg.conditioning.latent_dim + 1 + r,
+            sem.latent_dim,
+            sem.image_encoder,
+            sem.segmenter,
+            sem.segmenter_size,
+            sem.trunk_geometry,
+        )
         self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
         self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
         self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)

@@ -12,6 +12,8 @@ prompt, ``H x W`` image / feature grids; ``...`` is any number of leading dimens
   embeddings and from teacher embeddings (eqs. 3-5).
 * :func:`class_balance_weights` -- per-pixel weights evening out a closed-vocabulary teacher's
   classes (``loss.class_balance``).
+* :func:`class_cross_entropy` -- cross-entropy over a closed-vocabulary teacher's class rows
+  (``loss.class_ce``).
 * :func:`hcam_pool` / :func:`language_loss` -- mask-average pooling at three scales (eq. 7) before
   the language distillation loss.
 """
@@ -193,12 +195,54 @@ def class_balance_weights(target: Tensor, class_table: Tensor, power: float) -> 
     Returns:
         ``[..., h, w]`` float weights (no gradient), for ``cosine_distillation(..., mask=weights)``.
     """
-    t = F.normalize(target.detach().float(), dim=-3)
-    table = F.normalize(class_table.to(t), dim=-1)
-    labels = torch.einsum("...chw,kc->...khw", t, table).argmax(dim=-3)  # [..., h, w]
-    freq = torch.bincount(labels.reshape(-1), minlength=len(table)).to(t.dtype) / labels.numel()
+    labels = teacher_class_labels(target, class_table)
+    freq = torch.bincount(labels.reshape(-1), minlength=len(class_table)).float() / labels.numel()
     weights = freq.pow(-float(power))[labels]  # only classes present are indexed (freq > 0)
     return weights / weights.mean()
+
+
+def teacher_class_labels(target: Tensor, class_table: Tensor) -> Tensor:
+    """``[..., h, w]`` long: the class row of ``class_table [K, C]`` nearest (cosine) to each pixel of
+    the closed-vocabulary teacher features ``target [..., C, h, w]`` (the argmax of the teacher's
+    class probabilities, as its features are normalised mixtures of nearly orthogonal rows)."""
+    t = F.normalize(target.detach().float(), dim=-3)
+    table = F.normalize(class_table.to(t), dim=-1)
+    return torch.einsum("...chw,kc->...khw", t, table).argmax(dim=-3)
+
+
+CLASS_CE_TEMPERATURE = 0.1
+"""Temperature of :func:`class_cross_entropy`'s cosine logits (LSeg scales them by ~1/0.07)."""
+
+
+def class_cross_entropy(pred: Tensor, target: Tensor, class_table: Tensor, weights: Tensor | None = None,
+                        temperature: float = CLASS_CE_TEMPERATURE) -> Tensor:  # fmt: skip
+    """Closed-vocabulary cross-entropy (LSeg's objective): logits ``cos(pred, class_table[k]) /
+    temperature``, labels the teacher's classes (:func:`teacher_class_labels` of ``target``).
+
+    The cosine distillation of a pixel the teacher calls 55 % chair and 45 % background is nearly
+    as well served by "background" as by "chair"; this term makes the field rank the teacher's class
+    first, which is what classification, ``--query`` and per-Gaussian classes read.
+
+    Args:
+        pred: ``[..., C, h', w']`` rendered (expanded) features; resized to ``target``'s grid
+            as in :func:`cosine_distillation`.
+        target: ``[..., C, h, w]`` teacher features (detached).
+        class_table: ``[K, C]`` the teacher's class rows (background included where it has one).
+        weights: optional ``[..., h, w]`` per-pixel weights (:func:`class_balance_weights`).
+    Returns:
+        scalar: the (weighted) mean cross-entropy over pixels.
+    """
+    if pred.shape[:-2] != target.shape[:-2]:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ beyond the grid")
+    labels = teacher_class_labels(target, class_table)
+    pred = F.normalize(resize_to(pred, tuple(target.shape[-2:])).float(), dim=-3)
+    logits = torch.einsum("...chw,kc->...khw", pred, F.normalize(class_table.to(pred), dim=-1)) / temperature
+    ce = F.cross_entropy(logits.reshape(-1, *logits.shape[-3:]), labels.reshape(-1, *labels.shape[-2:]),
+                         reduction="none").reshape(labels.shape)  # fmt: skip
+    if weights is None:
+        return ce.mean()
+    w = weights.to(ce.dtype).expand_as(ce)
+    return (ce * w).sum() / w.sum().clamp_min(1e-8)
 
 
 # ------------------------------------------------------------------------------------ mask loss

@@ -292,15 +292,29 @@ class ESPNetv2Seg(nn.Module):
         return F.interpolate(y, (h, w), mode="bilinear", align_corners=True)
 
 
-def load_espnetv2(checkpoint: str | Path) -> ESPNetv2Seg:
-    """ESPNetv2-PASCAL from a published state-dict file, loaded strictly (eval mode)."""
-    path = require_file(checkpoint, "espnetv2.checkpoint")
+def load_espnetv2(checkpoint: str | Path, key: str = "espnetv2.checkpoint") -> ESPNetv2Seg:
+    """ESPNetv2-PASCAL from a published state-dict file, loaded strictly (eval mode); errors name ``key``."""
+    path = require_file(checkpoint, key)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise TypeError(f"espnetv2.checkpoint: {path} is not a state dict")
+        raise TypeError(f"{key}: {path} is not a state dict")
     model = ESPNetv2Seg()
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{key}: {path} is not an ESPNetv2-PASCAL (s = 2.0) state dict: {exc}") from exc
     return model.eval()
+
+
+def espnetv2_logits(net: ESPNetv2Seg, images: Tensor, input_size: tuple[int, int]) -> Tensor:
+    """``images [N, 3, H, W]`` in ``[0, 1]`` -> logits ``[N, 21, H, W]``: ImageNet-standardised and
+    resized to ``input_size`` (multiples of 16) for the network, the logits resized back bilinearly."""
+    h, w = images.shape[-2:]
+    x = F.interpolate(images, tuple(input_size), mode="bilinear", align_corners=False)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    logits = net((x - mean) / std)
+    return F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
 
 
 class ESPNetv2Teacher(nn.Module):
@@ -342,8 +356,6 @@ class ESPNetv2Teacher(nn.Module):
         self.net.requires_grad_(False)
         self.input_size, self.dim, self.stride, self.temperature = size, dim, stride, temperature
         self.register_buffer("table", _unit_table(len(PASCAL_CLASSES), dim, seed), persistent=False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> ESPNetv2Teacher:
         super().train(mode)
@@ -361,10 +373,7 @@ class ESPNetv2Teacher(nn.Module):
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
         """``images [N, 3, H, W]`` in ``[0, 1]`` -> logits ``[N, 21, H, W]`` (network at ``input_size``)."""
-        h, w = images.shape[-2:]
-        x = F.interpolate(images.float(), self.input_size, mode="bilinear", align_corners=False)
-        logits = self.net((x - self.mean) / self.std)
-        return F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+        return espnetv2_logits(self.net, images.float(), self.input_size)
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:

@@ -140,15 +140,25 @@ class StageConfig:
             :mod:`ffsplat.training.stages`.
         init_from: checkpoint of the previous stage to start from (a ``last.ckpt`` or a slim
             ``model.pt``); None starts from the config's initial weights.
+        init_groups: the parameter groups (``geometry``, ``segmentation``, ``language``) taken from
+            ``init_from``, with their modules' buffers; the others keep their initialisation
+            (``[]`` = all groups). E.g. ``[geometry]`` retrains a collapsed semantic branch from
+            scratch on a trained geometry.
     """
 
     name: str = "seg"
     init_from: str | None = None
+    init_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from ffsplat.training.stages import get_stage
+        from ffsplat.training.stages import PARAMETER_GROUPS, get_stage
 
         get_stage(self.name)  # an unknown name: one InputError naming stage.name and the choices
+        self.init_groups = tuple(self.init_groups)
+        for group in self.init_groups:
+            check_choice("stage.init_groups", group, list(PARAMETER_GROUPS))
+        if self.init_groups and not self.init_from:
+            raise InputError(f"stage.init_groups={list(self.init_groups)} needs stage.init_from")
 
 
 @dataclass
@@ -174,6 +184,11 @@ class LossConfig:
             closed-vocabulary teachers (``espnetv2``, ``espnetv2_seg``, ``label_lang``), whose
             features are mixtures of known class rows; refused when the config loads for others (SAM,
             LSeg) and for the ``geometry`` stage.
+        class_ce: weight of a closed-vocabulary cross-entropy added to the same distillation term
+            (:func:`ffsplat.objectives.losses.class_cross_entropy`: cosine logits against the
+            teacher's class rows at temperature 0.1, labels the teacher's argmax class, weighted by
+            ``class_balance``'s weights), as LSeg trains; 0 = off (the paper). Same teachers and
+            stages as ``class_balance``.
     """
 
     lpips_weight: float = 0.05
@@ -183,10 +198,13 @@ class LossConfig:
     hcam: bool = True
     depth_weight: float = 0.0
     class_balance: float = 0.0
+    class_ce: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_balance, (int, float)) or not 0 <= self.class_balance <= 1:
             raise InputError(f"loss.class_balance: expected a number in [0, 1], got {self.class_balance!r}")
+        if not isinstance(self.class_ce, (int, float)) or self.class_ce < 0:
+            raise InputError(f"loss.class_ce: expected a number >= 0, got {self.class_ce!r}")
 
 
 @dataclass
@@ -298,22 +316,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.name", self.model.name, sorted(MODELS))
-        if self.loss.class_balance:
-            self._check_class_balance()
+        for key in ("class_balance", "class_ce"):
+            if getattr(self.loss, key):
+                self._check_class_table_option(key)
 
-    def _check_class_balance(self) -> None:
-        """``loss.class_balance`` needs a stage with a teacher target whose teacher has a class table."""
+    def _check_class_table_option(self, key: str) -> None:
+        """``loss.<key>`` (class_balance, class_ce) needs a stage with a teacher target whose teacher
+        has a class table."""
         from ffsplat.teachers.base import teacher_class_table
         from ffsplat.training.stages import get_stage
 
+        value = getattr(self.loss, key)
         role = get_stage(self.stage.name).target_teacher
         if role is None:
-            raise InputError(
-                f"loss.class_balance={self.loss.class_balance}: stage {self.stage.name!r} distils no teacher; set it to 0"
-            )
+            raise InputError(f"loss.{key}={value}: stage {self.stage.name!r} distils no teacher; set it to 0")
         teacher = getattr(self.teachers, role)
         if teacher_class_table(teacher.name, teacher.kwargs) is None:
             raise InputError(
-                f"loss.class_balance={self.loss.class_balance}: teachers.{role}.name={teacher.name!r} has no closed "
-                "class vocabulary to balance (espnetv2, espnetv2_seg and label_lang have one); set it to 0"
+                f"loss.{key}={value}: teachers.{role}.name={teacher.name!r} has no closed class vocabulary "
+                "(espnetv2, espnetv2_seg and label_lang have one); set it to 0"
             )

@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.objectives.losses import (
-    LPIPS_VGG_KEY, class_balance_weights, cosine_distillation, depth_loss, language_loss, make_lpips,
+    LPIPS_VGG_KEY, class_balance_weights, class_cross_entropy, cosine_distillation, depth_loss, language_loss, make_lpips,
     mask_consistency_loss, photometric_loss,
 )  # fmt: skip
 from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr
 from ffsplat.model.network import LANG, SEG, build_model
-from ffsplat.model.semantic_heads import resize_field
+from ffsplat.model.semantic_heads import SemanticConfig, resize_field
 from ffsplat.objectives import policy
 from ffsplat.objectives.prompting import sample_prompt_points
 from ffsplat.render.renderer import render
@@ -71,16 +71,27 @@ class SemanticSplatModule(L.LightningModule):
         self.cfg = cfg
         self.model = build_model(cfg.model)
         self.trained_groups = self.stage.trains
+        init_keys = group_state_keys(self.model, cfg.stage.init_groups) if cfg.stage.init_groups else None
+        segmenter_loaded = load_segmenter(
+            self.model, cfg.model.semantic,
+            has_init=bool(cfg.stage.init_from) and (init_keys is None or any(k.startswith(SEGMENTER_PREFIX) for k in init_keys)),
+        )  # fmt: skip
         if cfg.stage.init_from:
             groups = self.model.parameter_groups()
             trained = {id(p) for g in self.trained_groups for p in groups[g]}
             addable = [
                 n for n, p in self.model.named_parameters() if id(p) in trained and n.startswith(ADDABLE_MODULES)
             ]
-            added = load_model_weights(self.model, cfg.stage.init_from, addable)
+            if segmenter_loaded:  # a frozen segmenter loaded from its own file may be new to the init model
+                addable += [n for n in self.model.state_dict() if n.startswith(SEGMENTER_PREFIX)]
+            added = load_model_weights(self.model, cfg.stage.init_from, addable, init_keys)
+            if init_keys is not None:
+                rank_zero_info(f"[train] stage.init_groups={list(cfg.stage.init_groups)}: only these groups come from "
+                               f"{cfg.stage.init_from}; the others start from their initialisation")  # fmt: skip
             if added:
                 rank_zero_info(f"[train] stage.init_from={cfg.stage.init_from} lacks {len(added)} tensors of the new "
-                               f"modules {[p.rstrip('.') for p in ADDABLE_MODULES]}: they start from their initialisation")  # fmt: skip
+                               f"modules {sorted({k.rsplit('.', 1)[0].split('.')[1] for k in added})}: they start from their "
+                               "initialisation (a segmenter from model.semantic.segmenter_checkpoint)")  # fmt: skip
         self.depth_ranges: list[tuple[float, float]] = []  # training clips' (near, far): model.pt's depth_range
         # A stage that does not train the geometry keeps the depth range it was trained over.
         self.inherited_depth_range = (
@@ -113,7 +124,7 @@ class SemanticSplatModule(L.LightningModule):
         self.class_embeddings = eval_class_embeddings(cfg)
         self.class_names = eval_class_names(cfg)
         self.background_embedding = eval_background_embedding(cfg)
-        self._class_table: Tensor | None = None  # the target teacher's, for loss.class_balance
+        self._class_table: Tensor | None = None  # the target teacher's, for loss.class_balance / class_ce
         self._val_meter = SegmentationMeter(num_classes=len(EVAL_CLASSES))
         self._val_scalars: dict[str, list[float]] = {}
 
@@ -201,7 +212,11 @@ class SemanticSplatModule(L.LightningModule):
             sam = teacher["segmentation"]
             expanded = self.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": sam.shape[-2:]})["sam"]
             if "seg" in active:
-                terms["seg"] = logs["sam_cos"] = cosine_distillation(expanded, sam, self.class_weights(sam))
+                weights = self.class_weights(sam)
+                terms["seg"] = logs["sam_cos"] = cosine_distillation(expanded, sam, weights)
+                if self.cfg.loss.class_ce:
+                    logs["sam_ce"] = class_cross_entropy(expanded, sam, self.class_table(), weights)
+                    terms["seg"] = terms["seg"] + self.cfg.loss.class_ce * logs["sam_ce"]
             if "mask" in active:
                 terms["mask"] = logs["sam_mask"] = self.mask_loss(expanded, sam, target)
         if "lang" in active:
@@ -209,9 +224,13 @@ class SemanticSplatModule(L.LightningModule):
             expanded = self.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": (h, w)})["lseg"]
             masks = self.hcam_masks(target) if self.cfg.loss.hcam else None
             target_lang = teacher["language"].flatten(0, 1)
-            lang = language_loss(expanded.flatten(0, 1), target_lang, masks, self.class_weights(target_lang))
+            weights = self.class_weights(target_lang)
+            lang = language_loss(expanded.flatten(0, 1), target_lang, masks, weights)
             logs.update({f"lang_{k}": v for k, v in lang.items()})
             terms["lang"] = lang["total"]
+            if self.cfg.loss.class_ce:
+                logs["lang_ce"] = class_cross_entropy(expanded.flatten(0, 1), target_lang, self.class_table(), weights)
+                terms["lang"] = terms["lang"] + self.cfg.loss.class_ce * logs["lang_ce"]
         return terms, logs
 
     def class_weights(self, target: Tensor) -> Tensor | None:
@@ -220,10 +239,15 @@ class SemanticSplatModule(L.LightningModule):
         power = self.cfg.loss.class_balance
         if not power:
             return None
+        return class_balance_weights(target, self.class_table().to(target.device), power)
+
+    def class_table(self) -> Tensor:
+        """``[K, C]`` class rows of the stage's target teacher (closed vocabularies only: checked when
+        the config loads for ``loss.class_balance`` and ``loss.class_ce``), on the model's device."""
         if self._class_table is None:
             spec = getattr(self.cfg.teachers, self.stage.target_teacher)
-            self._class_table = teacher_class_table(spec.name, spec.kwargs)  # checked at config load
-        return class_balance_weights(target, self._class_table.to(target.device), power)
+            self._class_table = teacher_class_table(spec.name, spec.kwargs)
+        return self._class_table.to(self.device)
 
     def depth_supervision(self, out, rendered, batch: Example, logs: dict[str, Tensor]) -> Tensor:
         """Depth loss on the predicted context depth and the rendered target depth (views that
@@ -387,8 +411,33 @@ def eval_background_embedding(cfg: TrainConfig) -> Tensor | None:
 
 
 ADDABLE_MODULES = ("semantic_trunk.image_encoder.", "semantic_trunk.image_proj.")
-"""Modules a stage may add to a model it starts from (``semantic.image_encoder``: its projection
-starts at zero, so the loaded model's outputs are unchanged until the stage trains them)."""
+"""Modules a stage that trains them may add to a model it starts from (``semantic.image_encoder``
+and ``semantic.segmenter``: their projection starts at zero, so the loaded model's outputs are
+unchanged until the stage trains them)."""
+
+SEGMENTER_PREFIX = "semantic_trunk.segmenter."
+"""State-dict prefix of the frozen ``semantic.segmenter``: a ``stage.init_from`` model may lack it
+when ``semantic.segmenter_checkpoint`` supplies it."""
+
+
+def load_segmenter(model: nn.Module, cfg: SemanticConfig, has_init: bool) -> bool:
+    """Load ``semantic.segmenter_checkpoint`` into the model's frozen segmenter; True when loaded.
+
+    Raises:
+        ValueError naming ``model.semantic.segmenter_checkpoint`` when the model has a segmenter, no
+        checkpoint is given and there is no ``stage.init_from`` to bring its weights (a randomly
+        initialised "pretrained" segmenter would train silently on noise).
+    """
+    if not cfg.segmenter:
+        return False
+    if not cfg.segmenter_checkpoint:
+        if not has_init:
+            raise ValueError(f"model.semantic.segmenter={cfg.segmenter!r} needs its published weights: set "
+                             "model.semantic.segmenter_checkpoint to the local file (or stage.init_from to a "
+                             "model.pt that has them)")  # fmt: skip
+        return False
+    model.semantic_trunk.segmenter.load_weights(cfg.segmenter_checkpoint)
+    return True
 
 
 def init_depth_range(path: str | Path) -> list[float] | None:
@@ -404,11 +453,24 @@ def init_depth_range(path: str | Path) -> list[float] | None:
     return None
 
 
-def load_model_weights(model: nn.Module, path: str | Path, addable: Sequence[str] = ()) -> list[str]:
+def group_state_keys(model: nn.Module, groups: Sequence[str]) -> set[str]:
+    """State-dict keys (parameters and buffers) of the top-level modules whose parameters are in
+    ``groups`` of ``model.parameter_groups()`` (``stage.init_groups``)."""
+    table = model.parameter_groups()
+    ids = {id(p) for g in groups for p in table[g]}
+    modules = {name.split(".")[0] for name, p in model.named_parameters() if id(p) in ids}
+    return {k for k in model.state_dict() if k.split(".")[0] in modules}
+
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, addable: Sequence[str] = (), keys: set[str] | None = None
+) -> list[str]:
     """Load network weights from a slim ``model.pt`` or a Lightning checkpoint (``model.`` prefix).
 
     Args:
         addable: parameter names the file may lack (they keep their initialisation).
+        keys: load only these state-dict keys (``stage.init_groups``; None = all): the others keep
+            their initialisation, and the file's tensors for them are ignored.
     Returns:
         the names of ``addable`` that the file lacked.
     Raises:
@@ -421,13 +483,21 @@ def load_model_weights(model: nn.Module, path: str | Path, addable: Sequence[str
         state = load_weights(path)
     except CheckpointError as exc:
         raise ValueError(f"stage.init_from={path}: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if keys is not None:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in keys or k not in own}  # unknown keys are still reported
+        missing, unexpected = model.load_state_dict(
+            state | {k: v for k, v in own.items() if k not in keys}, strict=False
+        )
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     added = [k for k in missing if k in set(addable)]
     missing = [k for k in missing if k not in set(addable)]
     if missing or unexpected:
-        raise RuntimeError(
-            f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} (different model config?)"
-        )
+        hint = "different model config?"
+        if any(k.startswith(SEGMENTER_PREFIX) for k in missing):
+            hint = "it has no semantic.segmenter: set model.semantic.segmenter_checkpoint to the segmenter's weights"
+        raise RuntimeError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} ({hint})")
     return added
 
 

@@ -59,7 +59,12 @@ class MVSplatSemanticNet(nn.Module):
         nn.init.zeros_(self.condition_inject.bias)
         sem = cfg.semantic
         self.semantic_trunk = SemanticTrunk(
-            cond.latent_dim + 1 + g.depth_unet_feat_dim, sem.latent_dim, sem.image_encoder
+            cond.latent_dim + 1 + g.depth_unet_feat_dim,
+            sem.latent_dim,
+            sem.image_encoder,
+            sem.segmenter,
+            sem.segmenter_size,
+            sem.trunk_geometry,
         )
         self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
         self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
