@@ -5,6 +5,8 @@ non-finite weights are refused; a damaged last.ckpt falls back to the newest int
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import shutil
 from pathlib import Path
 
@@ -37,6 +39,12 @@ def bad_config(kind: str, shards: Path, tmp: Path):
         cfg.checkpoint.resume, message = str(tmp / "bad.ckpt"), "checkpoint.resume: "
     elif kind == "unknown_scene":
         cfg.data.scenes, message = ["room9"], "data.scenes: ['room9'] not in split 'train'"
+    elif kind == "missing_segmenter_checkpoint":
+        cfg.model.semantic = replace(cfg.model.semantic, segmenter="espnetv2", segmenter_checkpoint=str(tmp / "e.pth"))
+        message = "model.semantic.segmenter_checkpoint: espnetv2 weights not found"
+    elif kind == "segmenter_without_weights":
+        cfg.model.semantic = replace(cfg.model.semantic, segmenter="espnetv2")
+        message = "model.semantic.segmenter='espnetv2' needs its published weights"
     elif kind == "zero_lr":
         cfg.optim.lr, message = 0.0, "optim.lr"
     elif kind == "zero_steps":
@@ -47,7 +55,8 @@ def bad_config(kind: str, shards: Path, tmp: Path):
 
 
 @pytest.mark.parametrize("kind", ["missing_root", "missing_split", "missing_eval_index", "missing_init", "missing_resume",
-                                  "damaged_resume", "unknown_scene", "zero_lr", "zero_steps"])  # fmt: skip
+                                  "damaged_resume", "unknown_scene", "missing_segmenter_checkpoint",
+                                  "segmenter_without_weights", "zero_lr", "zero_steps"])  # fmt: skip
 def test_bad_config_gives_one_error_line_and_writes_nothing(tiny_shards, tmp_path, capsys, kind):
     cfg, message = bad_config(kind, tiny_shards, tmp_path)
     code = train.run(cfg)

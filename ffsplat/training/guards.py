@@ -154,12 +154,34 @@ def check_train_config(cfg) -> None:
     check_number("optim.max_nonfinite_steps", getattr(o, "max_nonfinite_steps", 5), low=1, integer=True)
     if cfg.stage.init_from:
         check_input_file("stage.init_from", Path(cfg.stage.init_from), "model.pt or Lightning checkpoint")
+    check_segmenter_source(cfg)
     resume = cfg.checkpoint.resume
     if resume not in (None, "auto"):
         check_input_file("checkpoint.resume", Path(resume), "Lightning checkpoint")
         problem = checkpoint_problem(Path(resume))
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
+
+
+def check_segmenter_source(cfg) -> None:
+    """A model with ``model.semantic.segmenter`` gets its frozen weights from
+    ``model.semantic.segmenter_checkpoint`` (an existing file) or, without one, from a
+    ``stage.init_from`` whose segmentation group is loaded (``stage.init_groups``)."""
+    sem = cfg.model.semantic
+    if not sem.segmenter:
+        return
+    if sem.segmenter_checkpoint:
+        check_input_file(
+            "model.semantic.segmenter_checkpoint", Path(sem.segmenter_checkpoint), f"{sem.segmenter} weights"
+        )
+        return
+    groups = cfg.stage.init_groups
+    if not cfg.stage.init_from or (groups and "segmentation" not in groups):
+        raise InputError(
+            f"model.semantic.segmenter={sem.segmenter!r} needs its published weights: set "
+            "model.semantic.segmenter_checkpoint to the local file (or stage.init_from to a model.pt that has "
+            "them, with 'segmentation' in stage.init_groups)"
+        )
 
 
 def check_mask_source(cfg) -> None:
