@@ -44,7 +44,8 @@ class SemanticConfig:
             model). BENCHMARKS.md ("Real-data benchmark") says what it did for the CPU demo model.
         segmenter: registry name (:data:`SEGMENTERS`) of a pretrained 2D segmenter whose per-pixel
             class probabilities of each context image join the semantic trunk's input (through the
-            same zero-initialised projection as ``image_encoder``); empty = none. ``espnetv2``:
+            same zero-initialised projection as ``image_encoder``, or directly with
+            ``trunk_geometry: false``); empty = none. ``espnetv2``:
             ESPNetv2-PASCAL (21 classes). The segmenter is **frozen** (its weights are buffers: no
             stage trains them) and part of the model, so ``model.pt`` carries them and inference
             needs no other file. It plays the role the paper gives SAM/LSeg conditioning (sec. 3.2),
