@@ -33,10 +33,15 @@ def test_real_demo_experiments_compose():
     assert (seg.teachers.segmentation.name, seg.teachers.language.name) == ("espnetv2_seg", "espnetv2")
     assert seg.teachers.masks == "none" and not seg.model.conditioning.names
     assert seg.model.gaussians.scale_min >= 0.5
+    semantic = compose("experiment=real_demo_semantic")
+    assert semantic.stage.name == "semantic" and semantic.stage.init_from == "checkpoints/real_demo_seg/model.pt"
+    assert semantic.stage.init_groups == ("geometry",) and semantic.data.scenes == ["hololens-office"]
+    assert semantic.model.semantic.segmenter == "espnetv2" and not semantic.model.semantic.trunk_geometry
+    assert semantic.loss.class_ce > 0 and semantic.loss.class_balance > 0
     lang = compose("experiment=real_demo_lang", "trainer=gpu")
-    assert lang.stage.name == "lang" and lang.stage.init_from == "checkpoints/real_demo_seg/model.pt"
+    assert lang.stage.name == "lang" and lang.stage.init_from == "checkpoints/real_demo_semantic/model.pt"
     assert lang.trainer.accelerator == "gpu"
-    assert lang.model.conditioning == seg.model.conditioning  # stage 2 loads stage 1's weights
+    assert lang.model.conditioning == semantic.model.conditioning == seg.model.conditioning  # each loads the last
 
 
 def test_depth_loss_is_added_only_with_a_weight(tiny_shards, tmp_path):
