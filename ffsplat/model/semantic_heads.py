@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ffsplat.model.backbone import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass
 class SemanticConfig:
@@ -98,16 +100,13 @@ class SemanticConfig:
                              "(the trunk would have no input)")  # fmt: skip
 
 
-IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-"""ImageNet statistics the image encoder standardises its ``[0, 1]`` input with."""
-
-
 class SemanticImageEncoder(nn.Module):
     """Multi-scale CNN on the context image for the semantic latent: ``[N, 3, H, W]`` in ``[0, 1]`` ->
     ``[N, out_dim, H, W]``.
 
-    Stage ``i`` (width ``widths[i]``) is two 3x3 convolutions with per-image instance norm (as the
-    backbone: batch statistics would couple views) at ``1/2^(i+1)`` resolution; the stages from
+    The input is standardised with ImageNet statistics. Stage ``i`` (width ``widths[i]``) is two
+    3x3 convolutions with per-image instance norm (as the backbone: batch statistics would couple
+    views) at ``1/2^(i+1)`` resolution; the stages from
     1/4 down are upsampled to 1/4, concatenated, mixed by a 1x1 convolution to ``out_dim`` and
     upsampled to the input size. The coarse stages give each pixel the context (a desk, a room)
     that a class needs.
@@ -130,8 +129,8 @@ class SemanticImageEncoder(nn.Module):
             cin = width
         self.stages = nn.ModuleList(stages)
         self.mix = nn.Conv2d(sum(widths[1:]), out_dim, 1)
-        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]
