@@ -103,6 +103,7 @@ def untrained_checkpoint(path: Path, espnet: str, like: Path | None = None) -> P
     """A model at initialisation (seed 0) as a slim checkpoint with the ESPNetv2 vocabulary: the
     architecture of ``like`` (a model file), else the small model without conditioning."""
     from ffsplat.checkpoint import load_model, save_model
+    from ffsplat.teachers.base import teacher_class_table
     from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, pascal_background_embedding, pascal_class_embeddings
 
     if like is not None:
@@ -115,6 +116,8 @@ def untrained_checkpoint(path: Path, espnet: str, like: Path | None = None) -> P
     model = build_model(cfg)
     teachers = {"segmentation": {"name": "espnetv2_seg", "kwargs": {"checkpoint": espnet}},
                 "language": {"name": "espnetv2", "kwargs": {"checkpoint": espnet}}}  # fmt: skip
+    if cfg.semantic.fields == "classes":  # the teachers' fixed class tables (as training sets them)
+        model.set_class_tables(*(teacher_class_table(t["name"], t["kwargs"]) for t in teachers.values()))
     return save_model(path, model_config=asdict(cfg), state_dict=model.state_dict(), teachers=teachers,
                       class_names=list(PASCAL_CLASSES[1:]), class_embeddings=pascal_class_embeddings(),
                       background_embedding=pascal_background_embedding(), stage="untrained", trained_on=None,

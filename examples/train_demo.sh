@@ -3,7 +3,7 @@
 # synthetic rooms, with sensor-depth supervision and the ESPNetv2-PASCAL teacher.
 #
 #   examples/train_demo.sh                      # CPU, 128x128 (defaults below)
-#   DEVICE=cuda SIZE=256 SEG_STEPS=3000 SEMANTIC_STEPS=800 LANG_STEPS=600 examples/train_demo.sh   # one GPU (not run yet)
+#   DEVICE=cuda SIZE=256 SEG_STEPS=3000 SEMANTIC_STEPS=400 LANG_STEPS=400 examples/train_demo.sh   # one GPU (not run yet)
 #
 # Environment (all optional):
 #   HOLOLENS   the sequence folder (default ../shared/data/hololens-office). Frames >= HOLDOUT
@@ -11,10 +11,11 @@
 #              evaluates on them.
 #   ESPNET     espnetv2_s_2.0_pascal_256x256.pth (default under ../shared/weights/espnetv2-pascal/)
 #   SIZE       training resolution (default 128); DEVICE cpu | cuda (teachers and trainer)
-#   SEG_STEPS, SEMANTIC_STEPS, LANG_STEPS   steps of the three stages (default 1500 / 400 / 300):
+#   SEG_STEPS, SEMANTIC_STEPS, LANG_STEPS   steps of the three stages (default 1500 / 200 / 200):
 #              real_demo_seg (geometry + segmentation field, real + synthetic clips),
-#              real_demo_semantic (the segmentation branch gains the frozen ESPNetv2 segmenter,
-#              model.semantic.segmenter; real clips only) and real_demo_lang (language field).
+#              real_demo_semantic (the semantic branch becomes a class field of the frozen ESPNetv2
+#              segmenter, model.semantic.segmenter / fields: classes; its segmentation residual is
+#              trained on real clips only) and real_demo_lang (the language field's residual).
 #   SYN_SCENES synthetic rooms added for diversity (default 8; 0 = real frames only); WORK data folder (default data)
 #   WORKERS    processes for ray casting the rooms and writing shards (default 2)
 #   OMP_NUM_THREADS  torch's intra-op threads; default 1 on CPU. The small model's ops are small,
@@ -22,9 +23,9 @@
 #              mostly spin: one seg step took ~50 s with 2 threads and ~2 s with 1 (BENCHMARKS.md).
 # Run time on the 2-core build box, one torch thread per process (2026-11-30): synthetic rooms 16 s,
 # shards 6 min (ESPNetv2 on CPU dominates: two 256x256 passes per keyframe, ~170 real + 320
-# synthetic keyframes at SIZE=128), stage 1 1500 steps 54 min (0.47 steps/s), stage 2 400 steps
-# 21 min (0.32 steps/s; the frozen ESPNetv2 runs on both context views each step), stage 3 300
-# steps 13 min (0.38 steps/s): about 95 minutes in all. Re-running skips finished shards
+# synthetic keyframes at SIZE=128), stage 1 1500 steps 54 min (0.47 steps/s), stage 2
+# 200 steps 12 min (0.29 steps/s; the frozen ESPNetv2 runs on both context views each step),
+# stage 3 200 steps 7 min (0.49 steps/s): about 80 minutes in all. Re-running skips finished shards
 # (make_shards resumes). Shards are ~1.5 MB per keyframe (cached teacher features).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +36,8 @@ HOLDOUT=${HOLDOUT:-208}
 SIZE=${SIZE:-128}
 DEVICE=${DEVICE:-cpu}
 SEG_STEPS=${SEG_STEPS:-1500}
-SEMANTIC_STEPS=${SEMANTIC_STEPS:-400}
-LANG_STEPS=${LANG_STEPS:-300}
+SEMANTIC_STEPS=${SEMANTIC_STEPS:-200}
+LANG_STEPS=${LANG_STEPS:-200}
 SYN_SCENES=${SYN_SCENES:-8}
 WORK=${WORK:-data}
 WORKERS=${WORKERS:-2}

@@ -40,7 +40,7 @@ def test_readme_main_command_runs_infer_on_the_example_views(tmp_path):
     demo = ROOT / "examples" / "demo_real"
     out = tmp_path / "demo" / "scene.ply"
     cmd = [sys.executable, str(ROOT / "infer.py"), "--views", str(demo / "view_0.jpg"), str(demo / "view_1.jpg"),
-           "--cameras", str(demo / "cameras.json"), "--out", str(out), "--render", "--query", "chair", "--device", "cpu"]  # fmt: skip
+           "--cameras", str(demo / "cameras.json"), "--out", str(out), "--render", "--query", "sofa", "--device", "cpu"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     gaussians, extra = read_ply(out)
@@ -56,5 +56,9 @@ def test_readme_main_command_runs_infer_on_the_example_views(tmp_path):
     counts = json.loads(out.with_suffix(".json").read_text())["class_counts"]
     assert sum(counts.values()) == gaussians.num_gaussians
     assert counts.get("unlabelled", 0) == int((extra["class_id"] == 0).sum())
+    # ESPNetv2 sees the sofa in the first photo; the demo model's fields carry it into the Gaussians
+    assert counts.get("sofa", 0) > 1000 and "query 'sofa':" in done.stdout
+    sofa, _ = read_ply(out.with_name("scene_sofa.ply"))
+    assert sofa.num_gaussians == counts["sofa"]
     rgb = np.asarray(Image.open(tmp_path / "demo" / "scene_render" / "view_0_rgb.png"))
     assert rgb.shape == (size, size, 3) and rgb.std() > 5

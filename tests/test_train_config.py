@@ -124,5 +124,6 @@ def test_the_demo_recipe_chains_its_stages():
 
     assert without(lang, "segmenter_checkpoint") == without(semantic, "segmenter_checkpoint")
     assert not semantic.semantic.trunk_geometry  # semantics from the segmenter alone (see the experiment)
-    added = ("segmenter", "segmenter_checkpoint", "trunk_geometry")
+    assert semantic.semantic.fields == "classes"  # every class the segmenter knows reaches the fields
+    added = ("segmenter", "segmenter_checkpoint", "trunk_geometry", "fields", "seg_dim", "lang_dim")
     assert without(seg, *added) == without(semantic, *added)  # the geometry stage 2 loads is stage 1's

@@ -27,11 +27,9 @@ from ffsplat.model.cost_volume import correlation_cost_volume
 from ffsplat.model.depth import DepthConfig, DepthHead, DepthOutput
 from ffsplat.model.gaussians import GaussianConfig, GaussianHead
 from ffsplat.model.mvsplat.config import MVSplatConfig
-from ffsplat.model.semantic_heads import FieldDecoder, FieldHead, SemanticConfig, SemanticTrunk
+from ffsplat.model.semantic_heads import LANG as LANG, SEG as SEG  # the field names, re-exported
+from ffsplat.model.semantic_heads import SemanticBranch, SemanticConfig
 from ffsplat.core.types import Gaussians, Views
-
-SEG, LANG = "seg", "lang"
-"""Names of the two semantic fields in ``Gaussians.features`` and rendered outputs."""
 
 
 @dataclass
@@ -88,7 +86,7 @@ class NetworkOutput:
     depth: DepthOutput
 
 
-class SemanticSplatNet(nn.Module):
+class SemanticSplatNet(SemanticBranch, nn.Module):
     """Feed-forward semantic Gaussian predictor for any number of context views ``V >= 2``."""
 
     def __init__(self, cfg: ModelConfig):
@@ -101,19 +99,7 @@ class SemanticSplatNet(nn.Module):
         self.depth_head = DepthHead(cfg.depth, c, cfg.conditioning.latent_dim)
         r = cfg.depth.refine_channels[0]
         self.gaussian_head = GaussianHead(cfg.gaussians, r + 3 + cfg.depth.feature_proj)
-        sem = cfg.semantic
-        self.semantic_trunk = SemanticTrunk(
-            cfg.conditioning.latent_dim + 1 + r,
-            sem.latent_dim,
-            sem.image_encoder,
-            sem.segmenter,
-            sem.segmenter_size,
-            sem.trunk_geometry,
-        )
-        self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
-        self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
-        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
-        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lang_teacher_dim, sem.decoder_hidden)
+        self.build_semantic_branch(cfg.semantic, cfg.conditioning.latent_dim + 1 + r)
 
     def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> NetworkOutput:
         """
@@ -150,31 +136,13 @@ class SemanticSplatNet(nn.Module):
         refine = rearrange(depth.refine_features, "b v c h w -> (b v) c h w")
         trunk_in = torch.cat([latent_full, rearrange(norm_disp, "b v h w -> (b v) 1 h w"), refine], dim=1)
         flat_images = rearrange(images, "b v c h w -> (b v) c h w")
-        f = rearrange(self.semantic_trunk(trunk_in, flat_images), "(b v) c h w -> b (v h w) c", b=b)
-        gaussians = replace(gaussians, features={SEG: self.seg_head(f), LANG: self.lang_head(f)})
+        gaussians = replace(gaussians, features=self.semantic_features(trunk_in, flat_images, b))
         return NetworkOutput(gaussians=gaussians, depth=depth)
-
-    def decode_fields(
-        self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None
-    ) -> dict[str, Tensor]:
-        """Expand rendered fields to teacher space: ``{"seg": [B,V,seg_dim,H,W]}`` -> ``{"sam": [B,V,256,h,w]}``,
-        ``{"lang": ...}`` -> ``{"lseg": [B,V,512,h,w]}``; ``sizes`` gives the teacher grids (default: rendered size)."""
-        sizes = sizes or {}
-        out = {}
-        if SEG in rendered:
-            out["sam"] = self.seg_decoder(rendered[SEG], sizes.get("sam"))
-        if LANG in rendered:
-            out["lseg"] = self.lang_decoder(rendered[LANG], sizes.get("lseg"))
-        return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by branch, for stage-wise freezing: geometry, segmentation, language."""
         geometry = [self.backbone, self.conditioning, self.depth_head, self.gaussian_head]
-        return {
-            "geometry": [p for m in geometry for p in m.parameters()],
-            "segmentation": [p for m in (self.semantic_trunk, self.seg_head, self.seg_decoder) for p in m.parameters()],
-            "language": [p for m in (self.lang_head, self.lang_decoder) for p in m.parameters()],
-        }
+        return {"geometry": [p for m in geometry for p in m.parameters()], **self.semantic_groups()}
 
 
 MODELS: dict[str, type[nn.Module]] = {"semanticsplat": SemanticSplatNet}

@@ -9,6 +9,10 @@
 * :class:`FieldDecoder`: rendered low-dimensional maps -> teacher space (SAM 256-d, LSeg 512-d)
   with a small CNN, after resizing to the teacher's grid (Feature 3DGS's speed-up module); the
   reduction to a coarser grid is antialiased (area-weighted), so every rendered pixel gets gradient.
+* ``semantic.fields: classes`` replaces the last two with :class:`ClassFieldHead` (each Gaussian
+  carries its pixel's segmenter class distribution, refined by a learned residual) and
+  :class:`ClassTableDecoder` (the teacher's fixed class table expands the rendered distribution).
+* :class:`SemanticBranch`: builds these modules on a network and runs them (both networks use it).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ffsplat.model.backbone import IMAGENET_MEAN, IMAGENET_STD
+
+
+SEG, LANG = "seg", "lang"
+"""Keys of the per-Gaussian semantic fields (segmentation, language) in ``Gaussians.features``."""
 
 
 @dataclass
@@ -65,6 +73,18 @@ class SemanticConfig:
             fields' semantics come from the 2D network alone; trained on one scene, a trunk that
             also sees the geometry features can memorise where that scene's objects are instead of
             reading the segmenter (the demo model did: BENCHMARKS.md, "Real-data benchmark").
+        fields: what the rendered fields carry (:data:`FIELD_KINDS`). ``features`` (the paper):
+            learned ``seg_dim``/``lang_dim`` features per Gaussian, expanded to the teachers' spaces
+            by learned decoders (``decoder_hidden``). ``classes``: each Gaussian carries the
+            ``segmenter``'s class distribution of its pixel, refined by a learned residual in logit
+            space that starts at zero (:class:`ClassFieldHead`); the rendered distributions are
+            expanded to the teachers' spaces by the teachers' own fixed class tables
+            (:class:`ClassTableDecoder`, set by training from ``teachers.*``; closed-vocabulary
+            teachers over the segmenter's classes, e.g. ``espnetv2``/``espnetv2_seg``). Every class
+            the segmenter knows reaches the fields, also classes the training frames hardly show
+            (a learned decoder only carries the classes it was trained on: BENCHMARKS.md,
+            "Real-data benchmark"). Needs ``segmenter`` and ``seg_dim = lang_dim`` = its number of
+            classes; ``decoder_hidden`` is then unused.
     """
 
     latent_dim: int = 64
@@ -78,6 +98,7 @@ class SemanticConfig:
     segmenter_size: tuple[int, int] = (256, 256)
     segmenter_checkpoint: str = ""
     trunk_geometry: bool = True
+    fields: str = "features"
 
     def __post_init__(self) -> None:
         self.image_encoder = tuple(int(c) for c in self.image_encoder)
@@ -98,6 +119,22 @@ class SemanticConfig:
         if not self.trunk_geometry and not (self.image_encoder or self.segmenter):
             raise ValueError("semantic.trunk_geometry=false needs semantic.image_encoder or semantic.segmenter "
                              "(the trunk would have no input)")  # fmt: skip
+        if self.fields not in FIELD_KINDS:
+            raise ValueError(f"semantic.fields: expected one of {list(FIELD_KINDS)}, got {self.fields!r}")
+        if self.fields == "classes":
+            if not self.segmenter:
+                raise ValueError(
+                    "semantic.fields=classes needs semantic.segmenter (the class distributions it carries)"
+                )
+            k = SEGMENTERS[self.segmenter]().num_classes
+            if self.seg_dim != k or self.lang_dim != k:
+                raise ValueError(f"semantic.fields=classes: seg_dim and lang_dim must be the {self.segmenter} "
+                                 f"segmenter's {k} classes, got seg_dim={self.seg_dim}, lang_dim={self.lang_dim}")  # fmt: skip
+
+
+FIELD_KINDS = ("features", "classes")
+"""``semantic.fields`` values: learned features + learned decoders, or class distributions +
+the teachers' class tables."""
 
 
 class SemanticImageEncoder(nn.Module):
@@ -150,18 +187,20 @@ def _upsample(x: Tensor, size) -> Tensor:
 
 class SegmenterSpec(NamedTuple):
     """A pretrained segmenter: ``build() -> net``, its ``num_classes``, ``logits(net, images [N, 3,
-    H, W] in [0, 1], size) -> [N, num_classes, H, W]`` and ``load(path, key) -> net`` (strict)."""
+    H, W] in [0, 1], size) -> [N, num_classes, H, W]``, ``load(path, key) -> net`` (strict) and
+    ``background``, the index of its "none of the classes" class (None: it has none)."""
 
     build: Callable[[], nn.Module]
     num_classes: int
     logits: Callable[[nn.Module, Tensor, tuple[int, int]], Tensor]
     load: Callable[[str | Path, str], nn.Module]
+    background: int | None = None
 
 
 def _espnetv2() -> SegmenterSpec:
     from ffsplat.teachers.espnetv2 import PASCAL_CLASSES, ESPNetv2Seg, espnetv2_logits, load_espnetv2
 
-    return SegmenterSpec(ESPNetv2Seg, len(PASCAL_CLASSES), espnetv2_logits, load_espnetv2)
+    return SegmenterSpec(ESPNetv2Seg, len(PASCAL_CLASSES), espnetv2_logits, load_espnetv2, background=0)
 
 
 SEGMENTERS: dict[str, Callable[[], SegmenterSpec]] = {"espnetv2": _espnetv2}
@@ -254,16 +293,22 @@ class SemanticTrunk(nn.Module):
     def forward(self, x: Tensor, images: Tensor | None = None) -> Tensor:
         """``x [N, in_ch, H, W]``, ``images [N, 3, H, W]`` in ``[0, 1]`` (needed with an image
         encoder or a segmenter, ignored without) -> ``[N, latent_dim, H, W]``."""
+        return self.encode(x, images)[0]
+
+    def encode(self, x: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`forward`, also returning the segmenter's class probabilities ``[N, K, H, W]``
+        (float32; None without a segmenter)."""
         if self.image_encoder is None and self.segmenter is None:
-            return self.net(x)
+            return self.net(x), None
         if images is None or images.shape[0] != x.shape[0] or images.shape[-2:] != x.shape[-2:]:
             got = None if images is None else tuple(images.shape)
             raise ValueError(f"semantic trunk with an image encoder or segmenter needs images [N={x.shape[0]}, 3, "
                              f"{x.shape[-2]}, {x.shape[-1]}], got {got}")  # fmt: skip
-        parts = [m(images).to(x.dtype) for m in (self.image_encoder, self.segmenter) if m is not None]
-        features = torch.cat(parts, dim=1)
+        probs = self.segmenter(images) if self.segmenter is not None else None
+        parts = [self.image_encoder(images)] if self.image_encoder is not None else []
+        features = torch.cat([p.to(x.dtype) for p in parts + ([probs] if probs is not None else [])], dim=1)
         first = self.net[0](x) + self.image_proj(features) if self.geometry else self.net[0](features)
-        return self.net[2](self.net[1](first))
+        return self.net[2](self.net[1](first)), probs
 
 
 class FieldHead(nn.Module):
@@ -292,6 +337,128 @@ class FieldDecoder(nn.Module):
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = resize_field(x, size)
         return rearrange(self.net(x), "(b v) c h w -> b v c h w", b=b)
+
+
+CLASS_PROB_FLOOR = 1e-6
+"""Smallest class probability :class:`ClassFieldHead` takes the log of (a class the segmenter
+rules out stays reachable by the residual)."""
+
+
+class ClassFieldHead(nn.Module):
+    """Per-Gaussian class distribution ``softmax(log p + r(f))``: the segmenter's probabilities ``p``
+    of the Gaussian's pixel, refined by a residual ``r`` (a :class:`FieldHead`) whose last layer
+    starts at zero, so an untrained head carries ``p`` unchanged for every class."""
+
+    def __init__(self, latent_dim: int, num_classes: int):
+        super().__init__()
+        self.residual = FieldHead(latent_dim, num_classes)
+        nn.init.zeros_(self.residual.net[-1].weight)
+        nn.init.zeros_(self.residual.net[-1].bias)
+
+    def forward(self, f: Tensor, probs: Tensor) -> Tensor:
+        """``f [..., latent_dim]``, ``probs [..., K]`` -> ``[..., K]`` float32, summing to 1."""
+        logits = torch.log(probs.float().clamp_min(CLASS_PROB_FLOOR)) + self.residual(f).float()
+        return torch.softmax(logits, dim=-1)
+
+
+class ClassTableDecoder(nn.Module):
+    """Rendered class distributions ``[B, V, K, H, W]`` -> teacher space ``[B, V, C, h', w']``:
+    resized to the teacher's grid (as :class:`FieldDecoder`), then ``sum_k r_k table[k]``, the
+    mixture a closed-vocabulary teacher (``espnetv2``) makes of its own probabilities (it then
+    normalises; the cosine losses and classification are scale-free). ``table [K, C]`` is a
+    persistent buffer, no parameter: training sets it from the teacher (:meth:`set_table`) and
+    ``model.pt`` carries it.
+
+    A rendered distribution sums to the pixel's opacity; the mass the Gaussians leave
+    (``1 - sum_k r_k``, where they do not cover the pixel) goes to ``empty_class`` (the
+    segmenter's "none of the classes", PASCAL's background), so an empty pixel decodes to
+    background rather than to a near-zero vector of arbitrary direction. None: no such class.
+    """
+
+    def __init__(self, num_classes: int, out_dim: int, empty_class: int | None = None):
+        super().__init__()
+        self.empty_class = empty_class
+        self.register_buffer("table", torch.zeros(num_classes, out_dim))
+
+    def set_table(self, table: Tensor) -> None:
+        """Copy the teacher's ``[K, C]`` class table in (shapes must match)."""
+        if tuple(table.shape) != tuple(self.table.shape):
+            raise ValueError(f"class table {tuple(table.shape)} does not fit the decoder's {tuple(self.table.shape)}")
+        self.table.copy_(table.to(self.table))
+
+    def forward(self, rendered: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """``size``: the teacher grid ``(h', w')``; None keeps the rendered size."""
+        b = rendered.shape[0]
+        x = rearrange(rendered, "b v k h w -> (b v) k h w")
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = resize_field(x, size)
+        x = x.float()
+        if self.empty_class is not None:
+            empty = (1 - x.sum(dim=1, keepdim=True)).clamp_min(0)
+            x = x.index_add(1, torch.tensor([self.empty_class], device=x.device), empty)
+        out = torch.einsum("nkhw,kc->nchw", x, self.table.float())
+        return rearrange(out, "(b v) c h w -> b v c h w", b=b)
+
+
+class SemanticBranch:
+    """Mixin of the networks' semantic branch: ``semantic_trunk``, ``seg_head``, ``lang_head``,
+    ``seg_decoder``, ``lang_decoder`` (these state-dict names), per ``semantic.fields``."""
+
+    def build_semantic_branch(self, sem: SemanticConfig, in_ch: int) -> None:
+        """Create the branch's modules; ``in_ch``: channels of the trunk's geometry-side maps."""
+        self.semantic_trunk = SemanticTrunk(
+            in_ch, sem.latent_dim, sem.image_encoder, sem.segmenter, sem.segmenter_size, sem.trunk_geometry
+        )
+        if sem.fields == "classes":
+            k, empty = self.semantic_trunk.segmenter.num_classes, self.semantic_trunk.segmenter.spec.background
+            self.seg_head, self.lang_head = ClassFieldHead(sem.latent_dim, k), ClassFieldHead(sem.latent_dim, k)
+            self.seg_decoder = ClassTableDecoder(k, sem.seg_teacher_dim, empty)
+            self.lang_decoder = ClassTableDecoder(k, sem.lang_teacher_dim, empty)
+        else:
+            self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
+            self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
+            self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
+            self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lang_teacher_dim, sem.decoder_hidden)
+
+    def semantic_features(self, trunk_in: Tensor, images: Tensor, batch: int) -> dict[str, Tensor]:
+        """``trunk_in [B*V, in_ch, H, W]``, ``images [B*V, 3, H, W]`` -> per-Gaussian fields
+        ``{"seg": [B, V*H*W, seg_dim], "lang": [B, V*H*W, lang_dim]}`` (Gaussians in view, row,
+        column order, as the geometry heads emit them)."""
+        f, probs = self.semantic_trunk.encode(trunk_in, images)
+        per_gaussian = lambda t: rearrange(t, "(b v) c h w -> b (v h w) c", b=batch)
+        f = per_gaussian(f)
+        if isinstance(self.seg_head, ClassFieldHead):
+            probs = per_gaussian(probs)
+            return {SEG: self.seg_head(f, probs), LANG: self.lang_head(f, probs)}
+        return {SEG: self.seg_head(f), LANG: self.lang_head(f)}
+
+    def decode_fields(
+        self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, Tensor]:
+        """Expand rendered fields to teacher space: ``{"seg": [B,V,seg_dim,H,W]}`` -> ``{"sam": [B,V,256,h,w]}``,
+        ``{"lang": ...}`` -> ``{"lseg": [B,V,512,h,w]}``; ``sizes`` gives the teacher grids (default: rendered size)."""
+        sizes = sizes or {}
+        out = {}
+        if SEG in rendered:
+            out["sam"] = self.seg_decoder(rendered[SEG], sizes.get("sam"))
+        if LANG in rendered:
+            out["lseg"] = self.lang_decoder(rendered[LANG], sizes.get("lseg"))
+        return out
+
+    def semantic_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The branch's parameters: ``segmentation`` (trunk, seg head and decoder), ``language``."""
+        return {
+            "segmentation": [p for m in (self.semantic_trunk, self.seg_head, self.seg_decoder) for p in m.parameters()],
+            "language": [p for m in (self.lang_head, self.lang_decoder) for p in m.parameters()],
+        }
+
+    def set_class_tables(self, seg: Tensor | None, lang: Tensor | None) -> None:
+        """``semantic.fields: classes``: the segmentation and language teachers' ``[K, C]`` class
+        tables (None: that teacher has none, an error)."""
+        for name, table, decoder in (("segmentation", seg, self.seg_decoder), ("language", lang, self.lang_decoder)):
+            if table is None:
+                raise ValueError(f"semantic.fields=classes needs a closed-vocabulary {name} teacher (a class table)")
+            decoder.set_table(table)
 
 
 def resize_field(x: Tensor, size: tuple[int, int]) -> Tensor:

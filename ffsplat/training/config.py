@@ -319,6 +319,30 @@ class TrainConfig:
         for key in ("class_balance", "class_ce"):
             if getattr(self.loss, key):
                 self._check_class_table_option(key)
+        if self.model.semantic.fields == "classes":
+            self._check_class_fields()
+
+    def _check_class_fields(self) -> None:
+        """``model.semantic.fields: classes`` needs both teachers to have a class table over the
+        segmenter's classes, as wide as the model's teacher spaces."""
+        from ffsplat.teachers.base import teacher_class_table
+
+        sem = self.model.semantic
+        k = sem.seg_dim  # = the segmenter's classes (SemanticConfig checks it)
+        for role, dim_key in (("segmentation", "seg_teacher_dim"), ("language", "lang_teacher_dim")):
+            teacher = getattr(self.teachers, role)
+            table = teacher_class_table(teacher.name, teacher.kwargs)
+            if table is None:
+                raise InputError(
+                    f"model.semantic.fields=classes: teachers.{role}.name={teacher.name!r} has no closed class "
+                    f"vocabulary; use a teacher over the {sem.segmenter} segmenter's classes (espnetv2, espnetv2_seg)"
+                )
+            if tuple(table.shape) != (k, getattr(sem, dim_key)):
+                raise InputError(
+                    f"model.semantic.fields=classes: teachers.{role} ({teacher.name}) has a {table.shape[0]} x "
+                    f"{table.shape[1]} class table; expected {k} classes (the {sem.segmenter} segmenter's) x "
+                    f"model.semantic.{dim_key}={getattr(sem, dim_key)}"
+                )
 
     def _check_class_table_option(self, key: str) -> None:
         """``loss.<key>`` (class_balance, class_ce) needs a stage with a teacher target whose teacher

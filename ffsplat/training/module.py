@@ -92,6 +92,8 @@ class SemanticSplatModule(L.LightningModule):
                 rank_zero_info(f"[train] stage.init_from={cfg.stage.init_from} lacks {len(added)} tensors of the new "
                                f"modules {sorted({k.rsplit('.', 1)[0].split('.')[1] for k in added})}: they start from their "
                                "initialisation (a segmenter from model.semantic.segmenter_checkpoint)")  # fmt: skip
+        if cfg.model.semantic.fields == "classes":  # the teachers' tables, also over an init_from's
+            self.model.set_class_tables(*(teacher_class_table(r.name, r.kwargs) for r in (cfg.teachers.segmentation, cfg.teachers.language)))  # fmt: skip
         self.depth_ranges: list[tuple[float, float]] = []  # training clips' (near, far): model.pt's depth_range
         # A stage that does not train the geometry keeps the depth range it was trained over.
         self.inherited_depth_range = (
@@ -470,7 +472,8 @@ def load_model_weights(
     Args:
         addable: parameter names the file may lack (they keep their initialisation).
         keys: load only these state-dict keys (``stage.init_groups``; None = all): the others keep
-            their initialisation, and the file's tensors for them are ignored.
+            their initialisation, and the file's tensors of the modules not loaded are ignored
+            (their layout may differ, e.g. ``semantic.fields``).
     Returns:
         the names of ``addable`` that the file lacked.
     Raises:
@@ -485,7 +488,8 @@ def load_model_weights(
         raise ValueError(f"stage.init_from={path}: {exc}") from exc
     if keys is not None:
         own = model.state_dict()
-        state = {k: v for k, v in state.items() if k in keys or k not in own}  # unknown keys are still reported
+        skipped = {k.split(".")[0] for k in own} - {k.split(".")[0] for k in keys}
+        state = {k: v for k, v in state.items() if k in keys or k.split(".")[0] not in skipped}  # others: reported
         missing, unexpected = model.load_state_dict(
             state | {k: v for k, v in own.items() if k not in keys}, strict=False
         )

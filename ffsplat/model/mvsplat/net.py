@@ -30,7 +30,7 @@ from ffsplat.model.depth import DepthOutput
 from ffsplat.model.mvsplat.adapter import adapt_gaussians
 from ffsplat.model.mvsplat.backbone import MultiViewBackboneMVSplat
 from ffsplat.model.mvsplat.depth import DepthPredictor
-from ffsplat.model.semantic_heads import FieldDecoder, FieldHead, SemanticTrunk
+from ffsplat.model.semantic_heads import SemanticBranch
 
 
 def normalized_intrinsics(intrinsics: Tensor, height: int, width: int) -> Tensor:
@@ -39,7 +39,7 @@ def normalized_intrinsics(intrinsics: Tensor, height: int, width: int) -> Tensor
     return intrinsics * scale
 
 
-class MVSplatSemanticNet(nn.Module):
+class MVSplatSemanticNet(SemanticBranch, nn.Module):
     """Feed-forward semantic Gaussians on MVSplat's geometry, for ``V >= 2`` context views with
     ``H`` and ``W`` divisible by ``4 * max(attn_splits, 2^(levels-1) of the cost-volume U-Net)``."""
 
@@ -57,19 +57,7 @@ class MVSplatSemanticNet(nn.Module):
         self.condition_inject = nn.Conv2d(cond.latent_dim, g.costvolume_unet_feat_dim, 3, padding=1)
         nn.init.zeros_(self.condition_inject.weight)
         nn.init.zeros_(self.condition_inject.bias)
-        sem = cfg.semantic
-        self.semantic_trunk = SemanticTrunk(
-            cond.latent_dim + 1 + g.depth_unet_feat_dim,
-            sem.latent_dim,
-            sem.image_encoder,
-            sem.segmenter,
-            sem.segmenter_size,
-            sem.trunk_geometry,
-        )
-        self.seg_head = FieldHead(sem.latent_dim, sem.seg_dim)
-        self.lang_head = FieldHead(sem.latent_dim, sem.lang_dim)
-        self.seg_decoder = FieldDecoder(sem.seg_dim, sem.seg_teacher_dim, sem.decoder_hidden)
-        self.lang_decoder = FieldDecoder(sem.lang_dim, sem.lang_teacher_dim, sem.decoder_hidden)
+        self.build_semantic_branch(cfg.semantic, cond.latent_dim + 1 + g.depth_unet_feat_dim)
 
     def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> _network.NetworkOutput:
         """
@@ -117,8 +105,7 @@ class MVSplatSemanticNet(nn.Module):
             dim=1,
         )
         flat_images = rearrange(images, "b v c h w -> (b v) c h w")
-        f = rearrange(self.semantic_trunk(trunk_in, flat_images), "(b v) c h w -> b (v h w) c", b=b)
-        gaussians = replace(gaussians, features={_network.SEG: self.seg_head(f), _network.LANG: self.lang_head(f)})
+        gaussians = replace(gaussians, features=self.semantic_features(trunk_in, flat_images, b))
         depth = DepthOutput(
             depth=z,
             confidence=split(out.pdf_max)[:, :, 0],
@@ -130,26 +117,10 @@ class MVSplatSemanticNet(nn.Module):
         )
         return _network.NetworkOutput(gaussians=gaussians, depth=depth)
 
-    def decode_fields(
-        self, rendered: dict[str, Tensor], sizes: dict[str, tuple[int, int]] | None = None
-    ) -> dict[str, Tensor]:
-        """Expand rendered fields to teacher space (as :meth:`SemanticSplatNet.decode_fields`)."""
-        sizes = sizes or {}
-        out = {}
-        if _network.SEG in rendered:
-            out["sam"] = self.seg_decoder(rendered[_network.SEG], sizes.get("sam"))
-        if _network.LANG in rendered:
-            out["lseg"] = self.lang_decoder(rendered[_network.LANG], sizes.get("lseg"))
-        return out
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by branch: geometry (MVSplat's encoder + conditioning), segmentation, language."""
         geometry = [self.backbone, self.depth_predictor, self.conditioning, self.condition_inject]
-        return {
-            "geometry": [p for m in geometry for p in m.parameters()],
-            "segmentation": [p for m in (self.semantic_trunk, self.seg_head, self.seg_decoder) for p in m.parameters()],
-            "language": [p for m in (self.lang_head, self.lang_decoder) for p in m.parameters()],
-        }
+        return {"geometry": [p for m in geometry for p in m.parameters()], **self.semantic_groups()}
 
     def geometry_state_dict(self) -> dict[str, Tensor]:
         """The parameters MVSplat's encoder has (``backbone.*``, ``depth_predictor.*``)."""
