@@ -327,6 +327,8 @@ def test_class_table_decoder_resizes_then_mixes():
     from ffsplat.model.semantic_heads import ClassTableDecoder, resize_field
 
     decoder = ClassTableDecoder(3, 5)
+    with pytest.raises(RuntimeError, match="semantic.fields=classes: the decoder's class table is not set"):
+        decoder(torch.rand(1, 1, 3, 4, 4))  # never a silent zero table
     with pytest.raises(ValueError, match=r"class table \(4, 5\) does not fit the decoder's \(3, 5\)"):
         decoder.set_table(torch.rand(4, 5))
     table = torch.rand(3, 5)
@@ -335,6 +337,9 @@ def test_class_table_decoder_resizes_then_mixes():
     reference = torch.einsum("nkhw,kc->nchw", resize_field(rendered.flatten(0, 1), (4, 4)), table)
     torch.testing.assert_close(decoder(rendered, (4, 4)), reference.unflatten(0, (2, 2)))
     assert set(decoder.state_dict()) == {"table"}  # model.pt carries it
+    loaded = ClassTableDecoder(3, 5)
+    loaded.load_state_dict(decoder.state_dict())
+    torch.testing.assert_close(loaded(rendered, (4, 4)), decoder(rendered, (4, 4)))
     # the mass the Gaussians leave (opacity < 1) is the empty class's (PASCAL background: 0)
     empty = ClassTableDecoder(3, 5, empty_class=1)
     empty.set_table(table)

@@ -367,7 +367,8 @@ class ClassTableDecoder(nn.Module):
     mixture a closed-vocabulary teacher (``espnetv2``) makes of its own probabilities (it then
     normalises; the cosine losses and classification are scale-free). ``table [K, C]`` is a
     persistent buffer, no parameter: training sets it from the teacher (:meth:`set_table`) and
-    ``model.pt`` carries it.
+    ``model.pt`` carries it; decoding before either raises (a zero table would decode silently to
+    zero vectors).
 
     A rendered distribution sums to the pixel's opacity; the mass the Gaussians leave
     (``1 - sum_k r_k``, where they do not cover the pixel) goes to ``empty_class`` (the
@@ -379,15 +380,24 @@ class ClassTableDecoder(nn.Module):
         super().__init__()
         self.empty_class = empty_class
         self.register_buffer("table", torch.zeros(num_classes, out_dim))
+        self.table_set = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.table_set = self.table_set or prefix + "table" in state_dict  # e.g. from model.pt
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_table(self, table: Tensor) -> None:
         """Copy the teacher's ``[K, C]`` class table in (shapes must match)."""
         if tuple(table.shape) != tuple(self.table.shape):
             raise ValueError(f"class table {tuple(table.shape)} does not fit the decoder's {tuple(self.table.shape)}")
         self.table.copy_(table.to(self.table))
+        self.table_set = True
 
     def forward(self, rendered: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """``size``: the teacher grid ``(h', w')``; None keeps the rendered size."""
+        if not self.table_set:
+            raise RuntimeError("semantic.fields=classes: the decoder's class table is not set (training sets it "
+                               "from teachers.*, model.pt carries it; set_class_tables sets it by hand)")  # fmt: skip
         b = rendered.shape[0]
         x = rearrange(rendered, "b v k h w -> (b v) k h w")
         if size is not None and tuple(x.shape[-2:]) != tuple(size):

@@ -42,6 +42,7 @@ from ffsplat.render.renderer import render
 from ffsplat.teachers.base import teacher_class_table
 from ffsplat.teachers.features import load_teachers
 from ffsplat.training.config import TrainConfig
+from ffsplat.training.guards import check_segmenter_source
 from ffsplat.training.stages import Stage, get_stage
 from ffsplat.core.types import Example, Views
 
@@ -72,10 +73,8 @@ class SemanticSplatModule(L.LightningModule):
         self.model = build_model(cfg.model)
         self.trained_groups = self.stage.trains
         init_keys = group_state_keys(self.model, cfg.stage.init_groups) if cfg.stage.init_groups else None
-        segmenter_loaded = load_segmenter(
-            self.model, cfg.model.semantic,
-            has_init=bool(cfg.stage.init_from) and (init_keys is None or any(k.startswith(SEGMENTER_PREFIX) for k in init_keys)),
-        )  # fmt: skip
+        check_segmenter_source(cfg)  # the rule train.py checks at start-up, also for the Python API
+        segmenter_loaded = load_segmenter(self.model, cfg.model.semantic)
         if cfg.stage.init_from:
             groups = self.model.parameter_groups()
             trained = {id(p) for g in self.trained_groups for p in groups[g]}
@@ -422,21 +421,12 @@ SEGMENTER_PREFIX = "semantic_trunk.segmenter."
 when ``semantic.segmenter_checkpoint`` supplies it."""
 
 
-def load_segmenter(model: nn.Module, cfg: SemanticConfig, has_init: bool) -> bool:
+def load_segmenter(model: nn.Module, cfg: SemanticConfig) -> bool:
     """Load ``semantic.segmenter_checkpoint`` into the model's frozen segmenter; True when loaded.
-
-    Raises:
-        ValueError naming ``model.semantic.segmenter_checkpoint`` when the model has a segmenter, no
-        checkpoint is given and there is no ``stage.init_from`` to bring its weights (a randomly
-        initialised "pretrained" segmenter would train silently on noise).
-    """
-    if not cfg.segmenter:
-        return False
-    if not cfg.segmenter_checkpoint:
-        if not has_init:
-            raise ValueError(f"model.semantic.segmenter={cfg.segmenter!r} needs its published weights: set "
-                             "model.semantic.segmenter_checkpoint to the local file (or stage.init_from to a "
-                             "model.pt that has them)")  # fmt: skip
+    Without a checkpoint the weights must come from ``stage.init_from``
+    (:func:`ffsplat.training.guards.check_segmenter_source` refuses a model that would keep a
+    randomly initialised "pretrained" segmenter)."""
+    if not (cfg.segmenter and cfg.segmenter_checkpoint):
         return False
     model.semantic_trunk.segmenter.load_weights(cfg.segmenter_checkpoint)
     return True
