@@ -20,7 +20,16 @@ import sys
 from pathlib import Path
 
 
-from ffsplat.core.errors import ArgumentParser, InputError, check_number, check_output_file, one_line, run_command  # noqa: E402
+from ffsplat.core.atomic import make_dirs, transaction  # noqa: E402
+from ffsplat.core.errors import (  # noqa: E402
+    ArgumentParser,
+    InputError,
+    check_number,
+    check_output_file,
+    check_outputs,
+    one_line,
+    run_command,
+)
 from ffsplat.data.shards import CorruptCounter, scene_frame_ids  # noqa: E402
 from ffsplat.data.sampling import ViewSamplerConfig, build_eval_index, build_lsm_index, save_eval_index  # noqa: E402
 
@@ -59,6 +68,8 @@ def run(args) -> int:
     check_number("--max-gap", args.max_gap, low=args.min_gap, integer=True)
     check_number("--entries-per-scene", args.entries_per_scene, low=1, integer=True)
     check_output_file("--out", args.out, ".json")
+    shard_files = [p for p in Path(args.shards).rglob("*") if p.is_file()] if Path(args.shards).is_dir() else []
+    check_outputs({"--out": args.out}, {"--shards": shard_files})
     corrupt = CorruptCounter()
     try:
         scenes = scene_frame_ids(args.shards, args.split, corrupt)
@@ -78,8 +89,12 @@ def run(args) -> int:
         raise InputError(
             f"--shards: no scene of split {args.split!r} is long enough for this protocol ({len(scenes)} scenes, all too short); nothing written"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_eval_index(args.out, index)
+    try:
+        with transaction():  # the index and any folder made for it appear together, or not at all
+            make_dirs(args.out.parent)
+            save_eval_index(args.out, index)
+    except OSError as exc:
+        raise InputError(f"--out: cannot write {args.out}: {exc.strerror or exc} (nothing was written)") from exc
     print(json.dumps({"out": str(args.out), "scenes": len(index), "entries": sum(map(len, index.values())),
                       "skipped_too_short": skipped, "bad_shard_data": corrupt.summary()}, indent=1))  # fmt: skip
     return 0

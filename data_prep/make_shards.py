@@ -42,6 +42,7 @@ from ffsplat.core.errors import (
     check_input_file,
     check_number,
     check_output_dir,
+    check_outputs,
     run_command,
 )  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, ShardSettingsError, scene_label_map, write_shards  # noqa: E402
@@ -224,11 +225,30 @@ def run(args) -> int:
         sequence_kwargs["pixel_center"] = args.pixel_center
     if args.frame_range:
         sequence_kwargs["frame_range"] = tuple(args.frame_range)
+    inputs = {"--scene/--scenes-root": [r for roots in scenes.values() for r in roots], "--labels-tsv": args.labels_tsv}
+    check_outputs({"--out": args.out / "manifest.json"}, inputs, {"--out": [args.out / split for split in scenes]})
+    made = [args.out, *(d for split in scenes for d in (args.out / split, args.out / split / ".done"))]
+    made = [d for d in made if not d.exists()]  # folders this run may create
     try:
         manifest = write_shards(scenes, args.out, cfg, args.labels_tsv, workers=args.workers, sequence_kwargs=sequence_kwargs,
                                 overwrite=args.overwrite)  # fmt: skip
     except ShardSettingsError as exc:
         raise InputError(str(exc)) from exc
+    except OSError as exc:  # full disk, quota: the shard being written is removed; finished scenes are kept
+        kept = sorted(args.out.glob("*/.done/*.json")) if args.out.is_dir() else []
+        for folder in reversed(made):  # the folders this run made, deepest first, where it left them empty
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise InputError(
+            f"--out: cannot write shards in {args.out}: {exc.strerror or exc}; "
+            + (
+                f"the {len(kept)} finished scenes are kept and the next run resumes after them"
+                if kept
+                else "nothing was kept"
+            )
+        ) from exc
     summary = {split: {k: v for k, v in entry.items() if k != "shards"} | {"shards": len(entry["shards"])}
                for split, entry in manifest["splits"].items()}  # fmt: skip
     skipped = {name: s["skipped_frames"] for name, s in manifest["scenes"].items() if s.get("skipped_frames")}

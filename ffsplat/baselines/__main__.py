@@ -40,7 +40,7 @@ from ffsplat.baselines.supervision import SUPERVISIONS, MaskConfig
 from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.objectives.metrics import SSIM_VARIANTS
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
-from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir,
+from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir, check_outputs,
                                  check_output_file, one_line, run_command)  # fmt: skip
 from ffsplat.data.sampling import load_eval_index
 
@@ -68,6 +68,12 @@ def check_inputs(args):
         check_output_file("--out", args.out, ".json")
     else:
         check_output_dir("--out", args.out)
+    inputs = {"--checkpoint": args.checkpoint, "--index": args.index, "--scene-config": args.scene_config,
+              "--shards": args.shards, "--lpips-vgg": args.lpips_vgg}  # fmt: skip
+    if args.command == "run":
+        check_outputs({"--out": args.out}, inputs)
+    else:
+        check_outputs({"--out": [args.out / "compare.json", args.out / "compare.md"]}, inputs, {"--out": args.out})
     cfg = scene_config(args)
     try:
         index = load_eval_index(args.index)

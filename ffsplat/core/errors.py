@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -163,21 +161,60 @@ def check_output_file(option: str, path: Path, suffix: str | None = None) -> Pat
     return path
 
 
-@contextmanager
-def cleanup_on_error(*, created_dir: Path | None = None) -> Iterator[list[Path]]:
-    """Yield a list; files appended to it (and ``created_dir`` if this block created it) are removed
-    when the block raises, so a failed run leaves nothing behind."""
-    created = created_dir is not None and not Path(created_dir).exists()
-    written: list[Path] = []
-    try:
-        yield written
-    except BaseException:
-        for path in written:
-            path = Path(path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        if created and created_dir is not None and Path(created_dir).exists():
-            shutil.rmtree(created_dir, ignore_errors=True)
-        raise
+def _same(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return base in real.parents
+
+
+def check_outputs(
+    files: dict[str, Path | list[Path]],
+    inputs: dict[str, Path | list[Path] | None],
+    folders: dict[str, Path | list[Path]] | None = None,
+) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or cannot be written.
+
+    ``files`` / ``folders`` map an option or output name to the file(s) / folder(s) the command will
+    write; ``inputs`` maps each option to what it reads (None: not given). Refused, each in one
+    :class:`InputError` line: an output file that is an input (also through a link), an input inside
+    an output folder, an output file path that is an existing folder, an output folder path that is an
+    existing file, and two outputs at one path.
+    """
+
+    def flat(mapping):
+        for name, value in (mapping or {}).items():
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                if path is not None:
+                    yield name, Path(path)
+
+    ins = list(flat(inputs))
+    seen: dict[str, str] = {}
+    for name, out in flat(files):
+        if out.is_dir():
+            raise InputError(f"{name}: {out} is an existing folder; expected a file path (nothing was written)")
+        key = os.path.realpath(out)
+        if key in seen and seen[key] != name:
+            raise InputError(f"{name}: {out} is also written as {seen[key]}; give them different paths")
+        seen[key] = name
+        for in_name, source in ins:
+            if _same(out, source):
+                raise InputError(
+                    f"{name}: {out} is the input {in_name}; writing it would overwrite your file (choose another output path)"
+                )
+    for name, folder in flat(folders):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{name}: {folder} is an existing file; expected a folder path (nothing was written)")
+        for in_name, source in ins:
+            if _same(folder, source) or _inside(source, folder):
+                raise InputError(
+                    f"{name}: the output folder {folder} holds the input {in_name} ({source}); "
+                    "writing there could overwrite your file (choose another output path)"
+                )

@@ -357,9 +357,14 @@ def check_existing(out_dir: Path, cfg: ShardConfig, overwrite: bool = False) -> 
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete ``.<name>.<id>.tmp`` files that a killed run left in ``out_dir`` and its split folders."""
+    """Delete ``.<name>.<pid>-<id>.tmp`` files that a killed run left in ``out_dir`` and its split folders."""
+    from ffsplat.core.atomic import is_stale_temp
+
     stale = [
-        p for pattern in (".*.tmp", "*/.*.tmp", "*/.done/.*.tmp") for p in Path(out_dir).glob(pattern) if p.is_file()
+        p
+        for pattern in (".*.tmp", "*/.*.tmp", "*/.done/.*.tmp")
+        for p in Path(out_dir).glob(pattern)
+        if p.is_file() and is_stale_temp(p)  # never a temporary file another running process is writing
     ]
     for path in stale:
         path.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,10 +30,10 @@ def write_figures(predictor, examples, folder: Path, count: int) -> list[str]:
     """One PNG row of panels (``ffsplat.evaluation.figures.example_panels``) for each of the first ``count`` examples."""
     from PIL import Image
 
-    from ffsplat.core.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open, make_dirs
     from ffsplat.evaluation.figures import example_panels, figure_row
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     paths = []
     for i, example in enumerate(examples):
         if i >= count:
@@ -108,7 +109,14 @@ def empty_column_reasons(seen: Observed, args, examples: int) -> dict[str, str]:
 
 
 def check_args(args) -> None:
-    from ffsplat.core.errors import check_device, check_input_file, check_number, check_output_dir
+    from ffsplat.core.errors import (
+        InputError,
+        check_device,
+        check_input_file,
+        check_number,
+        check_output_dir,
+        check_outputs,
+    )
 
     check_number("--prompt-grid", args.prompt_grid, low=0, high=256, integer=True)
     check_number("--max-examples", args.max_examples, low=1, integer=True)
@@ -125,6 +133,16 @@ def check_args(args) -> None:
         if path:
             check_input_file(option, Path(path), "weights file")
     check_output_dir("--out", args.out)
+    check_outputs(
+        {"--out": [args.out / "report.json", args.out / "report.md"]},
+        {"--checkpoint": args.checkpoint, "--index": args.index, "--shards": args.shards,
+         "--lpips-vgg": args.lpips_vgg and Path(args.lpips_vgg),
+         "--sam-checkpoint": args.sam_checkpoint and Path(args.sam_checkpoint),
+         "--lseg-checkpoint": args.lseg_checkpoint and Path(args.lseg_checkpoint)},
+        {"--out (figures/)": args.out / "figures"},
+    )  # fmt: skip
+    if os.path.realpath(args.shards) in [os.path.realpath(p) for p in [args.out, *Path(args.out).parents]]:
+        raise InputError(f"--out: {args.out} is inside the shard folder --shards {args.shards}; choose another folder")
 
 
 def check_index_frames(shards: Path, split: str, index: dict) -> dict:
@@ -164,8 +182,8 @@ def run(args) -> int:
     import torch
 
     import ffsplat  # noqa: F401
-    from ffsplat.core.atomic import atomic_open
-    from ffsplat.core.errors import InputError, cleanup_on_error
+    from ffsplat.core.atomic import atomic_open, make_dirs, transaction
+    from ffsplat.core.errors import InputError
     from ffsplat.data.shards import EvalIndexDataset, read_manifest
     from ffsplat.data.sampling import load_eval_index
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
@@ -208,25 +226,30 @@ def run(args) -> int:
         row = "teacher_2d (stand-in: label-derived)" if stand_in else "teacher_2d"  # stand-ins are not SAM/LSeg
         results[row] = evaluate_teacher(predictor, EvalIndexDataset(args.shards, args.split, index), cfg)
     reasons = empty_column_reasons(seen, args, results["model"]["examples"])
-    with cleanup_on_error(created_dir=args.out):
-        args.out.mkdir(parents=True, exist_ok=True)
-        figures = write_figures(
-            predictor, EvalIndexDataset(args.shards, args.split, index), args.out / "figures", args.figures
-        )
-        report = {"checkpoint": str(args.checkpoint), "shards": str(args.shards), "split": args.split, "index": str(args.index),
-                  "settings": vars(cfg), "resolution": resolution, "results": results, "figures": figures,
-                  "empty_columns": {c: reasons[c] for c in COLUMNS if not isinstance(results["model"].get(c), float)},
-                  "bad_shard_data": model_set.corrupt.summary() if model_set.corrupt.count else bad_at_start,
-                  "skipped_entries": model_set.skipped_entries}  # fmt: skip
-        with atomic_open(args.out / "report.json", "w") as f:
-            json.dump(report, f, indent=2, default=str)
-        note = f"\n**Resolution:** {resolution['note']}\n" if "note" in resolution else ""
-        bad = report["bad_shard_data"]
-        damaged = (f"\n**Damaged shards skipped:** {bad['bad']} bad reads in {sorted(bad['by_shard'])}; "
-                   f"{len(model_set.skipped_entries)} index entries not evaluated (see report.json)\n") if bad["bad"] else ""  # fmt: skip
-        with atomic_open(args.out / "report.md", "w") as f:
-            f.write(f"# Evaluation of {args.checkpoint}\n\n{args.split} split of {args.shards}, index {args.index}\n{note}{damaged}\n"
-                    + markdown(results, reasons))  # fmt: skip
+    try:
+        with transaction():  # report and figures appear together, or none does (earlier ones stay as they were)
+            make_dirs(args.out)
+            figures = write_figures(
+                predictor, EvalIndexDataset(args.shards, args.split, index), args.out / "figures", args.figures
+            )
+            report = {"checkpoint": str(args.checkpoint), "shards": str(args.shards), "split": args.split, "index": str(args.index),
+                      "settings": vars(cfg), "resolution": resolution, "results": results, "figures": figures,
+                      "empty_columns": {c: reasons[c] for c in COLUMNS if not isinstance(results["model"].get(c), float)},
+                      "bad_shard_data": model_set.corrupt.summary() if model_set.corrupt.count else bad_at_start,
+                      "skipped_entries": model_set.skipped_entries}  # fmt: skip
+            with atomic_open(args.out / "report.json", "w") as f:
+                json.dump(report, f, indent=2, default=str)
+            note = f"\n**Resolution:** {resolution['note']}\n" if "note" in resolution else ""
+            bad = report["bad_shard_data"]
+            damaged = (f"\n**Damaged shards skipped:** {bad['bad']} bad reads in {sorted(bad['by_shard'])}; "
+                       f"{len(model_set.skipped_entries)} index entries not evaluated (see report.json)\n") if bad["bad"] else ""  # fmt: skip
+            with atomic_open(args.out / "report.md", "w") as f:
+                f.write(f"# Evaluation of {args.checkpoint}\n\n{args.split} split of {args.shards}, index {args.index}\n{note}{damaged}\n"
+                        + markdown(results, reasons))  # fmt: skip
+    except OSError as exc:  # full disk, quota: what this run wrote is removed, earlier reports stay
+        raise InputError(
+            f"--out: cannot write the report in {args.out}: {exc.strerror or exc} (nothing was written)"
+        ) from exc
     print(json.dumps(results, indent=2))
     if bad["bad"]:
         print(f"warning: skipped {bad['bad']} bad shard reads in {len(bad['by_shard'])} shards and {len(model_set.skipped_entries)} "

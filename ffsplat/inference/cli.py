@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffsplat.core.errors import InputError, check_device, check_number, cleanup_on_error, run_command  # noqa: E402
+from ffsplat.core.errors import InputError, check_device, check_number, check_outputs, run_command  # noqa: E402
 from ffsplat.checkpoint import DEFAULT_DEPTH_RANGE, depth_range  # noqa: E402
 
 
@@ -73,8 +73,12 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def check_output(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(f"--out: {path} is an existing folder; expected the path of a .ply file (nothing was written)")
     if path.suffix != ".ply":
         raise InputError(f"--out must end in .ply, got {path}")
+    if str(path.resolve()).startswith("/proc/") or str(path.resolve()).startswith("/sys/"):
+        raise InputError(f"--out: {path} is in a kernel file system; expected a path in an ordinary folder")
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise InputError(f"--out: {parent} is not a directory")
@@ -186,6 +190,7 @@ def run(args: argparse.Namespace) -> None:
     if len(args.views) < 2:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
     check_output(args.out)
+    check_outputs(*planned_outputs(args))  # before any work: never an input or a user's folder overwritten
     try:
         overrides = teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint)
         predictor = Predictor(args.checkpoint, args.device, overrides)
@@ -239,23 +244,55 @@ def run(args: argparse.Namespace) -> None:
     shown = ", ".join(f"{n} {name}" for name, n in list(counts.items())[:6])
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes: {shown}")
 
-    with cleanup_on_error(created_dir=args.out.parent) as written:
-        write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                      progress, written, registration=registration, depth=out.depth.depth[0], images=images, rendered=rendered)  # fmt: skip
+    from ffsplat.core.atomic import transaction
+
+    try:
+        with transaction():  # every output appears together, or none does (earlier outputs stay as they were)
+            write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far,
+                          size, progress, registration=registration, depth=out.depth.depth[0], images=images, rendered=rendered)  # fmt: skip
+    except OSError as exc:  # full disk, quota, a folder that vanished: nothing of this run is left behind
+        raise InputError(
+            f"--out: cannot write the outputs beside {args.out}: {exc.strerror or exc} (nothing was written)"
+        ) from exc
+    print(f"done in {time.perf_counter() - progress.start:.2f}s")
+
+
+def query_stem(stem: Path, query: str) -> Path:
+    """``<out stem>_<query>`` with every character that is not a letter or digit replaced by ``_``."""
+    return Path(f"{stem}_{''.join(c if c.isalnum() else '_' for c in query)}")
+
+
+def planned_outputs(args) -> tuple[dict, dict, dict]:
+    """``(files, inputs, folders)`` for :func:`~ffsplat.core.errors.check_outputs`: every path this run
+    may write, and every path it reads."""
+    stem = args.out.with_suffix("")
+    files: dict = {"--out": args.out, "the summary (<out>.json)": Path(f"{stem}.json")}
+    folders: dict = {}
+    if args.render or args.render_cameras:
+        folders["--render (<out>_render/)"] = Path(f"{stem}_render")
+    if args.save_depth:
+        folders["--save-depth (<out>_depth/)"] = Path(f"{stem}_depth")
+    for query in args.query:
+        q = query_stem(stem, query)
+        files[f"--query {query!r}"] = [Path(f"{q}.ply")] + [Path(f"{q}_view_{v}.png") for v in range(len(args.views))]
+    inputs = {"--views": list(args.views), "--cameras": args.cameras, "--checkpoint": args.checkpoint,
+              "--render-cameras": args.render_cameras, "--clip-path": args.clip_path and Path(args.clip_path),
+              "--sam-checkpoint": args.sam_checkpoint and Path(args.sam_checkpoint),
+              "--lseg-checkpoint": args.lseg_checkpoint and Path(args.lseg_checkpoint)}  # fmt: skip
+    return files, inputs, folders
 
 
 def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                  progress, written: list[Path], registration=None, depth=None, images=None, rendered=None) -> None:  # fmt: skip
-    """Write the .ply, renders, depth maps, query results and the summary JSON; every path goes into
-    ``written`` (removed again by the caller if anything fails). ``depth [V, size, size]`` and the
+                  progress, registration=None, depth=None, images=None, rendered=None) -> None:  # fmt: skip
+    """Write the .ply, renders, depth maps, query results and the summary JSON (inside the caller's
+    :func:`~ffsplat.core.atomic.transaction`, so they appear together). ``depth [V, size, size]`` and the
     input ``images`` are for ``--save-depth``; ``registration`` is the COLMAP report (or None);
     ``rendered`` is the semantics render at the context cameras, reused by ``--render``."""
-    from ffsplat.core.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open, make_dirs
     from ffsplat.render.ply import write_ply
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.out.parent)
     g0 = gaussians[0].to("cpu")
-    written.append(args.out)
     write_ply(args.out, g0, extra={"class_id": class_id.reshape(-1).cpu().numpy().astype(np.int32),
                                    "class_conf": class_conf.reshape(-1).cpu().numpy().astype(np.float32)})  # fmt: skip
     summary = {
@@ -279,27 +316,23 @@ def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, cl
     stem = args.out.with_suffix("")
     if args.render or novel is not None:
         targets = context.cameras if novel is None else novel_cameras(novel, size, predictor.device)
-        written.append(Path(f"{stem}_render"))
         # At the context cameras the semantics render above is the --render output: reuse it.
         paths = write_renders(predictor, gaussians, targets, stem, reuse=(rendered, lang) if novel is None else None)
         summary["renders"] = paths
         progress("render", f"rendered {len(paths)} images to {stem}_render/")
     if args.save_depth:
-        written.append(Path(f"{stem}_depth"))
         summary["depth"] = write_depth(depth, images, size, stem)
         progress("depth", f"wrote {len(images)} depth maps to {stem}_depth/ (16-bit mm PNG + float metres .npy)")
     if args.query:
-        summary["queries"] = write_queries(queries, predictor, g0, lang, stem, written)
+        summary["queries"] = write_queries(queries, predictor, g0, lang, stem)
         matched = sum(1 for r in summary["queries"].values() if r["gaussians"])
         progress("query", f"{matched} of {len(queries)} quer{'y' if len(queries) == 1 else 'ies'} matched Gaussians")
     summary["seconds"] = {
         **{k: round(v, 3) for k, v in progress.times.items()},
         "total": round(time.perf_counter() - progress.start, 3),
     }
-    written.append(Path(f"{stem}.json"))
     with atomic_open(Path(f"{stem}.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"done in {summary['seconds']['total']:.2f}s")
 
 
 def parse_intrinsics(text: str) -> np.ndarray:
@@ -403,11 +436,10 @@ def write_depth(depth, images, size: int, stem: Path) -> dict:
     and a float32 metres ``.npy`` at the working size, and each view's resize/crop from its photo."""
     from PIL import Image
 
-    from ffsplat.core.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open, make_dirs
     from ffsplat.core.types import center_crop_offsets, cover_size
 
-    folder = Path(f"{stem}_depth")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(f"{stem}_depth")
     views = []
     for v, image in enumerate(images):
         metres = depth[v].float().cpu().numpy().astype(np.float32)
@@ -488,7 +520,7 @@ def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list
     import torch
     from PIL import Image
 
-    from ffsplat.core.atomic import atomic_open
+    from ffsplat.core.atomic import atomic_open, make_dirs
     from ffsplat.model.network import LANG
     from ffsplat.render.renderer import render
     from ffsplat.evaluation.figures import colorize_depth, colorize_labels, to_uint8
@@ -501,8 +533,7 @@ def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list
             h, w = cameras.image_size
             lang = predictor.model.decode_fields({LANG: r.features[LANG]}, {"lseg": (h, w)})["lseg"][0]
     ids, _ = classify(lang, predictor)
-    folder = Path(f"{stem}_render")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(f"{stem}_render")
     paths = []
     for v in range(r.rgb.shape[1]):
         for name, image in (
@@ -575,7 +606,7 @@ def query_embeddings(args, predictor) -> dict:
     return queries
 
 
-def write_queries(queries: dict, predictor, gaussians, lang, stem: Path, written: list[Path]) -> dict:
+def write_queries(queries: dict, predictor, gaussians, lang, stem: Path) -> dict:
     """Relevance map per view and a .ply of the Gaussians whose best label is the query.
 
     A query that no Gaussian matches writes nothing and says so."""
@@ -599,17 +630,15 @@ def write_queries(queries: dict, predictor, gaussians, lang, stem: Path, written
             )
             results[query] = {"relevance_maps": [], "ply": None, "gaussians": 0}
             continue
-        safe = "".join(c if c.isalnum() else "_" for c in query)
+        q = query_stem(stem, query)
         maps = []
         for v in range(len(relevance)):
-            path = Path(f"{stem}_{safe}_view_{v}.png")
+            path = Path(f"{q}_view_{v}.png")
             heat = (relevance[v].clamp(0, 1) * 255).round().byte().cpu().numpy()
-            written.append(path)
             with atomic_open(path) as f:
                 Image.fromarray(heat).save(f, format="PNG")
             maps.append(str(path))
-        ply = Path(f"{stem}_{safe}.ply")
-        written.append(ply)
+        ply = Path(f"{q}.ply")
         write_ply(ply, gaussians.select(keep))
         print(f"query {query!r}: {count} of {len(keep)} Gaussians matched -> {ply}", flush=True)
         results[query] = {"relevance_maps": maps, "ply": str(ply), "gaussians": count}

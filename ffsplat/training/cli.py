@@ -15,7 +15,9 @@ with an ``error:`` line and exit code 1, without model.pt, as do shards with no 
 
 from __future__ import annotations
 
+import errno
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -40,18 +42,35 @@ def run(cfg: TrainConfig) -> int:
     except (NonFiniteTrainingError, TrainingDataError) as exc:
         report(exc)
         return 1
+    except OSError as exc:  # full disk or quota while writing a checkpoint or model.pt (each written atomically)
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        return report(
+            f"checkpoint.dir: cannot write {exc.filename or cfg.checkpoint.dir}: {exc.strerror}; earlier checkpoints "
+            "are intact: free space and run again with checkpoint.resume=auto"
+        )
     return 0
 
 
 def _remove_hydra_run_dir() -> None:
-    """Bad input writes nothing: drop the run folder Hydra made for this run (its config copy and log)."""
+    """Bad input writes nothing: drop what Hydra wrote for this run (its ``.hydra/`` config copy and
+    the job log), and the run folder itself only if that leaves it empty. A folder the user pointed
+    ``hydra.run.dir`` at keeps everything else it holds."""
     import shutil
 
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+        hc = HydraConfig.get()
     except ValueError:  # not running under Hydra
+        return
+    run_dir = Path(hc.runtime.output_dir)
+    if hc.output_subdir:
+        shutil.rmtree(run_dir / hc.output_subdir, ignore_errors=True)
+    (run_dir / f"{hc.job.name}.log").unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()  # only when empty
+    except OSError:
         pass
 
 

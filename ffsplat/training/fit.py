@@ -3,9 +3,7 @@ wandb logger, and the slim ``model.pt`` export at the end (the library call behi
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ffsplat.core.atomic import atomic_open
 from ffsplat.training.config import TrainConfig
 from ffsplat.training.datamodule import ClipDataModule, EpochAndStep
 from ffsplat.training.module import SemanticSplatModule, export_slim
@@ -33,12 +32,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path) as f:  # also removes temporary files a killed run left for this name
+            torch.save(checkpoint, f)
 
 
 def resume_path(cfg: TrainConfig) -> str | None:
@@ -85,6 +80,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     checkpoints = ModelCheckpoint(
         dirpath=run_dir, filename="step={step}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps, save_last=True, save_top_k=-1,
+        enable_version_counter=False,  # always last.ckpt, never last-vN.ckpt (auto-resume reads the newest)
     )  # fmt: skip
     t = cfg.trainer
     trainer = L.Trainer(

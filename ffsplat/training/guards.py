@@ -7,6 +7,7 @@ to the newest intact ``step=N.ckpt``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import zipfile
@@ -100,12 +101,25 @@ _STEP = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 def find_resume(run_dir: Path) -> tuple[str | None, str | None]:
-    """``(checkpoint, note)`` for ``checkpoint.resume=auto``: ``last.ckpt`` if intact, else the newest
-    intact ``step=N.ckpt`` (``note`` says which was damaged and what is used instead)."""
-    last = run_dir / "last.ckpt"
-    steps = sorted((int(m.group(1)), p) for p in run_dir.glob("step=*.ckpt") if (m := _STEP.match(p.name)))
+    """``(checkpoint, note)`` for ``checkpoint.resume=auto``: the newest intact checkpoint of any name
+    in ``run_dir`` (``last.ckpt``, ``last-v*.ckpt``, ``step=N.ckpt``; newest by modification time,
+    ``last*`` first on a tie).
+
+    A damaged checkpoint is moved aside to ``<name>.damaged-<UTC time>`` (kept for inspection, never
+    deleted), so training writes ``last.ckpt`` again instead of Lightning's versioned ``last-vN.ckpt``
+    and later restarts do not skip over it again. ``note`` says what was damaged and what is used.
+    """
+    import time
+
+    def newest_first(p: Path) -> tuple[int, int]:
+        try:
+            return (p.stat().st_mtime_ns, p.name.startswith("last"))
+        except FileNotFoundError:
+            return (-1, 0)
+
+    candidates = sorted((p for p in Path(run_dir).glob("*.ckpt") if p.is_file()), key=newest_first, reverse=True)
     damaged = []
-    for candidate in ([last] if last.is_file() else []) + [p for _, p in reversed(steps)]:
+    for candidate in candidates:
         problem = checkpoint_problem(candidate)
         if problem is None:
             note = (
@@ -114,7 +128,12 @@ def find_resume(run_dir: Path) -> tuple[str | None, str | None]:
                 else f"checkpoint.resume=auto: {'; '.join(damaged)}; resuming from {candidate.name} instead"
             )
             return str(candidate), note
-        damaged.append(f"{candidate.name} is damaged ({problem})")
+        aside = candidate.with_name(f"{candidate.name}.damaged-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+        try:
+            os.replace(candidate, aside)
+            damaged.append(f"{candidate.name} is damaged ({problem}), moved aside to {aside.name}")
+        except OSError:  # another rank moved it already, or a read-only folder
+            damaged.append(f"{candidate.name} is damaged ({problem})")
     if damaged:
         return (
             None,
