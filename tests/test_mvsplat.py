@@ -260,3 +260,16 @@ def test_mvsplat_transformer_without_gathered_copies_equals_gathering_reference(
     ref, rgx, rgp = run()
     for a, r in [(out, ref), (out_nograd, ref), (gx, rgx), *zip(gp, rgp)]:
         torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-12)
+
+
+def test_ffsplat_format_strips_the_lightning_model_prefix():
+    """A Lightning ``last.ckpt``'s ``state_dict`` keys are ``model.<our key>``: the ffsplat format strips
+    the prefix and loads every tensor exactly."""
+    torch.manual_seed(0)
+    source = build_model(small_cfg(conditioned=False))
+    target = build_model(small_cfg(conditioned=False))
+    state = {f"model.{k}": v.clone() for k, v in source.state_dict().items()}
+    result = load_geometry_checkpoint(target, state, "ffsplat")
+    assert result["loaded"] == len(source.state_dict()) and result["kept"] == []
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0)

@@ -250,3 +250,28 @@ def test_a_stage_on_a_frozen_geometry_keeps_the_depth_range_it_starts_from(tiny_
     module.training_step(batch, 0)
     expected = [0.5, 4.0] if kept else [2.0, 9.0]
     assert load_model(export_slim(module, tmp_path / "model.pt"))["depth_range"] == expected
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_sample_gets_exactly_the_step_of_its_batch(tiny_shards, tmp_path, monkeypatch, workers):
+    """The curriculum's step is exact, not only bounded: batch ``k`` of an epoch that started at step
+    ``s`` samples its views at step ``s + k`` (a few steps of lag would pass an upper-bound check)."""
+    import os
+
+    real = shards_module.sample_views
+
+    def recording(n, sampler, draw, step):
+        with open(tmp_path / f"steps-{os.getpid()}.txt", "a") as f:
+            f.write(f"{step}\n")
+        return real(n, sampler, draw, step)
+
+    monkeypatch.setattr(shards_module, "sample_views", recording)
+    sampler = ViewSamplerConfig(num_context=2, num_target=1, min_gap=2, max_gap=7, gap_warmup_steps=10)
+    data = ClipExamples(
+        manifest_shards(tiny_shards, "train"), sampler, shuffle_buffer=0, resampled=True, epoch_length=24, seed=0
+    )
+    data.set_position(epoch=1, epoch_start_step=100, batch_size=4)
+    batches = list(DataLoader(data, batch_size=4, num_workers=workers, collate_fn=collate_examples))
+    assert len(batches) == 6
+    steps = sorted(int(line) for p in tmp_path.glob("steps-*.txt") for line in p.read_text().split())
+    assert steps == sorted(100 + k for k in range(6) for _ in range(4))

@@ -169,7 +169,9 @@ def test_infer_failing_in_a_new_folder_removes_only_what_it_created(
 def test_make_eval_index_refuses_to_overwrite_the_shard_manifest(tiny_shards, capsys):
     manifest = tiny_shards / "manifest.json"
     before = manifest.read_bytes()
-    code = make_eval_index.main(["--shards", str(tiny_shards), "--split", "val", "--protocol", "sampled", "--out", str(manifest)])
+    code = make_eval_index.main(
+        ["--shards", str(tiny_shards), "--split", "val", "--protocol", "sampled", "--out", str(manifest)]
+    )
     contract(code, capsys.readouterr().err, "is the input --shards")
     assert manifest.read_bytes() == before
 

@@ -100,14 +100,18 @@ def _rasterize_torch(
     return img.reshape(b, v, height, width, d + 1), alpha.reshape(b, v, height, width), meta
 
 
-def _rasterize_gsplat(
-    means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings
-):
+def _require_cuda(means: Tensor) -> None:
     if not means.is_cuda:
         raise RuntimeError(
             "render backend 'gsplat' needs CUDA tensors (gsplat has no CPU kernels); "
             "use backend='torch' or 'auto' for CPU tensors"
         )
+
+
+def _rasterize_gsplat(
+    means, quats, scales, opacities, colors, viewmats, ks, width, height, backgrounds, s: RasterSettings
+):
+    _require_cuda(means)
     from gsplat import rasterization
 
     img, alpha, meta = rasterization(

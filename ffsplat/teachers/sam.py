@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +30,8 @@ from torch import Tensor, nn
 
 from ffsplat.teachers.base import register_teacher, require_file
 
-# segment_anything imports torchvision: ``import ffsplat`` (which installs the CPU shim) comes first.
-from segment_anything import sam_model_registry  # noqa: E402
-from segment_anything.modeling import Sam  # noqa: E402
-from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score  # noqa: E402
-from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
+if TYPE_CHECKING:  # segment_anything is imported only when a SAM teacher is used (it is optional on GPU images)
+    from segment_anything.modeling import Sam
 
 SCALES = ("small", "medium", "large")
 
@@ -77,6 +74,13 @@ class SAMTeacher(nn.Module):
         """
         path = require_file(checkpoint, "teachers.sam.checkpoint")
         if builder is None:
+            try:
+                from segment_anything import sam_model_registry
+            except ImportError as exc:
+                raise ImportError(
+                    "the SAM teachers need the segment-anything package (pip install segment-anything)"
+                ) from exc
+
             if model_type not in sam_model_registry:
                 raise KeyError(f"teachers.sam.model_type {model_type!r}; choose one of {sorted(sam_model_registry)}")
             builder = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
@@ -98,6 +102,8 @@ class SAMTeacher(nn.Module):
     # ----------------------------------------------------------------------------------- geometry
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """``(H', W')``: the image size after SAM's longest-side resize (same rounding as SAM)."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
         return ResizeLongestSide.get_preprocess_shape(height, width, self.img_size)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -230,6 +236,7 @@ class SAMTeacher(nn.Module):
         Returns:
             per image ``{"small": [M_s, H, W] bool, "medium": [M_m, H, W] bool, "large": [M_l, H, W] bool}``.
         """
+        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
         from torchvision.ops import batched_nms
 
         height, width = images.shape[-2:]

@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ffsplat.core.geometry import quat_multiply, rotmat_to_quat
+from ffsplat.core.geometry import float32_geometry, quat_multiply, rotmat_to_quat
 from ffsplat.core.sh import num_sh_bases, rotate_sh
 from ffsplat.core.types import Gaussians
 
@@ -65,6 +65,12 @@ def adapt_gaussians(
         Gaussians of batch ``[B]`` with ``N = V * H * W`` (view-major, row-major pixels), and the
         z-depth of their means ``[B, V, H, W]``.
     """
+    with float32_geometry(raw.device):  # unprojection, rotations and SH rotation in float32, also under autocast
+        return _adapt(raw.float(), depth.float(), density.float(), intrinsics.float(), extrinsics.float(),
+                      scale_min, scale_max, sh_degree, opacity_exponent_log2)  # fmt: skip
+
+
+def _adapt(raw, depth, density, intrinsics, extrinsics, scale_min, scale_max, sh_degree, opacity_exponent_log2):
     b, v, _, h, w = raw.shape
     k = num_sh_bases(sh_degree)
     raw = rearrange(raw, "b v c h w -> b v (h w) c")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ffsplat.core.geometry import float32_geometry
 from ffsplat.model.mvsplat.config import MVSplatConfig
 from ffsplat.model.mvsplat.unet import RefineUNet
 
@@ -49,11 +50,12 @@ def warp_features(features: Tensor, intrinsics: Tensor, pose: Tensor, depth: Ten
     """
     n, c, h, w = features.shape
     d = depth.shape[1]
-    with torch.no_grad():
+    with torch.no_grad(), float32_geometry(features.device):  # the warp grid in float32, also under autocast
+        intrinsics, pose, depth = intrinsics.float(), pose.float(), depth.float()
         ys, xs = torch.meshgrid(
             torch.arange(h, device=features.device), torch.arange(w, device=features.device), indexing="ij"
         )
-        grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).to(intrinsics.dtype).reshape(1, 3, h * w)
+        grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).to(torch.float32).reshape(1, 3, h * w)
         rays = torch.inverse(intrinsics) @ grid  # [N, 3, hw]
         points = (pose[:, :3, :3] @ rays)[:, :, None, :] * depth[:, None, :, None] + pose[
             :, :3, 3:, None
@@ -61,14 +63,23 @@ def warp_features(features: Tensor, intrinsics: Tensor, pose: Tensor, depth: Ten
         pix = (intrinsics @ points.reshape(n, 3, -1)).reshape(n, 3, d, h * w)
         xy = pix[:, :2] / pix[:, 2:].clamp(min=1e-3)
         grid = torch.stack([2 * xy[:, 0] / (w - 1) - 1, 2 * xy[:, 1] / (h - 1) - 1], dim=-1)  # [N, D, hw, 2]
-    warped = F.grid_sample(
-        features,
-        grid.view(n, d * h, w, 2).to(features.dtype),
+    warped = F.grid_sample(  # float32, as CUDA autocast runs grid_sample: a bf16 grid would move samples by ~0.05 px
+        features.float(),
+        grid.view(n, d * h, w, 2),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=True,
     )
     return warped.view(n, c, d, h, w)
+
+
+def disparity_candidates(near: Tensor, far: Tensor, count: int) -> Tensor:
+    """``[B, V, D]`` float32 candidates uniform in disparity from ``1/far`` to ``1/near`` (MVSplat's),
+    computed with autocast disabled whatever dtype the features have."""
+    with float32_geometry(near.device):
+        lo, hi = 1.0 / far.float(), 1.0 / near.float()
+        steps = torch.linspace(0.0, 1.0, count, device=near.device, dtype=torch.float32)
+        return lo[..., None] + steps * (hi - lo)[..., None]
 
 
 @dataclass
@@ -136,14 +147,16 @@ class DepthPredictor(nn.Module):
         """``[B, V, C, h, w]`` -> ``[(B V), D + C, h, w]``: correlation with every other view averaged
         over the other views, concatenated with the view's own features."""
         v, c, h, w = features.shape[1:]
-        k = intrinsics[..., :3, :3].float().clone()  # camera geometry in float32 (also under autocast)
-        k[..., 0, :] *= float(w)
-        k[..., 1, :] *= float(h)
-        k = rearrange(k, "b v i j -> (b v) i j")
-        depth = rearrange(1.0 / disparities.float(), "b v d -> (b v) d")
+        with float32_geometry(features.device):  # camera geometry in float32 (also under autocast)
+            k = intrinsics[..., :3, :3].float().clone()
+            k[..., 0, :] *= float(w)
+            k[..., 1, :] *= float(h)
+            k = rearrange(k, "b v i j -> (b v) i j")
+            depth = rearrange(1.0 / disparities.float(), "b v d -> (b v) d")
+            poses = relative_poses(extrinsics.float())
         ref = rearrange(features, "b v c h w -> (b v) c h w")
         corrs = []
-        for o, pose in enumerate(relative_poses(extrinsics), start=1):
+        for o, pose in enumerate(poses, start=1):
             order = [(i + o) % v for i in range(v)]
             other = rearrange(features[:, order], "b v c h w -> (b v) c h w")
             warped = warp_features(other, k, rearrange(pose.float(), "b v i j -> (b v) i j"), depth)
@@ -163,10 +176,8 @@ class DepthPredictor(nn.Module):
             cost_volume: :meth:`cost_volume` of these inputs if already computed.
         """
         v = features.shape[1]
-        lo = (1.0 / far).to(features.dtype)
-        hi = (1.0 / near).to(features.dtype)
-        steps = torch.linspace(0.0, 1.0, self.num_candidates, device=features.device, dtype=features.dtype)
-        disparities = lo[..., None] + steps * (hi - lo)[..., None]  # [B, V, D]
+        disparities = disparity_candidates(near, far, self.num_candidates)  # [B, V, D] float32
+        lo, hi = 1.0 / far.float(), 1.0 / near.float()
         cv_in = (
             cost_volume if cost_volume is not None else self.cost_volume(features, intrinsics, extrinsics, disparities)
         )
@@ -178,9 +189,9 @@ class DepthPredictor(nn.Module):
         x = self.corr_refine_net[4](self.corr_refine_net[3](x, v))
         correlation = x + self.regressor_residual(cv_in)
 
-        pdf = torch.softmax(self.depth_head_lowres(correlation), dim=1)
+        pdf = torch.softmax(self.depth_head_lowres(correlation).float(), dim=1)  # float32, as CUDA autocast gives
         disp_flat = rearrange(disparities, "b v d -> (b v) d 1 1")
-        coarse = (disp_flat * pdf).sum(1, keepdim=True)
+        coarse = (disp_flat * pdf).sum(1, keepdim=True)  # float32 soft-argmax over float32 candidates
         pdf_max = F.interpolate(pdf.max(1, keepdim=True).values, scale_factor=4)
         full = F.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=True)
 
@@ -193,7 +204,7 @@ class DepthPredictor(nn.Module):
         )
         refine = self.refine_unet[3](refine, v)
         raw = self.to_gaussians(torch.cat([refine, flat(images), ups], dim=1))
-        delta, density = self.to_disparity(refine).split(1, dim=1)
+        delta, density = self.to_disparity(refine).float().split(1, dim=1)
         fine = torch.maximum(torch.minimum(full + delta, flat(hi)[:, None, None, None]), flat(lo)[:, None, None, None])
         return MVSplatDepth(
             depth=1.0 / fine, density=torch.sigmoid(density), raw_gaussians=raw, pdf=pdf, pdf_max=pdf_max,

@@ -29,7 +29,7 @@ from ffsplat.model.conditioning import ConditioningFusion
 from ffsplat.model.depth import DepthOutput
 from ffsplat.model.mvsplat.adapter import adapt_gaussians
 from ffsplat.model.mvsplat.backbone import MultiViewBackboneMVSplat
-from ffsplat.model.mvsplat.depth import DepthPredictor
+from ffsplat.model.mvsplat.depth import DepthPredictor, disparity_candidates
 from ffsplat.model.semantic_heads import SemanticBranch
 
 
@@ -81,9 +81,7 @@ class MVSplatSemanticNet(SemanticBranch, nn.Module):
         feats, cnn = self.backbone(images, g.attn_splits)
         dp = self.depth_predictor
         # The cost volume is recomputed inside the predictor; compute it once here for the latent.
-        steps = torch.linspace(0.0, 1.0, g.num_depth_candidates, device=feats.device, dtype=feats.dtype)
-        lo, hi = (1.0 / far).to(feats.dtype), (1.0 / near).to(feats.dtype)
-        cv_in = dp.cost_volume(feats, intr, c2w, lo[..., None] + steps * (hi - lo)[..., None])
+        cv_in = dp.cost_volume(feats, intr, c2w, disparity_candidates(near, far, g.num_depth_candidates))
         cost = rearrange(cv_in[:, : g.num_depth_candidates], "(b v) d h w -> b v d h w", b=b)
         latent = self.conditioning(cost, feats, conditions)
         injection = self.condition_inject(rearrange(latent, "b v c h w -> (b v) c h w"))
