@@ -301,3 +301,29 @@ print('ok')
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+# --- every stage under CPU bf16 autocast --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model, stage",
+    [("small", s) for s in ("geometry", "seg", "semantic", "lang")]
+    + [pytest.param("paper", s, marks=pytest.mark.slow) for s in ("geometry", "seg", "semantic", "lang")],
+)
+def test_every_stage_trains_under_cpu_bf16_autocast(tiny_shards, tmp_path, model, stage):
+    """``trainer.precision=bf16-mixed`` on CPU, a few steps of each stage (the GPU default is the paper
+    model in bf16-mixed). CPU autocast keeps more ops in bf16 than CUDA (layer_norm, softmax, sums), so
+    ops without bf16 CPU kernels (the antialiased resize of the distillation losses) run in float32."""
+    from ffsplat.core.config import group_file, to_dataclass
+    from ffsplat.model.network import ModelConfig
+    from ffsplat.training.fit import fit
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_shards, tmp_path, stage, optim__max_steps=2)
+    cfg.model = to_dataclass(ModelConfig, group_file("model", model))
+    cfg.trainer.precision = "bf16-mixed"
+    cfg.checkpoint.every_n_steps = 100
+    module = fit(cfg)
+    assert module.trainer.global_step == 2
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())

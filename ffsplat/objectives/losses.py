@@ -148,7 +148,8 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     lead = x.shape[:-3]
     flat = x.reshape(-1, *x.shape[-3:])
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    # float32: CPU has no bf16 antialiased kernel, and CUDA autocast runs interpolation in float32 too
+    out = F.interpolate(flat.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)
     return out.reshape(*lead, *out.shape[-3:])
 
 
