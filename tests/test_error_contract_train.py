@@ -178,3 +178,25 @@ def test_train_py_through_hydra_gives_one_error_line_and_leaves_no_run_folder(tm
     assert done.stderr == f"error: data.root: shard folder not found: {tmp_path / 'nope'}\n"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.yaml"))
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.slow
+def test_bad_samples_found_in_dataloader_workers_reach_the_report(tiny_shards, tmp_path):
+    """With ``data.num_workers=2`` the damaged members are recorded inside the worker processes; the
+    run's ``bad_samples.json`` (written by rank 0's main process) still lists them."""
+    from ffsplat.training.fit import fit
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    tar = sorted((shards / "train").glob("*.tar"))[0]
+
+    def damage(sample):
+        name = next(k for k in sample if k.startswith("teacher."))
+        return sample | {name: b"not an array"}
+
+    rewrite_tar(tar, damage)
+    cfg = tiny_config(shards, tmp_path, "seg", optim__max_steps=3)
+    cfg.data.num_workers = 2
+    fit(cfg)
+    report = __import__("json").loads((Path(cfg.checkpoint.dir) / cfg.run_name / "bad_samples.json").read_text())
+    assert report["bad"] >= 1 and {Path(s).name for s in report["by_shard"]} == {tar.name}, report

@@ -12,6 +12,7 @@ references and check the gsplat call by its arguments, and the GPU check runs th
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -327,3 +328,77 @@ def test_every_stage_trains_under_cpu_bf16_autocast(tiny_shards, tmp_path, model
     module = fit(cfg)
     assert module.trainer.global_step == 2
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
+
+
+# --- multi-GPU traps ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "devices, nodes, env, ranks",
+    [(1, 1, None, 1), (2, 1, None, 2), ([0, 1, 2], 1, None, 3), ("0,1", 2, None, 4), (1, 1, "8", 8)],
+)
+def test_unresampled_data_is_refused_with_more_than_one_rank(
+    tiny_shards, tmp_path, monkeypatch, devices, nodes, env, ranks
+):
+    from ffsplat.core.errors import InputError
+    from ffsplat.training.guards import check_train_config, planned_world_size
+    from tests.test_training import tiny_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if env:
+        monkeypatch.setenv("WORLD_SIZE", env)
+    cfg = tiny_config(tiny_shards, tmp_path, "geometry")
+    cfg.trainer.devices, cfg.trainer.num_nodes = devices, nodes
+    assert planned_world_size(cfg.trainer) == ranks
+    cfg.data.resampled = False
+    if ranks == 1:
+        check_train_config(cfg)
+    else:
+        with pytest.raises(InputError, match=rf"^data.resampled=false with {ranks} ranks"):
+            check_train_config(cfg)
+    cfg.data.resampled = True
+    check_train_config(cfg)
+
+
+def test_deterministic_on_cuda_sets_cublas_and_warns_once(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from ffsplat.training.guards import deterministic_mode
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert deterministic_mode(SimpleNamespace(deterministic=False, accelerator="gpu")) is False
+    assert deterministic_mode(SimpleNamespace(deterministic=True, accelerator="cpu")) is True
+    assert capsys.readouterr().err == ""
+    assert deterministic_mode(SimpleNamespace(deterministic=True, accelerator="gpu")) == "warn"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and err.startswith("warning: trainer.deterministic=true on CUDA") and "grid_sample" in err
+    )
+
+
+@pytest.mark.parametrize("local_bad, other_rank_bad", [(False, False), (False, True), (True, False)])
+def test_a_nonfinite_checkpoint_stops_every_rank_together(local_bad, other_rank_bad):
+    """Every rank asks all ranks (``reduce_boolean_decision``, an all-reduce under DDP) and raises the
+    same error, so no rank is left waiting for one that stopped."""
+    from types import SimpleNamespace
+
+    from ffsplat.training.guards import NonFiniteCheckpointError, NonFiniteGuard
+
+    asked = []
+
+    def reduce_boolean_decision(decision, all=True):  # noqa: A002  (Lightning's name)
+        asked.append((decision, all))
+        return (any if not all else min)([decision, other_rank_bad])
+
+    trainer = SimpleNamespace(global_step=7, strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision))
+    w = torch.ones(3)
+    if local_bad:
+        w[1] = float("nan")
+    checkpoint = {"state_dict": {"w": w}}
+    if local_bad or other_rank_bad:
+        with pytest.raises(NonFiniteCheckpointError, match="step 7: non-finite weights"):
+            NonFiniteGuard().on_save_checkpoint(trainer, None, checkpoint)
+    else:
+        NonFiniteGuard().on_save_checkpoint(trainer, None, checkpoint)
+    assert asked == [(local_bad, False)]

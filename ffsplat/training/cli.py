@@ -31,7 +31,7 @@ from ffsplat.training.config import TrainConfig
 def run(cfg: TrainConfig) -> int:
     """Check the config, train, and map failures to the error contract; returns the exit code."""
     from ffsplat.data.shards import TrainingDataError
-    from ffsplat.training.guards import NonFiniteTrainingError, check_train_config
+    from ffsplat.training.guards import NonFiniteCheckpointError, NonFiniteTrainingError, check_train_config
     from ffsplat.training.fit import fit
 
     try:
@@ -39,7 +39,7 @@ def run(cfg: TrainConfig) -> int:
         fit(cfg)
     except InputError as exc:
         return report(exc)
-    except (NonFiniteTrainingError, TrainingDataError) as exc:
+    except (NonFiniteTrainingError, NonFiniteCheckpointError, TrainingDataError) as exc:
         report(exc)
         return 1
     except OSError as exc:  # full disk or quota while writing a checkpoint or model.pt (each written atomically)

@@ -72,7 +72,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     """Train one stage as configured; resumes from ``last.ckpt`` when asked; writes ``model.pt``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ffsplat.training.guards import NonFiniteGuard, print_data_report
+    from ffsplat.training.guards import NonFiniteGuard, deterministic_mode, print_data_report
     from ffsplat.training.logs import ImageLogger, ProgressLog
 
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -91,7 +91,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
                    NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, use_distributed_sampler=False,
+        log_every_n_steps=t.log_every_n_steps, deterministic=deterministic_mode(t), use_distributed_sampler=False,
         default_root_dir=cfg.logging.save_dir,
     )  # fmt: skip
     module = SemanticSplatModule(cfg)

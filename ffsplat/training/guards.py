@@ -44,6 +44,17 @@ class NonFiniteGuard(L.Callback):
     count is logged as ``train/skipped_nonfinite``.
     """
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Refuse to save non-finite weights, decided by every rank together (Lightning builds the
+        checkpoint on every rank but only rank 0 writes it: an error raised by the writer alone would
+        leave the other ranks waiting at the next collective). Any rank's non-finite tensor stops all."""
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            where = f"{len(bad)} tensors (e.g. {bad[:3]})" if bad else "another rank's weights"
+            raise NonFiniteCheckpointError(
+                f"refusing to write the checkpoint of step {trainer.global_step}: non-finite weights in {where}"
+            )
+
     def __init__(self, max_consecutive: int = 5):
         self.max_consecutive = max_consecutive
         self.skipped = 0
@@ -174,12 +185,62 @@ def check_train_config(cfg) -> None:
     if cfg.stage.init_from:
         check_input_file("stage.init_from", Path(cfg.stage.init_from), "model.pt or Lightning checkpoint")
     check_segmenter_source(cfg)
+    if not d.resampled and planned_world_size(cfg.trainer) > 1:
+        raise InputError(
+            f"data.resampled=false with {planned_world_size(cfg.trainer)} ranks: each rank would end its epoch after "
+            "its own shards, at a different batch, and DDP would hang; keep data.resampled=true for multi-GPU runs"
+        )
     resume = cfg.checkpoint.resume
     if resume not in (None, "auto"):
         check_input_file("checkpoint.resume", Path(resume), "Lightning checkpoint")
         problem = checkpoint_problem(Path(resume))
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
+
+
+def planned_world_size(trainer) -> int:
+    """Ranks the run will have: ``WORLD_SIZE`` when a launcher (torchrun, SLURM) set it, else
+    ``trainer.devices`` (an int, a list of ids, or "auto"/-1: every visible GPU) x ``trainer.num_nodes``."""
+    if os.environ.get("WORLD_SIZE", "").isdigit():
+        return int(os.environ["WORLD_SIZE"])
+    devices = trainer.devices
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([x for x in devices.split(",") if x.strip()])
+    elif devices in ("auto", -1, "-1"):
+        count = torch.cuda.device_count() if trainer.accelerator in ("gpu", "cuda", "auto") else 1
+    else:
+        try:
+            count = int(devices)
+        except (TypeError, ValueError):
+            count = 1
+    return max(1, count) * max(1, int(trainer.num_nodes))
+
+
+def deterministic_mode(trainer) -> bool | str:
+    """What to give Lightning's ``Trainer(deterministic=...)``.
+
+    On CUDA, deterministic cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` (set here to ``:4096:8`` when
+    unset, before any CUDA work), and the backward passes of ``grid_sample`` and bilinear upsampling
+    (the cost volume, the feature upsamplers) have no deterministic CUDA kernels: torch would raise at
+    the first backward. Those run non-deterministically (``"warn"``: torch warns; one line here says so)
+    and everything else is deterministic. On CPU every kernel is deterministic: ``True``.
+    """
+    if not trainer.deterministic:
+        return False
+    on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        return True
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    print(
+        "warning: trainer.deterministic=true on CUDA: CUBLAS_WORKSPACE_CONFIG="
+        f"{os.environ['CUBLAS_WORKSPACE_CONFIG']}; grid_sample and bilinear-upsample backward have no deterministic "
+        "CUDA kernels and stay non-deterministic (runs agree to float rounding, not bit for bit)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return "warn"
 
 
 def check_segmenter_source(cfg) -> None:
