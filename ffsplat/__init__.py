@@ -15,7 +15,7 @@ def load(checkpoint=None, device=None, **teachers):
 
     ``model.predict(images, cameras=None) -> Scene`` with ``save_ply()``, ``render()``, ``query()``
     and ``classes``; see :mod:`ffsplat.inference.api` (keyword arguments: ``sam_checkpoint``,
-    ``lseg_checkpoint``, ``clip_path``).
+    ``lseg_checkpoint``, ``clip_path``, and ``bf16`` / ``compile`` for the fast inference path).
     """
     from ffsplat.inference.api import load as _load
 

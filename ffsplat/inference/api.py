@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ffsplat.checkpoint import depth_range
 from ffsplat.core.types import Cameras, Gaussians, Views
+from ffsplat.inference.fast import FastInferenceConfig
 from ffsplat.inference.predictor import Predictor, teacher_overrides
 from ffsplat.model.network import LANG, SEG
 from ffsplat.objectives.policy import classify, match_query
@@ -44,6 +45,8 @@ def load(
     sam_checkpoint: str | None = None,
     lseg_checkpoint: str | None = None,
     clip_path: str | None = None,
+    bf16: bool = False,
+    compile: bool = False,
 ) -> Model:
     """Load a trained ``model.pt`` (default: the bundled demo checkpoint, ``ffsplat.core.config.DEMO_CHECKPOINT``).
 
@@ -51,13 +54,19 @@ def load(
         device: default CUDA when available, else CPU.
         sam_checkpoint, lseg_checkpoint: local teacher weights for models conditioned on them.
         clip_path: local CLIP text model directory, for :meth:`Scene.query` words outside the classes.
+        bf16, compile: the fast inference path (:mod:`ffsplat.inference.fast`): the learned layers
+            under bf16 autocast (geometry stays float32) and/or ``torch.compile`` (the first
+            prediction compiles). Both off by default: the GPU check has not yet measured them.
     Raises:
         ffsplat.checkpoint.CheckpointError: missing, corrupted or foreign file (the message names it).
     """
     from ffsplat.core.config import DEMO_CHECKPOINT
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor(checkpoint or DEMO_CHECKPOINT, device, teacher_overrides(sam_checkpoint, lseg_checkpoint))
+    fast = FastInferenceConfig(bf16=bf16, compile=compile) if (bf16 or compile) else None
+    predictor = Predictor(
+        checkpoint or DEMO_CHECKPOINT, device, teacher_overrides(sam_checkpoint, lseg_checkpoint), fast=fast
+    )
     return Model(predictor, clip_path)
 
 

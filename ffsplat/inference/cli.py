@@ -118,6 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--size", type=int, default=None, help="square working size (default: the size the model was trained at)"
     )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network's learned layers under bf16 autocast (geometry stays float32; for GPUs)")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (the first run compiles: seconds to minutes; for repeated runs)")  # fmt: skip
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for every view (no poses needed)")
     p.add_argument(
         "--focal", type=float, help="focal length in pixels of the input images, principal point at the centre"
@@ -183,6 +187,7 @@ def run(args: argparse.Namespace) -> None:
     import ffsplat  # noqa: F401
     from ffsplat.inference.cameras import CameraFileError, read_cameras
     from ffsplat.inference.pose import PoseEstimationError
+    from ffsplat.inference.fast import FastInferenceConfig
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
     check_options(args)
@@ -193,7 +198,8 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(*planned_outputs(args))  # before any work: never an input or a user's folder overwritten
     try:
         overrides = teacher_overrides(args.sam_checkpoint, args.lseg_checkpoint)
-        predictor = Predictor(args.checkpoint, args.device, overrides)
+        fast = FastInferenceConfig(bf16=args.bf16, compile=args.compile) if (args.bf16 or args.compile) else None
+        predictor = Predictor(args.checkpoint, args.device, overrides, fast=fast)
     except FileNotFoundError as exc:  # a conditioned model's teacher weights
         raise InputError(
             f"--checkpoint {args.checkpoint}: the model is conditioned on a teacher whose weights are missing ({exc}); "

@@ -32,11 +32,14 @@ class FastInferenceConfig:
         compile: wrap the network in ``torch.compile`` (first call compiles: seconds to minutes).
         compile_mode: ``torch.compile`` mode, one of :data:`COMPILE_MODES`.
         bf16: run the learned layers under bf16 autocast (geometry stays float32).
+        compile_backend: ``torch.compile`` backend (``inductor``: generated kernels; ``aot_eager``:
+            the same graph capture without code generation, for quick checks).
     """
 
     compile: bool = False
     compile_mode: str = "default"
     bf16: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
@@ -51,7 +54,10 @@ def inference_forward(model: nn.Module, cfg: FastInferenceConfig | None = None) 
     """
     cfg = cfg or FastInferenceConfig()
     model.eval()
-    net = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
+    if cfg.compile and cfg.compile_backend != "inductor":
+        net = torch.compile(model, backend=cfg.compile_backend, dynamic=False)  # modes are inductor options
+    else:
+        net = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
 
     def run(context: Views, conditions: dict[str, Tensor] | None = None):
         device = context.images.device.type

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_model
 from ffsplat.core.config import to_dataclass
 from ffsplat.core.types import Views
+from ffsplat.inference.fast import FastInferenceConfig, inference_forward
 from ffsplat.model.network import ModelConfig, NetworkOutput, build_model
 from ffsplat.objectives import policy
 from ffsplat.teachers.features import load_teachers
@@ -41,10 +42,17 @@ class Predictor(nn.Module):
         device: where to run.
         teacher_overrides: per role (``segmentation``/``language``), config kwargs replacing the
             stored ones (e.g. ``{"segmentation": {"checkpoint": "/weights/sam_vit_b.pth"}}``).
+        fast: run the network through :func:`ffsplat.inference.fast.inference_forward` (inference
+            mode, ``bf16`` autocast of the learned layers, ``torch.compile``); None: eager float32
+            under ``no_grad`` (the default until the GPU check shows the fast path right and faster).
     """
 
     def __init__(
-        self, path: str | Path, device: str | torch.device = "cpu", teacher_overrides: dict[str, dict] | None = None
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        teacher_overrides: dict[str, dict] | None = None,
+        fast: FastInferenceConfig | None = None,
     ):
         super().__init__()
         blob = load_model(path)
@@ -86,6 +94,10 @@ class Predictor(nn.Module):
         )
         self._lazy: dict[str, nn.Module] = {}
         self.to(device)
+        self.fast = fast
+        # The network's forward: eager under no_grad, or the inference mode of ffsplat.inference.fast
+        # (inference_mode, optional bf16 autocast of the learned layers, optional torch.compile).
+        self._network = inference_forward(self.model, fast) if fast is not None else None
 
     @property
     def conditioned(self) -> bool:
@@ -120,6 +132,8 @@ class Predictor(nn.Module):
     @torch.no_grad()
     def forward(self, context: Views, teacher: dict[str, Tensor] | None = None) -> NetworkOutput:
         conditions = {ROLE_CONDITION[role]: f for role, f in (teacher or {}).items()}
+        if self._network is not None:
+            return self._network(context, conditions if self.conditioned else None)
         return self.model(context, conditions if self.conditioned else None)
 
 
