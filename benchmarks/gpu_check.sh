@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check as one command (see benchmarks/gpu_check.py for the steps and BENCHMARKS.md for
-# the figures). Run from the repository root on the GPU machine:
-#     bash benchmarks/gpu_check.sh            # CUDA
-#     bash benchmarks/gpu_check.sh --dry-run  # every step tiny on CPU
+# the figures). Run from the repository root on the GPU machine, in one 600-second device call:
+#     bash benchmarks/gpu_check.sh                        # CUDA, --budget 540 s by default
+#     bash benchmarks/gpu_check.sh --dry-run --rehearse   # the same steps tiny on CPU, with only the
+#                                                         # GPU image's packages (tests run this)
 # Optional wheels (benchmarks/gpu_wheels.txt) in .whl/ are installed without dependencies into
-# /tmp/site first (not with --dry-run: the local environment has them). Output: ${OUT:-/tmp/gpu_check_out}/{<step>.log,summary.json}; the summary is
-# printed last. A failing step never stops the others; the exit status is 0 when every step passed.
+# /tmp/site first (not with --dry-run: the local environment has them). Output:
+# ${OUT:-/tmp/gpu_check_out}/{setup,compile,parity,train,model,tests}.log, summary.json (rewritten
+# after every step) and the built gsplat module; the summary is printed last. A failing step never
+# stops the others (a failing preflight stops the run with one line); exit 0 when every step passed.
 set -u
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-/tmp/gpu_check_out}"
