@@ -19,7 +19,17 @@ LAYERS = {
     "checkpoint": 3, "inference": 3, "training": 3, "evaluation": 3, "baselines": 3,
     "cli": 4,
 }  # fmt: skip
-FORBIDDEN = {("inference", "training"), ("teachers", "data"), ("checkpoint", "training"), ("checkpoint", "inference")}
+FORBIDDEN = {
+    ("inference", "training"),
+    ("teachers", "data"),
+    ("checkpoint", "training"),
+    ("checkpoint", "inference"),
+    ("inference", "evaluation"),
+    ("data", "synthetic"),
+}
+"""Same-level pairs forbidden outright: inference needs neither Lightning nor the evaluation code
+(colour maps live in ``render.colormap``); synthetic rooms are a data source built on ``data``, so
+``data`` never imports them."""
 EXEMPT = {"__init__", "_torchvision_cpu", "__main__"}
 """The package root (the public facade, which imports lazily) and the torchvision shim sit outside the layers."""
 
@@ -29,9 +39,9 @@ def part_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "ffsplat" else None
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """``(line, module)`` for every absolute or relative import in ``path``."""
-    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+def imports(path: Path, root: Path | None = None) -> list[tuple[int, str]]:
+    """``(line, module)`` for every absolute or relative import in ``path`` (a file under ``root``)."""
+    package = ".".join(path.relative_to((root or PACKAGE).parent).with_suffix("").parts[:-1])
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -42,7 +52,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
             found.append((node.lineno, base))
-            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if base == "ffsplat"]
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]  # a submodule or a name
     return found
 
 
@@ -58,10 +68,12 @@ def violations(root: Path = PACKAGE) -> list[str]:
                 f"{rel}: module outside the known layers {sorted(LAYERS)} (add it to the README layout and LAYERS)"
             )
             continue
-        for line, module in imports(path):
+        seen = set()
+        for line, module in imports(path, root):
             target = part_of(module)
-            if target is None or target == layer or target in EXEMPT:
+            if target is None or target == layer or target in EXEMPT or (line, target) in seen:
                 continue
+            seen.add((line, target))
             if target not in LAYERS:
                 bad.append(f"{rel}:{line}: imports {module} (unknown layer {target})")
             elif LAYERS[target] > LAYERS[layer] or (layer, target) in FORBIDDEN:
@@ -73,6 +85,72 @@ def violations(root: Path = PACKAGE) -> list[str]:
 
 def test_no_import_goes_up_a_layer():
     assert violations() == []
+
+
+def import_cycles(root: Path = PACKAGE) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (imports inside
+    functions included; the package root, a lazy facade, excluded)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    top = root.name
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name if name and name != top else None
+
+    graph = {}
+    for module, path in modules.items():
+        edges = set()
+        for _, name in imports(path, root):
+            target = resolve(name) if name.startswith(top) else None
+            if target and target != module:
+                edges.add(target)
+        graph[module] = edges
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle():
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_catches_two_networks_importing_each_other(tmp_path):
+    root = tmp_path / "ffsplat"
+    (root / "model" / "mvsplat").mkdir(parents=True)
+    for f in ("__init__.py", "model/__init__.py", "model/mvsplat/__init__.py"):
+        (root / f).write_text("")
+    (root / "model" / "network.py").write_text("import ffsplat.model.mvsplat.net\n")
+    (root / "model" / "mvsplat" / "net.py").write_text("def f():\n    from ffsplat.model import network\n")
+    (root / "model" / "registry.py").write_text("")
+    assert import_cycles(root) == [["ffsplat.model.mvsplat.net", "ffsplat.model.network"]]
 
 
 @pytest.mark.parametrize(
@@ -92,6 +170,16 @@ def test_no_import_goes_up_a_layer():
         ("model/x.py", "from ffsplat import objectives\n", "imports ffsplat.objectives"),
         ("teachers/x.py", "from ..data import labels\n", "imports ffsplat.data"),
         ("weird/x.py", "import os\n", "outside the known layers"),
+        (
+            "inference/x.py",
+            "from ffsplat.evaluation.figures import colorize_labels\n",
+            "inference (level 3) imports ffsplat.evaluation",
+        ),
+        (
+            "data/x.py",
+            "def f():\n    from ffsplat.synthetic.config import SCENE_META\n",
+            "data (level 1) imports ffsplat.synthetic",
+        ),
     ],
 )
 def test_the_checker_catches_upward_imports(tmp_path, where, source, expected):

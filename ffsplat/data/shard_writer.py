@@ -392,8 +392,8 @@ def _die_with_parent() -> None:
 
 def scene_label_map(root: Path) -> LabelMap | None:
     """The label map a scene brings along without a TSV: synthetic rooms (``synthetic.json``) ship
-    theirs (:func:`ffsplat.synthetic.config.synthetic_label_map`); other scenes have none."""
-    from ffsplat.synthetic.config import SCENE_META, synthetic_label_map
+    theirs (:func:`ffsplat.data.labels.synthetic_label_map`); other scenes have none."""
+    from ffsplat.data.labels import SCENE_META, synthetic_label_map
 
     return synthetic_label_map() if (root / SCENE_META).is_file() else None
 

@@ -529,7 +529,7 @@ def write_renders(predictor, gaussians, cameras, stem: Path, reuse=None) -> list
     from ffsplat.core.atomic import atomic_open, make_dirs
     from ffsplat.model.network import LANG
     from ffsplat.render.renderer import render
-    from ffsplat.evaluation.figures import colorize_depth, colorize_labels, to_uint8
+    from ffsplat.render.colormap import colorize_depth, colorize_labels, to_uint8
 
     if reuse is not None:
         r, lang = reuse

@@ -24,12 +24,13 @@ from ffsplat.core.geometry import inverse_depth_candidates
 from ffsplat.model.backbone import BackboneConfig, MultiViewBackbone
 from ffsplat.model.conditioning import ConditioningConfig, ConditioningFusion
 from ffsplat.model.cost_volume import correlation_cost_volume
-from ffsplat.model.depth import DepthConfig, DepthHead, DepthOutput
+from ffsplat.model.depth import DepthConfig, DepthHead
 from ffsplat.model.gaussians import GaussianConfig, GaussianHead
 from ffsplat.model.mvsplat.config import MVSplatConfig
+from ffsplat.model.registry import MODELS as MODELS, NetworkOutput as NetworkOutput  # re-exported
 from ffsplat.model.semantic_heads import LANG as LANG, SEG as SEG  # the field names, re-exported
 from ffsplat.model.semantic_heads import SemanticBranch, SemanticConfig
-from ffsplat.core.types import Gaussians, Views
+from ffsplat.core.types import Views
 
 
 @dataclass
@@ -75,15 +76,6 @@ class ModelConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     mvsplat: MVSplatConfig = field(default_factory=MVSplatConfig)
     pretrained: PretrainedConfig | None = None
-
-
-@dataclass
-class NetworkOutput:
-    """Gaussians of batch ``[B]`` with ``features = {"seg": [B, N, seg_dim], "lang": [B, N, lang_dim]}``,
-    and the per-view depth predictions."""
-
-    gaussians: Gaussians
-    depth: DepthOutput
 
 
 class SemanticSplatNet(SemanticBranch, nn.Module):
@@ -145,7 +137,7 @@ class SemanticSplatNet(SemanticBranch, nn.Module):
         return {"geometry": [p for m in geometry for p in m.parameters()], **self.semantic_groups()}
 
 
-MODELS: dict[str, type[nn.Module]] = {"semanticsplat": SemanticSplatNet}
+MODELS["semanticsplat"] = SemanticSplatNet
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -214,4 +206,4 @@ def load_pretrained(model: nn.Module, cfg: PretrainedConfig) -> dict:
     return report
 
 
-import ffsplat.model.mvsplat.net  # noqa: E402,F401  (registers MODELS["mvsplat"]; imports this module)
+import ffsplat.model.mvsplat.net  # noqa: E402,F401  (registers MODELS["mvsplat"])

@@ -7,36 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ffsplat.data.labels import EVAL_CLASSES
-
-SCANNET_RAW_IDS = {"wall": 1, "floor": 3, "ceiling": 41, "chair": 2, "table": 4, "sofa": 6, "bed": 11, "other": 26}
-"""Evaluation class name -> the ScanNet raw category id written to ``label-filt`` (ids of
-``scannetv2-labels.combined.tsv``): wall 1 (nyu40 1), floor 3 (nyu40 2), ceiling 41 (nyu40 22),
-chair 2 (nyu40 5), table 4 (nyu40 7), sofa 6 (raw "couch", nyu40 6), bed 11 (nyu40 4),
-other 26 (raw "box", nyu40 29, which evaluates as "other")."""
-
-RAW_TO_NYU40 = {1: 1, 3: 2, 41: 22, 2: 5, 4: 7, 6: 6, 11: 4, 26: 29}
-"""The rows of ``scannetv2-labels.combined.tsv`` that synthetic rooms use (raw id -> nyu40 id), shipped so
-that synthetic scenes need no ScanNet download (:func:`synthetic_label_map`)."""
-
-
-def synthetic_label_map():
-    """The :class:`ffsplat.data.labels.LabelMap` of synthetic rooms' ``label-filt`` ids (no TSV needed)."""
-    from ffsplat.data.labels import LabelMap
-
-    table = np.zeros(max(RAW_TO_NYU40) + 1, dtype=np.uint8)
-    for raw, nyu40 in RAW_TO_NYU40.items():
-        table[raw] = nyu40
-    names = {raw: name for name, raw in SCANNET_RAW_IDS.items()}
-    return LabelMap(table, names)
-
+from ffsplat.data.labels import EVAL_CLASSES, RAW_TO_NYU40, SCANNET_RAW_IDS, SCENE_META, synthetic_label_map  # noqa: F401  (re-exported)
 
 EVAL_TO_RAW = np.array([0] + [SCANNET_RAW_IDS[name] for name in EVAL_CLASSES], dtype=np.uint16)
 """Lookup table: 8-class label (0..8) -> ScanNet raw id (0 stays 0)."""
 
 WALL, FLOOR, CEILING, CHAIR, TABLE, SOFA, BED, OTHER = range(1, 9)
-SCENE_META = "synthetic.json"
-"""File in each scene folder holding the seed, the config and the room layout (written last)."""
 
 
 @dataclass(frozen=True)

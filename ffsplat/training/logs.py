@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ffsplat.evaluation.figures import example_panels, to_uint8
+from ffsplat.evaluation.figures import example_panels
+from ffsplat.render.colormap import to_uint8
 
 
 def wandb_images(panels: dict[str, Tensor]) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ffsplat.core.sh import num_sh_bases
 from ffsplat.core.types import Views
-from ffsplat.model import network as _network
+from ffsplat.model.registry import MODELS, NetworkOutput
 from ffsplat.model.conditioning import ConditioningFusion
 from ffsplat.model.depth import DepthOutput
 from ffsplat.model.mvsplat.adapter import adapt_gaussians
@@ -59,7 +59,7 @@ class MVSplatSemanticNet(SemanticBranch, nn.Module):
         nn.init.zeros_(self.condition_inject.bias)
         self.build_semantic_branch(cfg.semantic, cond.latent_dim + 1 + g.depth_unet_feat_dim)
 
-    def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> _network.NetworkOutput:
+    def forward(self, context: Views, conditions: dict[str, Tensor] | None = None) -> NetworkOutput:
         """
         Args:
             context: ``V >= 2`` posed images per scene (pixel intrinsics, c2w), near/far ``[B]``.
@@ -113,7 +113,7 @@ class MVSplatSemanticNet(SemanticBranch, nn.Module):
             projected_features=split(out.upsampled_features),
             disparity_range=(disp_lo, disp_hi),
         )
-        return _network.NetworkOutput(gaussians=gaussians, depth=depth)
+        return NetworkOutput(gaussians=gaussians, depth=depth)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by branch: geometry (MVSplat's encoder + conditioning), segmentation, language."""
@@ -125,4 +125,4 @@ class MVSplatSemanticNet(SemanticBranch, nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(("backbone.", "depth_predictor."))}
 
 
-_network.MODELS["mvsplat"] = MVSplatSemanticNet
+MODELS["mvsplat"] = MVSplatSemanticNet
