@@ -178,3 +178,37 @@ def test_train_py_through_hydra_gives_one_error_line_and_leaves_no_run_folder(tm
     assert done.stderr == f"error: data.root: shard folder not found: {tmp_path / 'nope'}\n"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.yaml"))
     assert not (tmp_path / "ck").exists()
+
+
+def test_resume_with_other_data_teachers_or_model_is_refused(tiny_shards, tmp_path, capsys):
+    """Issue 29.5: re-running a finished run under its name with other settings must not resume it."""
+    from dataclasses import asdict
+
+    from ffsplat.training.guards import check_train_config
+
+    saved = tiny_config(tiny_shards, tmp_path)
+    run_dir = tmp_path / "checkpoints" / saved.run_name
+    run_dir.mkdir(parents=True)
+    torch.save({"hyper_parameters": {"config": asdict(saved)}, "state_dict": {}}, run_dir / "last.ckpt")
+    (run_dir / "model.pt").write_bytes(b"finished run")
+    check_train_config(tiny_config(tiny_shards, tmp_path))  # same settings: resumes
+    check_train_config(tiny_config(tiny_shards, tmp_path, optim__max_steps=8))  # more steps: resumes
+    cfg = tiny_config(tiny_shards, tmp_path, data__name="other")
+    cfg.teachers.language = replace(cfg.teachers.language, name="espnetv2", kwargs={"checkpoint": "e.pth"})
+    cfg.model.semantic = replace(cfg.model.semantic, lang_dim=cfg.model.semantic.lang_dim + 1)
+    assert train.run(cfg) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint.resume=auto: ") and err.count("\n") == 1, err
+    for key in (
+        "data.name",
+        "teachers.language.name",
+        "teachers.language.kwargs.checkpoint",
+        "model.semantic.lang_dim",
+    ):
+        assert key in err, (key, err)
+    assert "optim" not in err and "checkpoint.allow_config_change=true" in err
+    assert (run_dir / "model.pt").read_bytes() == b"finished run" and (run_dir / "last.ckpt").is_file()
+    cfg.checkpoint.allow_config_change = True
+    check_train_config(cfg)  # asked for explicitly
+    cfg.checkpoint.allow_config_change, cfg.checkpoint.resume = False, None
+    check_train_config(cfg)  # starting fresh

@@ -161,6 +161,68 @@ def check_train_config(cfg) -> None:
         problem = checkpoint_problem(Path(resume))
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
+    check_resume_matches(cfg)
+
+
+RESUME_KEYS = ("data.name", "data.root", "data.train_split", "data.scenes", "teachers", "model", "stage.name")
+"""Config entries a resumed run must share with its checkpoint (unless ``checkpoint.allow_config_change``)."""
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _flatten(value, f"{prefix}.{key}")
+        return out
+    return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys under :data:`RESUME_KEYS` whose values differ between two ``asdict(TrainConfig)`` trees
+    (a checkpoint's saved config, old key names upgraded, and this run's); config fields only one has
+    (added since) are skipped, a teacher's ``kwargs`` entry only one has is not."""
+    from ffsplat.core.config import upgrade_renamed_keys
+
+    saved = upgrade_renamed_keys(saved)
+    diffs = []
+    for entry in RESUME_KEYS:
+        a, b = _flatten(_select(saved, entry), entry), _flatten(_select(current, entry), entry)
+        keys = a.keys() & b.keys() | {k for k in a.keys() ^ b.keys() if ".kwargs." in k}  # fields added since: defaults
+        diffs += sorted(k for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    return diffs
+
+
+def _select(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_resume_matches(cfg) -> None:
+    """Refuse to resume from a checkpoint whose saved config differs in :data:`RESUME_KEYS`
+    (:class:`InputError` naming the keys), unless ``checkpoint.allow_config_change``."""
+    from dataclasses import asdict
+
+    resume = cfg.checkpoint.resume
+    if resume is None or cfg.checkpoint.allow_config_change:
+        return
+    path = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name)[0] if resume == "auto" else resume
+    if path is None:
+        return
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {}).get("config")
+    except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint: resuming reports it)
+        log.warning("could not read the saved config of %s (%s)", path, exc)
+        return
+    if not isinstance(saved, dict):
+        return
+    diffs = config_differences(saved, asdict(cfg))
+    if diffs:
+        shown = ", ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "")
+        raise InputError(
+            f"checkpoint.resume={resume}: {path} was trained with other settings ({shown}); resuming would mix "
+            "them. Use another run_name, checkpoint.resume=null to start fresh, or checkpoint.allow_config_change=true"
+        )
 
 
 def check_segmenter_source(cfg) -> None:
