@@ -6,6 +6,8 @@ to the newest intact ``step=N.ckpt``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import sys
@@ -154,7 +156,9 @@ def check_train_config(cfg) -> None:
     check_number("optim.max_nonfinite_steps", getattr(o, "max_nonfinite_steps", 5), low=1, integer=True)
     if cfg.stage.init_from:
         check_input_file("stage.init_from", Path(cfg.stage.init_from), "model.pt or Lightning checkpoint")
-    check_segmenter_source(cfg)
+        problem = checkpoint_problem(Path(cfg.stage.init_from))
+        if problem:
+            raise InputError(f"stage.init_from: {cfg.stage.init_from} is not a readable checkpoint ({problem})")
     resume = cfg.checkpoint.resume
     if resume not in (None, "auto"):
         check_input_file("checkpoint.resume", Path(resume), "Lightning checkpoint")
@@ -162,6 +166,9 @@ def check_train_config(cfg) -> None:
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
     check_resume_matches(cfg)
+    check_segmenter_source(cfg)
+    check_teacher_sources(cfg)
+    check_pretrained(cfg)
 
 
 RESUME_KEYS = ("data.name", "data.root", "data.train_split", "data.scenes", "teachers", "model", "stage.name")
@@ -223,6 +230,97 @@ def check_resume_matches(cfg) -> None:
             f"checkpoint.resume={resume}: {path} was trained with other settings ({shown}); resuming would mix "
             "them. Use another run_name, checkpoint.resume=null to start fresh, or checkpoint.allow_config_change=true"
         )
+
+
+def run_teacher_roles(cfg) -> list[str]:
+    """Teacher roles whose features the run reads: those conditioning the network
+    (``model.conditioning``) and the stage's target teacher."""
+    from ffsplat.training.stages import get_stage
+
+    roles = conditioning_roles(cfg)
+    target = get_stage(cfg.stage.name).target_teacher
+    return roles + ([target] if target and target not in roles else [])
+
+
+WEIGHT_KWARGS = ("checkpoint", "clip_path")
+"""Teacher ``kwargs`` entries that name local weight files or folders."""
+
+
+def check_teacher_sources(cfg) -> None:
+    """``teachers.source=cached``: every scene of the training and validation splits cached the
+    features of every teacher the run reads (:func:`run_teacher_roles`; the manifest's per-scene
+    ``settings.teachers``). ``online``: every weight file the teachers load exists (both roles'
+    ``kwargs.checkpoint`` / ``kwargs.clip_path``, torch files intact) -- checked here, before any
+    rank starts, instead of a traceback per rank once the teachers load."""
+    from ffsplat.data.shards import read_manifest
+
+    t = cfg.teachers
+    if t.clip_path:
+        check_input_dir("teachers.clip_path", Path(t.clip_path), "CLIP text model folder")
+    roles = run_teacher_roles(cfg)
+    if t.source == "online":
+        for role in ("segmentation", "language"):
+            spec = getattr(t, role)
+            for key in WEIGHT_KWARGS:
+                value = (spec.kwargs or {}).get(key)
+                if not value:
+                    continue
+                name = f"teachers.{role}.kwargs.{key}"
+                path = Path(value)
+                if key == "clip_path":
+                    check_input_dir(name, path, "CLIP text model folder")
+                    continue
+                check_input_file(name, path, f"{spec.name} weights")
+                problem = checkpoint_problem(path) if zipfile.is_zipfile(path) else None
+                if problem:
+                    raise InputError(f"{name}: {path} is damaged ({problem})")
+        return
+    if not roles:
+        return
+    manifest = read_manifest(cfg.data.root)
+    splits = {d for d in (cfg.data.train_split, None if cfg.data.eval_index else cfg.data.val_split) if d}
+    for role in roles:
+        name = getattr(t, role).name
+        lacking = sorted(
+            scene
+            for scene, entry in manifest.get("scenes", {}).items()
+            if entry.get("split") in splits
+            and (not cfg.data.scenes or scene in cfg.data.scenes or entry.get("split") != cfg.data.train_split)
+            and name not in (entry.get("settings", {}).get("teachers") or {})
+        )
+        if lacking:
+            why = "conditions the network" if role in conditioning_roles(cfg) else "is the stage's target"
+            raise InputError(
+                f"teachers.source=cached: the shards in {cfg.data.root} hold no {name!r} features (teachers.{role}.name, "
+                f"which {why}) for {len(lacking)} scenes (e.g. {lacking[0]}): write them with data_prep/make_shards.py "
+                f"--teacher {name}:..., or set teachers.source=online with local weights"
+            )
+
+
+def conditioning_roles(cfg) -> list[str]:
+    """Teacher roles whose features condition the network (``model.conditioning``)."""
+    from ffsplat.checkpoint import ROLE_CONDITION
+
+    return [role for role, name in ROLE_CONDITION.items() if name in cfg.model.conditioning.names]
+
+
+def check_pretrained(cfg) -> None:
+    """``model.pretrained.path`` exists and loads into the configured network (keys and shapes), as
+    the run will load it: one :class:`InputError` instead of a traceback per rank."""
+    pre = cfg.model.pretrained
+    if pre is None or not pre.path:
+        return
+    from ffsplat.model.network import build_model
+
+    check_input_file("model.pretrained.path", Path(pre.path), f"{pre.format} checkpoint")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the run prints its own load report
+            build_model(cfg.model)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        from ffsplat.core.errors import one_line
+
+        message = one_line(exc)
+        raise InputError(message if message.startswith("model.") else f"model.pretrained.path: {message}") from exc
 
 
 def check_segmenter_source(cfg) -> None:
