@@ -17,6 +17,7 @@ stage's ``target_teacher`` for the target views).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -84,6 +85,8 @@ class SemanticSplatModule(L.LightningModule):
             if segmenter_loaded:  # a frozen segmenter loaded from its own file may be new to the init model
                 addable += [n for n in self.model.state_dict() if n.startswith(SEGMENTER_PREFIX)]
             added = load_model_weights(self.model, cfg.stage.init_from, addable, init_keys)
+            rank_zero_info(f"[init] loaded {cfg.stage.init_from} (stage.init_from; groups: "
+                           f"{', '.join(cfg.stage.init_groups) or 'all'})")  # fmt: skip
             if init_keys is not None:
                 rank_zero_info(f"[train] stage.init_groups={list(cfg.stage.init_groups)}: only these groups come from "
                                f"{cfg.stage.init_from}; the others start from their initialisation")  # fmt: skip
@@ -358,6 +361,9 @@ class SemanticSplatModule(L.LightningModule):
             scores.update({"miou": float(seg["miou"]), "acc": float(seg["acc"])})
         self.log_dict({f"val/{k}": v for k, v in scores.items()})
         self.last_val_metrics = scores
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:  # also to the console / redirected log
+            shown = " ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no scores (no labels or depth)"
+            print(f"[val] step {self.global_step}: {shown}", file=sys.stderr, flush=True)
         self._val_scalars = {}
         self._val_meter.reset()
 
