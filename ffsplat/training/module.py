@@ -501,6 +501,27 @@ def load_model_weights(
     return added
 
 
+def trained_groups(module: SemanticSplatModule) -> list[str]:
+    """Parameter groups (``geometry``, ``segmentation``, ``language``) trained so far: this stage's,
+    ``geometry`` when ``model.pretrained`` gave it, and those the ``stage.init_from`` model.pt records."""
+    cfg = module.cfg
+    groups = set(module.stage.trains)
+    if cfg.model.pretrained is not None and cfg.model.pretrained.path:
+        groups.add("geometry")
+    if cfg.stage.init_from:
+        try:
+            blob = torch.load(cfg.stage.init_from, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001  (a Lightning checkpoint written by an older version: no record)
+            blob = {}
+        init = blob.get("trained_groups") if isinstance(blob, dict) else None
+        taken = set(cfg.stage.init_groups or ("geometry", "segmentation", "language"))
+        groups |= set(init or ()) & taken
+        if isinstance(blob, dict) and blob.get("hyper_parameters"):  # a Lightning checkpoint of a stage
+            stage = blob["hyper_parameters"].get("config", {}).get("stage", {}).get("name")
+            groups |= set(get_stage(stage).trains) & taken if stage else set()
+    return sorted(groups)
+
+
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
     """Write the weights + model config + teacher/class metadata that ``infer.py`` loads (``ffsplat.checkpoint``)."""
     cfg = module.cfg
@@ -514,6 +535,7 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         background_embedding=module.background_embedding,
         stage=module.stage.name,
         trained_on=cfg.data.name,
+        trained_groups=trained_groups(module),
         image_size=getattr(module, "image_size", None),
         global_step=int(module.global_step),
         photometric_loss=getattr(module, "photometric_loss", None),
