@@ -90,3 +90,88 @@ def test_every_key_named_in_an_error_message_is_a_valid_override():
         "teachers.clip_path",
     } <= keys
     assert invalid_keys(keys) == []
+
+
+def doc_commands(path: Path) -> list[str]:
+    """The commands of the fenced ``bash`` blocks of ``path``, line continuations joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        commands += [
+            line.split("  #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+        ]
+    return commands
+
+
+# Appended to each documented command: tiny sizes and step counts only -- and, for training, the label
+# stand-in teachers computed online instead of SAM/LSeg (ViT-B at 1024 px and ViT-L: minutes per step and
+# gigabytes of random weights on CPU). The MVSplat file is a random state dict in MVSplat's released layout.
+APPEND = {
+    "export_sens.py": "--workers 1",
+    "make_shards.py": "--size 64 --workers 1 --clip-length 8 --keyframe-translation 0",
+    "make_eval_index.py": "--lsm-frames 8",
+    "train.py": "trainer=cpu teacher=labels teachers.source=online optim.max_steps=1 optim.warmup_steps=1 "
+    "data.batch_size=1 data.num_workers=0 data.epoch_length=2 data.val_examples=1 data.shuffle_buffer=2 "
+    "data.sampler.num_target=1 data.sampler.min_gap=2 data.sampler.max_gap=4 data.sampler.gap_warmup_steps=0 "
+    "logging.wandb_mode=disabled logging.images_every_n_steps=0 loss.num_prompts=2 trainer.val_every_n_steps=0",
+    "evaluate.py": "--max-examples 1 --prompt-grid 4 --figures 1",
+}
+
+
+def mvsplat_random_checkpoint(path: Path) -> None:
+    """MVSplat's released layout (``{"state_dict": {"encoder.*": ...}}``, the official key list and shapes)."""
+    import json
+
+    import torch
+
+    keys = json.loads((ROOT / "tests" / "fixtures" / "mvsplat_re10k_encoder_keys.json").read_text())["keys"]
+    torch.manual_seed(0)
+    state = {k: torch.randn(*shape) * 0.02 for k, shape in keys.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "epoch": 0}, path)
+
+
+@pytest.mark.slow
+def test_the_scannet_recipe_runs_verbatim(tmp_path):
+    """docs/training.md, commands as written: .sens files -> export -> shards -> evaluation index ->
+    geometry (from MVSplat weights) -> seg -> lang -> evaluate, in a fresh folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene
+    from tests.conftest import shared_data
+
+    tsv = shared_data("scannet/scannetv2-labels.combined.tsv")
+    commands = doc_commands(ROOT / "docs" / "training.md")
+    assert [c.split()[1] for c in commands] == ["data_prep/export_sens.py", "data_prep/make_shards.py",
+                                                "data_prep/make_eval_index.py", "train.py", "train.py", "train.py",
+                                                "evaluate.py"]  # fmt: skip
+    scenes = {"scene0000_00": "train", "scene0001_00": "train", "scene0707_00": "val"}
+    synth = tmp_path / "synthetic"
+    for seed, name in enumerate(scenes):
+        write_synthetic_scene(synth / name, seed, SyntheticConfig(height=64, width=64, frames=16), sens=True)
+        (tmp_path / "scans" / name).mkdir(parents=True)
+        shutil.copy(synth / name / f"{name}.sens", tmp_path / "scans" / name / f"{name}.sens")
+    for split in ("train", "val"):
+        names = [n for n, s in scenes.items() if s == split]
+        (tmp_path / f"scannetv2_{split}.txt").write_text("\n".join(names) + "\n")
+    shutil.copy(tsv, tmp_path / "scannetv2-labels.combined.tsv")
+    mvsplat_random_checkpoint(tmp_path / "checkpoints" / "mvsplat" / "re10k.ckpt")
+    for name in ("data_prep", "train.py", "evaluate.py"):
+        os.symlink(ROOT / name, tmp_path / name)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for command in commands:
+        script = command.split()[1]
+        if script == "data_prep/make_shards.py":  # ScanNet ships the 2D labels apart from the .sens (unzipped here)
+            for name in scenes:
+                for folder in ("label-filt", "instance-filt"):
+                    shutil.copytree(synth / name / folder, tmp_path / "scannet_exported" / name / folder)
+        line = command.replace("python ", f"{sys.executable} ", 1) + " " + APPEND[Path(script).name]
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
+    for run in ("scannet_geometry", "scannet_seg", "scannet_lang"):
+        assert (tmp_path / "checkpoints" / run / "model.pt").is_file()
+    report = (tmp_path / "reports" / "scannet_lsm" / "report.md").read_text()
+    assert "| model |" in report and "teacher_2d" in report
