@@ -98,7 +98,9 @@ def doc_commands(path: Path) -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
         text = re.sub(r"\\\n\s*", " ", block)
         commands += [
-            line.split("  #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+            " ".join(line.split("  #")[0].split())
+            for line in text.splitlines()
+            if line.strip() and not line.startswith("#")
         ]
     return commands
 
@@ -175,3 +177,63 @@ def test_the_scannet_recipe_runs_verbatim(tmp_path):
         assert (tmp_path / "checkpoints" / run / "model.pt").is_file()
     report = (tmp_path / "reports" / "scannet_lsm" / "report.md").read_text()
     assert "| model |" in report and "teacher_2d" in report
+
+
+def readme_scannet_commands() -> list[str]:
+    return [c for c in doc_commands(ROOT / "README.md") if "scannet" in c]
+
+
+def test_readme_and_docs_agree_on_the_scannet_recipe_and_its_paths():
+    import yaml
+
+    docs = doc_commands(ROOT / "docs" / "training.md")
+    readme = readme_scannet_commands()
+    train = [c for c in docs if c.startswith("python train.py")]
+    assert [c for c in readme if c.startswith("python train.py")] == train  # the same three stages
+    root = yaml.safe_load((ROOT / "configs" / "data" / "scannet.yaml").read_text())["root"]
+    paths = {m for c in readme + docs for m in re.findall(r"--(?:out|shards) (\S*shards/scannet\S*)", c)}
+    assert paths == {root}, paths  # export -> shards -> index -> evaluate all use data.root's folder
+    index = {m for c in readme + docs for m in re.findall(r"--(?:out|index) (index/scannet\S*)", c)}
+    assert index == {"index/scannet_lsm.json"}, index
+
+
+def test_the_scannet_stages_agree_on_model_and_teachers_and_read_what_they_get():
+    """Each stage of the recipe (as the docs write it) has the same model and teachers (stage.init_from
+    needs the model; the paper model is conditioned on both teachers in every stage), and those
+    teachers are computed online, since the documented data command caches none."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ffsplat.core.config import CONFIG_DIR
+
+    train = [c.split()[2:] for c in doc_commands(ROOT / "docs" / "training.md") if c.startswith("python train.py")]
+    shards = next(c for c in doc_commands(ROOT / "docs" / "training.md") if "make_shards.py" in c)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfgs = [compose("train", overrides=o) for o in train]
+    assert [c.stage.name for c in cfgs] == ["geometry", "seg", "lang"]
+    models = [OmegaConf.to_container(c.model) for c in cfgs]
+    for m in models:
+        m.pop("pretrained")  # MVSplat's file for the first stage; init_from after it
+    assert models[0] == models[1] == models[2]
+    assert cfgs[0].model.conditioning.use_seg_teacher and cfgs[0].model.conditioning.use_lang_teacher
+    teachers = [OmegaConf.to_container(c.teachers) for c in cfgs]
+    assert teachers[0] == teachers[1] == teachers[2]
+    assert teachers[0]["source"] == "online" and "--teacher" not in shards
+
+
+def test_make_shards_help_names_every_feature_teacher_and_outputs_are_ignored():
+    """``make_shards.py --help`` (its ``--teacher`` help, read from the source: importing the script
+    costs seconds) names every built-in feature teacher; the docs' output folders are git-ignored."""
+    tree = ast.parse((ROOT / "data_prep" / "make_shards.py").read_text())
+    helps = [
+        "".join(k.value.value for k in [kw] if isinstance(k.value, ast.Constant))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and node.args and getattr(node.args[0], "value", None) == "--teacher"
+        for kw in node.keywords
+        if kw.arg == "help"
+    ]
+    assert len(helps) == 1
+    for name in ("sam", "lseg", "espnetv2", "espnetv2_seg", "label_seg", "label_lang"):  # BUILTIN_TEACHER_MODULES
+        assert re.search(rf"\b{name}\b", helps[0]), (name, helps[0])
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert {"/index/", "/reports/", "/data/", "outputs/"} <= set(ignored)
