@@ -238,14 +238,13 @@ def run(args: argparse.Namespace) -> None:
     counts = class_counts(class_id, predictor.class_names)
     shown = ", ".join(f"{n} {name}" for name, n in list(counts.items())[:6])
     progress("semantics", f"classified Gaussians into {len(predictor.class_names)} classes: {shown}")
+    with cleanup_on_error(created_dir=args.out.parent) as written:
+        write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
+                      progress, written, registration=registration, depth=out.depth.depth[0], images=images, rendered=rendered)  # fmt: skip
     trained = predictor.meta.get("trained_groups")
     if trained is not None and "language" not in trained:
         print(f"warning: {args.checkpoint}: the language field was never trained (model.pt trained_groups: "
               f"{list(trained)}), so these classes are not meaningful; train stage=lang first", file=sys.stderr)  # fmt: skip
-
-    with cleanup_on_error(created_dir=args.out.parent) as written:
-        write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
-                      progress, written, registration=registration, depth=out.depth.depth[0], images=images, rendered=rendered)  # fmt: skip
 
 
 def write_outputs(args, predictor, gaussians, context, novel, lang, class_id, class_conf, queries, how, near, far, size,
