@@ -217,7 +217,9 @@ def check_resume_matches(cfg) -> None:
     if path is None:
         return
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {}).get("config")
+        saved = (
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {}).get("config")
+        )
     except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint: resuming reports it)
         log.warning("could not read the saved config of %s (%s)", path, exc)
         return
