@@ -105,18 +105,21 @@ def doc_commands(path: Path) -> list[str]:
     return commands
 
 
-# Appended to each documented command: tiny sizes and step counts only -- and, for training, the label
-# stand-in teachers computed online instead of SAM/LSeg (ViT-B at 1024 px and ViT-L: minutes per step and
-# gigabytes of random weights on CPU). The MVSplat file is a random state dict in MVSplat's released layout.
+# Appended to each documented command: tiny sizes and step counts only -- and, for training, the ESPNetv2
+# teachers (published weights, ../shared/weights) computed online instead of SAM/LSeg (ViT-B at 1024 px and
+# ViT-L: seconds per frame and gigabytes of weights on CPU). The MVSplat file is a random state dict in
+# MVSplat's released layout.
 APPEND = {
     "export_sens.py": "--workers 1",
     "make_shards.py": "--size 64 --workers 1 --clip-length 8 --keyframe-translation 0",
     "make_eval_index.py": "--lsm-frames 8",
-    "train.py": "trainer=cpu teacher=labels teachers.source=online optim.max_steps=1 optim.warmup_steps=1 "
+    "train.py": "trainer=cpu teacher=espnetv2 teachers.source=online teachers.segmentation.kwargs.checkpoint={espnetv2} "
+    "teachers.language.kwargs.checkpoint={espnetv2} optim.max_steps=1 optim.warmup_steps=1 "
     "data.batch_size=1 data.num_workers=0 data.epoch_length=2 data.val_examples=1 data.shuffle_buffer=2 "
     "data.sampler.num_target=1 data.sampler.min_gap=2 data.sampler.max_gap=4 data.sampler.gap_warmup_steps=0 "
     "logging.wandb_mode=disabled logging.images_every_n_steps=0 loss.num_prompts=2 trainer.val_every_n_steps=0",
     "evaluate.py": "--max-examples 1 --prompt-grid 4 --figures 1",
+    "infer.py": "--device cpu",
 }
 
 
@@ -136,7 +139,7 @@ def mvsplat_random_checkpoint(path: Path) -> None:
 @pytest.mark.slow
 def test_the_scannet_recipe_runs_verbatim(tmp_path):
     """docs/training.md, commands as written: .sens files -> export -> shards -> evaluation index ->
-    geometry (from MVSplat weights) -> seg -> lang -> evaluate, in a fresh folder."""
+    geometry (from MVSplat weights) -> seg -> lang -> evaluate -> infer, in a fresh folder."""
     import os
     import shutil
     import subprocess
@@ -146,10 +149,13 @@ def test_the_scannet_recipe_runs_verbatim(tmp_path):
     from tests.conftest import shared_data
 
     tsv = shared_data("scannet/scannetv2-labels.combined.tsv")
+    espnetv2 = ROOT.parent / "shared" / "weights" / "espnetv2-pascal" / "espnetv2_s_2.0_pascal_256x256.pth"
+    if not espnetv2.is_file():
+        pytest.skip(f"ESPNetv2 weights not found at {espnetv2}")
     commands = doc_commands(ROOT / "docs" / "training.md")
     assert [c.split()[1] for c in commands] == ["data_prep/export_sens.py", "data_prep/make_shards.py",
                                                 "data_prep/make_eval_index.py", "train.py", "train.py", "train.py",
-                                                "evaluate.py"]  # fmt: skip
+                                                "evaluate.py", "infer.py"]  # fmt: skip
     scenes = {"scene0000_00": "train", "scene0001_00": "train", "scene0707_00": "val"}
     synth = tmp_path / "synthetic"
     for seed, name in enumerate(scenes):
@@ -161,7 +167,7 @@ def test_the_scannet_recipe_runs_verbatim(tmp_path):
         (tmp_path / f"scannetv2_{split}.txt").write_text("\n".join(names) + "\n")
     shutil.copy(tsv, tmp_path / "scannetv2-labels.combined.tsv")
     mvsplat_random_checkpoint(tmp_path / "checkpoints" / "mvsplat" / "re10k.ckpt")
-    for name in ("data_prep", "train.py", "evaluate.py"):
+    for name in ("data_prep", "train.py", "evaluate.py", "infer.py"):
         os.symlink(ROOT / name, tmp_path / name)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for command in commands:
@@ -170,13 +176,18 @@ def test_the_scannet_recipe_runs_verbatim(tmp_path):
             for name in scenes:
                 for folder in ("label-filt", "instance-filt"):
                     shutil.copytree(synth / name / folder, tmp_path / "scannet_exported" / name / folder)
-        line = command.replace("python ", f"{sys.executable} ", 1) + " " + APPEND[Path(script).name]
+        line = (
+            command.replace("python ", f"{sys.executable} ", 1)
+            + " "
+            + APPEND[Path(script).name].format(espnetv2=espnetv2)
+        )
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
     for run in ("scannet_geometry", "scannet_seg", "scannet_lang"):
         assert (tmp_path / "checkpoints" / run / "model.pt").is_file()
     report = (tmp_path / "reports" / "scannet_lsm" / "report.md").read_text()
     assert "| model |" in report and "teacher_2d" in report
+    assert (tmp_path / "outputs" / "scene0707_00.ply").is_file()
 
 
 def readme_scannet_commands() -> list[str]:
