@@ -183,6 +183,9 @@ def test_the_scannet_recipe_runs_verbatim(tmp_path):
         )
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
+        if "stage.init_from=" in command:  # a chained stage says what it loaded (console, via the CLI)
+            init_from = command.split("stage.init_from=")[1].split()[0]
+            assert f"[init] loaded {init_from}" in done.stdout + done.stderr, done.stderr[-3000:]
     for run in ("scannet_geometry", "scannet_seg", "scannet_lang"):
         assert (tmp_path / "checkpoints" / run / "model.pt").is_file()
     report = (tmp_path / "reports" / "scannet_lsm" / "report.md").read_text()
