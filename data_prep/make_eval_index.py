@@ -1,7 +1,7 @@
 """Build a deterministic evaluation index (MVSplat-style JSON) from a split's shards.
 
     # the LSM / Uni3R ScanNet protocol: 30-frame subsample, targets i % 8 in {1, 4}, context i +- 1
-    python data_prep/make_eval_index.py --shards shards/scannet --split val --protocol lsm --out index/scannet_lsm.json
+    python data_prep/make_eval_index.py --shards data/shards/scannet --split val --protocol lsm --out index/scannet_lsm.json
 
     # seeded random sampling (MVSplat style): 2 context views 10..30 keyframes apart, 4 targets between
     python data_prep/make_eval_index.py --shards shards/synthetic --split val --protocol sampled \

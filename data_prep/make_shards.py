@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-mb", type=float, default=256, help="start a new .tar shard beyond this size (MiB)")
     parser.add_argument("--workers", type=int, default=1, help="scenes written in parallel (processes)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
-                        help="cache this teacher's features (sam, lseg, label_lang, label_seg) or masks "
+                        help="cache this teacher's features (sam, lseg, espnetv2, espnetv2_seg, label_lang, label_seg) or masks "
                              "(sam_masks: SAM's three-scale automatic masks at --size); repeatable")  # fmt: skip
     parser.add_argument(
         "--teacher-size", type=int, nargs=2, metavar=("H", "W"), help="cache features at this grid size"

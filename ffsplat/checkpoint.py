@@ -23,6 +23,9 @@ prompt_decoder          ``"sam"`` or ``"similarity"`` (``ffsplat.objectives.poli
 stage, trained_on,      metadata (str / int / None)
 image_size,
 global_step
+trained_groups          the parameter groups trained so far, over the stages chained by ``stage.init_from``
+                        (``geometry``, ``segmentation``, ``language``; absent in older files): ``infer.py``
+                        warns when ``language`` is missing
 depth_range             ``[near, far]`` metres: the median depth range of the training clips, which the
                         cost volume's candidates were learned over; inference uses it when neither the
                         user nor the cameras file gives near/far (absent in older files: 0.5, 10)

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import train
+from ffsplat.model.network import PretrainedConfig
+from ffsplat.training.config import TeacherRole
 from ffsplat.training.guards import NonFiniteCheckpointError, find_resume
 from ffsplat.training.fit import AtomicCheckpointIO, fit
 from ffsplat.training.module import SemanticSplatModule, load_model_weights
@@ -45,6 +47,32 @@ def bad_config(kind: str, shards: Path, tmp: Path):
     elif kind == "segmenter_without_weights":
         cfg.model.semantic = replace(cfg.model.semantic, segmenter="espnetv2")
         message = "model.semantic.segmenter='espnetv2' needs its published weights"
+    elif kind == "missing_pretrained":
+        cfg.model.pretrained = PretrainedConfig(path=str(tmp / "re10k.ckpt"), format="ffsplat")
+        message = "model.pretrained.path: ffsplat checkpoint not found"
+    elif kind == "mismatched_pretrained":
+        torch.save({"state_dict": {"encoder.foo": torch.zeros(2)}}, tmp / "other.ckpt")
+        cfg.model.pretrained = PretrainedConfig(path=str(tmp / "other.ckpt"), format="ffsplat", strict=True)
+        message = "model.pretrained"
+    elif kind == "damaged_init":
+        (tmp / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
+        cfg.stage.init_from, message = str(tmp / "model.pt"), "stage.init_from: "
+    elif kind == "missing_online_teacher":
+        cfg.teachers.source = "online"
+        cfg.teachers.segmentation = TeacherRole("sam", {"checkpoint": str(tmp / "sam_vit_b_01ec64.pth")})
+        message = "teachers.segmentation.kwargs.checkpoint: sam weights not found"
+    elif kind == "missing_online_lseg":
+        cfg.teachers.source = "online"
+        cfg.teachers.language = TeacherRole("lseg", {"checkpoint": str(tmp / "demo_e200.ckpt")})
+        message = "teachers.language.kwargs.checkpoint: lseg weights not found"
+    elif kind == "uncached_conditioning_teacher":  # the geometry stage reads no target teacher, but conditions on both
+        cfg.stage.name = "geometry"
+        cfg.teachers.language = TeacherRole("espnetv2", {"checkpoint": "e.pth"})
+        message = "no 'espnetv2' features (teachers.language.name, which conditions the network)"
+    elif kind == "uncached_target_teacher":
+        cfg.model.conditioning = replace(cfg.model.conditioning, use_seg_teacher=False, use_lang_teacher=False)
+        cfg.teachers.segmentation = TeacherRole("espnetv2_seg", {"checkpoint": "e.pth"})
+        message = "no 'espnetv2_seg' features (teachers.segmentation.name, which is the stage's target)"
     elif kind == "zero_lr":
         cfg.optim.lr, message = 0.0, "optim.lr"
     elif kind == "zero_steps":
@@ -56,7 +84,9 @@ def bad_config(kind: str, shards: Path, tmp: Path):
 
 @pytest.mark.parametrize("kind", ["missing_root", "missing_split", "missing_eval_index", "missing_init", "missing_resume",
                                   "damaged_resume", "unknown_scene", "missing_segmenter_checkpoint",
-                                  "segmenter_without_weights", "zero_lr", "zero_steps"])  # fmt: skip
+                                  "segmenter_without_weights", "zero_lr", "zero_steps", "missing_pretrained",
+                                  "mismatched_pretrained", "damaged_init", "missing_online_teacher", "missing_online_lseg",
+                                  "uncached_conditioning_teacher", "uncached_target_teacher"])  # fmt: skip
 def test_bad_config_gives_one_error_line_and_writes_nothing(tiny_shards, tmp_path, capsys, kind):
     cfg, message = bad_config(kind, tiny_shards, tmp_path)
     code = train.run(cfg)
@@ -200,3 +230,36 @@ def test_bad_samples_found_in_dataloader_workers_reach_the_report(tiny_shards, t
     fit(cfg)
     report = __import__("json").loads((Path(cfg.checkpoint.dir) / cfg.run_name / "bad_samples.json").read_text())
     assert report["bad"] >= 1 and {Path(s).name for s in report["by_shard"]} == {tar.name}, report
+
+
+def test_resume_with_other_data_teachers_or_model_is_refused(tiny_shards, tmp_path, capsys):
+    """Issue 29.5: re-running a finished run under its name with other settings must not resume it."""
+    from dataclasses import asdict
+
+    from ffsplat.training.guards import check_train_config
+
+    saved = tiny_config(tiny_shards, tmp_path)
+    run_dir = tmp_path / "checkpoints" / saved.run_name
+    run_dir.mkdir(parents=True)
+    torch.save({"hyper_parameters": {"config": asdict(saved)}, "state_dict": {}}, run_dir / "last.ckpt")
+    (run_dir / "model.pt").write_bytes(b"finished run")
+    check_train_config(tiny_config(tiny_shards, tmp_path))  # same settings: resumes
+    check_train_config(tiny_config(tiny_shards, tmp_path, optim__max_steps=8))  # more steps: resumes
+    cfg = tiny_config(tiny_shards, tmp_path, data__name="other")
+    cfg.teachers.language = replace(cfg.teachers.language, kwargs={"flip_rate": 0.5})
+    cfg.model.semantic = replace(cfg.model.semantic, lang_dim=cfg.model.semantic.lang_dim + 1)
+    assert train.run(cfg) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint.resume=auto: ") and err.count("\n") == 1, err
+    for key in (
+        "data.name",
+        "teachers.language.kwargs.flip_rate",
+        "model.semantic.lang_dim",
+    ):
+        assert key in err, (key, err)
+    assert "optim" not in err and "checkpoint.allow_config_change=true" in err
+    assert (run_dir / "model.pt").read_bytes() == b"finished run" and (run_dir / "last.ckpt").is_file()
+    cfg.checkpoint.allow_config_change = True
+    check_train_config(cfg)  # asked for explicitly
+    cfg.checkpoint.allow_config_change, cfg.checkpoint.resume = False, None
+    check_train_config(cfg)  # starting fresh

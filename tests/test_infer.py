@@ -91,8 +91,10 @@ def test_infer_writes_semantic_ply_renders_and_queries(tmp_path, checkpoint, inp
     code = run_infer("--views", *views, "--cameras", cams, "--checkpoint", checkpoint, "--out", out, "--render",
                      "--query", "chair", "--device", "cpu")  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "[1/8]" in printed and "done in" in printed
+    assert "the language field was never trained" in captured.err  # a stage-seg export (issue 29.6)
     gaussians, extra = read_ply(out)
     assert gaussians.num_gaussians == 2 * 64 * 64  # V x H x W at the model's training size
     for t in (gaussians.means, gaussians.scales, gaussians.rotations, gaussians.opacities, gaussians.sh):

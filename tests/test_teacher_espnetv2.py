@@ -92,7 +92,7 @@ def test_teacher_contract_and_registry(random_checkpoint):
 
 
 def test_bad_settings_and_missing_weights(tmp_path, random_checkpoint):
-    with pytest.raises(FileNotFoundError, match="espnetv2.checkpoint"):
+    with pytest.raises(FileNotFoundError, match="teachers.language.kwargs.checkpoint"):
         ESPNetv2Teacher(checkpoint=tmp_path / "none.pth")
     with pytest.raises(ValueError, match="input_size"):
         ESPNetv2Teacher(checkpoint=random_checkpoint, input_size=100)

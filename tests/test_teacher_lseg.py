@@ -188,7 +188,7 @@ def test_wrong_checkpoint_keys_raise_naming_them(tmp_path, change, error, needle
         state["scratch.refinenet4.out_conv.weight"] = state.pop("net.scratch.refinenet4.out_conv.weight")
     else:
         state["net.scratch.head1.weight"] = torch.zeros(3, 16, 1, 1)
-    with pytest.raises(error, match="teachers.lseg.checkpoint") as info:
+    with pytest.raises(error, match="teachers.language.kwargs.checkpoint") as info:
         load_lseg_weights(small_net(), state)
     assert needle in str(info.value)
     ckpt = tmp_path / "bad.ckpt"
@@ -247,19 +247,21 @@ def test_full_size_model_has_the_official_key_names_and_shapes():
 
 def test_missing_paths_name_their_config_keys(tmp_path, clip_dirs):
     for checkpoint in (None, tmp_path / "missing.ckpt"):
-        with pytest.raises(FileNotFoundError, match="teachers.lseg.checkpoint"):
+        with pytest.raises(FileNotFoundError, match="teachers.language.kwargs.checkpoint"):
             build_lseg_teacher(checkpoint=checkpoint, **SMALL)
     ckpt = tmp_path / "demo_e200.ckpt"
     write_official_checkpoint(ckpt, small_net())
-    with pytest.raises(FileNotFoundError, match=r"teachers\.clip\.path.*noclip"):
+    with pytest.raises(FileNotFoundError, match=r"teachers\.clip_path.*noclip"):
         build_lseg_teacher(checkpoint=ckpt, clip_path=tmp_path / "noclip", **SMALL)
-    with pytest.raises(FileNotFoundError, match="teachers.clip.path"):
+    with pytest.raises(FileNotFoundError, match="teachers.clip_path"):
         ClipTextEncoder.from_pretrained(None)
-    with pytest.raises(FileNotFoundError, match="teachers.clip.path"):  # encode works without CLIP, logits do not
+    with pytest.raises(
+        FileNotFoundError, match="teachers.language.kwargs.clip_path"
+    ):  # encode works without CLIP, logits do not
         build_lseg_teacher(checkpoint=ckpt, **SMALL).class_logits(torch.rand(1, 3, 64, 64), LABELS)
     model_only = tmp_path / "model_only"
     clip_dirs[0][1].save_pretrained(model_only)
-    with pytest.raises(FileNotFoundError, match=r"teachers\.clip\.path.*tokenizer"):
+    with pytest.raises(FileNotFoundError, match=r"teachers\.clip_path.*tokenizer"):
         ClipTextEncoder.from_pretrained(model_only)
     teacher = build_lseg_teacher(checkpoint=ckpt, clip_path=clip_dirs[0][0], **SMALL)
     assert teacher.class_logits(torch.rand(1, 3, 64, 64), LABELS).shape == (1, 4, 32, 32)
@@ -273,12 +275,12 @@ def test_two_token_tokenizer_trap_is_detected(tmp_path, clip_dirs):
     trap = CLIPTokenizer.from_pretrained(str(empty), local_files_only=True)  # silently "works" offline
     assert len(trap) == 2
     model = CLIPTextModelWithProjection.from_pretrained(str(clip_dirs[0][0]), local_files_only=True)
-    with pytest.raises(ValueError, match=r"teachers\.clip\.path.*2 tokens"):
+    with pytest.raises(ValueError, match=r"teachers\.clip_path.*2 tokens"):
         ClipTextEncoder(model, trap)
     saved = tmp_path / "saved_trap"  # the placeholder written to disk next to real weights
     model.save_pretrained(saved)
     trap.save_pretrained(saved)
-    with pytest.raises(ValueError, match=rf"teachers\.clip\.path.*{saved.name}"):
+    with pytest.raises(ValueError, match=rf"teachers\.clip_path.*{saved.name}"):
         ClipTextEncoder.from_pretrained(saved)
 
 

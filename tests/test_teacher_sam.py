@@ -200,9 +200,9 @@ def test_automatic_masks(teacher: SAMTeacher, scale_by: str) -> None:
 
 
 def test_checkpoint_errors_and_round_trip(tmp_path, teacher: SAMTeacher) -> None:
-    with pytest.raises(FileNotFoundError, match="teachers.sam.checkpoint"):
+    with pytest.raises(FileNotFoundError, match="teachers.segmentation.kwargs.checkpoint"):
         build_teacher("sam", checkpoint=None)
-    with pytest.raises(FileNotFoundError, match="teachers.sam.checkpoint"):
+    with pytest.raises(FileNotFoundError, match="teachers.segmentation.kwargs.checkpoint"):
         build_teacher("sam", checkpoint=str(tmp_path / "missing.pth"))
     ckpt = tmp_path / "tiny_sam.pth"
     torch.save(teacher.sam.state_dict(), ckpt)

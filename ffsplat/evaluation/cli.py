@@ -59,10 +59,16 @@ def markdown(results: dict[str, dict], reasons: dict[str, str] | None = None) ->
     for name, r in results.items():
         cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else "-" for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    empty = {c for c in COLUMNS if any(not isinstance(r.get(c), float) for r in results.values())}
-    notes = [
-        f"- `{c}` is empty: {(reasons or {}).get(c, 'not computed for this model')}" for c in COLUMNS if c in empty
-    ]
+    notes = []
+    for c in COLUMNS:
+        rows = [name for name, r in results.items() if not isinstance(r.get(c), float)]
+        if not rows:
+            continue
+        if "model" in results and "model" not in rows:  # the data had it: only other rows (the 2D teacher) lack it
+            why = "not scored for the 2D teacher (it predicts no such output from the target images alone)"
+            notes.append(f"- `{c}` is empty in the {', '.join(f'`{r}`' for r in rows)} row: {why}")
+        else:
+            notes.append(f"- `{c}` is empty: {(reasons or {}).get(c, 'not computed for this model')}")
     return "\n".join(lines) + "\n" + ("\nEmpty columns:\n" + "\n".join(notes) + "\n" if notes else "")
 
 

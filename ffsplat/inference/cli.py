@@ -260,6 +260,10 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(
             f"--out: cannot write the outputs beside {args.out}: {exc.strerror or exc} (nothing was written)"
         ) from exc
+    trained = predictor.meta.get("trained_groups")
+    if trained is not None and "language" not in trained:
+        print(f"warning: {args.checkpoint}: the language field was never trained (model.pt trained_groups: "
+              f"{list(trained)}), so these classes are not meaningful; train stage=lang first", file=sys.stderr)  # fmt: skip
     print(f"done in {time.perf_counter() - progress.start:.2f}s")
 
 

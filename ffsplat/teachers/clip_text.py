@@ -2,7 +2,7 @@
 
 LSeg (Li et al., ICLR 2022) classifies a pixel by the cosine between its 512-d feature and the CLIP
 ViT-B/32 text embedding of each class name (bare names, no prompt). This module loads that text
-tower with ``transformers`` from a LOCAL directory (``teachers.clip.path``; e.g. a snapshot of
+tower with ``transformers`` from a LOCAL directory (``teachers.clip_path``; e.g. a snapshot of
 ``openai/clip-vit-base-patch32`` -- a full ``CLIPModel`` directory works, its text tower and
 ``text_projection`` are read) and caches the embeddings per label set, in memory and optionally on
 disk. Nothing is downloaded.
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ffsplat.core.atomic import atomic_open
 from ffsplat.teachers.base import require_file
 
-CLIP_KEY = "teachers.clip.path"
+CLIP_KEY = "teachers.clip_path"
 LSEG_TEMPLATE = "{}"
 """LSeg tokenises the bare label names."""
 PHOTO_TEMPLATE = "a photo of a {}."
@@ -85,7 +85,7 @@ class ClipTextEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None, **kwargs) -> ClipTextEncoder:
-        """Load model and tokenizer from the local directory ``path`` (``teachers.clip.path``)."""
+        """Load model and tokenizer from the local directory ``path`` (``teachers.clip_path``)."""
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
         from transformers.utils import logging as hf_logging
 

@@ -292,7 +292,7 @@ class ESPNetv2Seg(nn.Module):
         return F.interpolate(y, (h, w), mode="bilinear", align_corners=True)
 
 
-def load_espnetv2(checkpoint: str | Path, key: str = "espnetv2.checkpoint") -> ESPNetv2Seg:
+def load_espnetv2(checkpoint: str | Path, key: str = "teachers.language.kwargs.checkpoint") -> ESPNetv2Seg:
     """ESPNetv2-PASCAL from a published state-dict file, loaded strictly (eval mode); errors name ``key``."""
     path = require_file(checkpoint, key)
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -352,7 +352,8 @@ class ESPNetv2Teacher(nn.Module):
             raise ValueError(f"espnetv2.input_size: expected multiples of 16, got {input_size!r}")
         if temperature <= 0:
             raise ValueError(f"espnetv2.temperature: expected > 0, got {temperature}")
-        self.net = load_espnetv2(checkpoint)
+        role = "segmentation" if name == "espnetv2_seg" else "language"
+        self.net = load_espnetv2(checkpoint, key=f"teachers.{role}.kwargs.checkpoint")
         self.net.requires_grad_(False)
         self.input_size, self.dim, self.stride, self.temperature = size, dim, stride, temperature
         self.register_buffer("table", _unit_table(len(PASCAL_CLASSES), dim, seed), persistent=False)

@@ -20,7 +20,7 @@ strictly), ``pretrained.act_postprocess{i}.{0,3,4}`` the reassemble layers (indi
 official parameter-free Transpose/Unflatten, kept as placeholders), ``scratch.*`` the decoder.
 Dropped on load (:data:`IGNORED_PREFIXES`): ``net.clip_pretrained.*`` -- the frozen OpenAI CLIP
 ViT-B/32 the official net keeps inside (its text tower is the one :mod:`clip_text` loads from
-``teachers.clip.path``) -- and the Lightning module's metric/criterion states. ``logit_scale`` is
+``teachers.language.kwargs.clip_path``) -- and the Lightning module's metric/criterion states. ``logit_scale`` is
 not in the official state dict (the official code stores it as a plain tensor, ``.exp()`` of a
 Parameter); ours is a non-persistent buffer. Any other extra, missing or mis-shaped key raises.
 """
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffsplat.teachers.base import register_teacher, require_file
-from ffsplat.teachers.clip_text import CLIP_KEY, LSEG_TEMPLATE, ClipTextEncoder
+from ffsplat.teachers.clip_text import LSEG_TEMPLATE, ClipTextEncoder
 
-CHECKPOINT_KEY = "teachers.lseg.checkpoint"
+CHECKPOINT_KEY = "teachers.language.kwargs.checkpoint"
 LSEG_MEAN = (0.5, 0.5, 0.5)
 LSEG_STD = (0.5, 0.5, 0.5)
 LOGIT_SCALE = 1.0 / 0.07
@@ -328,7 +328,9 @@ class LSegTeacher(nn.Module):
     def text_features(self, label_names: Sequence[str]) -> Tensor:
         """``K`` class names -> unit-norm CLIP text embeddings ``[K, 512]``."""
         if self.text is None:
-            raise FileNotFoundError(f"{CLIP_KEY} is not set: LSeg class logits need the CLIP ViT-B/32 text model")
+            raise FileNotFoundError(
+                "teachers.language.kwargs.clip_path is not set: LSeg class logits need the CLIP ViT-B/32 text model"
+            )
         return self.text(label_names)
 
     def class_logits(self, images: Tensor, label_names: Sequence[str]) -> Tensor:
@@ -346,8 +348,8 @@ def build_lseg_teacher(checkpoint: str | Path | None = None, clip_path: str | Pa
                        channels: Sequence[int] | None = None, vit_kwargs: Mapping | None = None,
                        prompt_template: str = LSEG_TEMPLATE, text_cache_dir: str | Path | None = None,
                        device: str | torch.device = "cpu", allow_pickle: bool = False) -> LSegTeacher:  # fmt: skip
-    """LSeg from the official ``demo_e200.ckpt`` at ``checkpoint`` (``teachers.lseg.checkpoint``) and,
-    if ``clip_path`` (``teachers.clip.path``) is given, the CLIP ViT-B/32 text tower for class logits.
+    """LSeg from the official ``demo_e200.ckpt`` at ``checkpoint`` (``teachers.language.kwargs.checkpoint``) and,
+    if ``clip_path`` (``teachers.language.kwargs.clip_path``) is given, the CLIP ViT-B/32 text tower for class logits.
     ``allow_pickle``: permit a full unpickle of the checkpoint (see :func:`_read_checkpoint`); off by default."""
     path = require_file(checkpoint, CHECKPOINT_KEY)
     text = None

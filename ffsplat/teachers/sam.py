@@ -72,7 +72,7 @@ class SAMTeacher(nn.Module):
         ``builder`` (no arguments -> randomly initialised ``Sam``) overrides
         ``sam_model_registry[model_type]`` for custom architectures (e.g. tiny test models).
         """
-        path = require_file(checkpoint, "teachers.sam.checkpoint")
+        path = require_file(checkpoint, "teachers.segmentation.kwargs.checkpoint")
         if builder is None:
             try:
                 from segment_anything import sam_model_registry
@@ -82,7 +82,9 @@ class SAMTeacher(nn.Module):
                 ) from exc
 
             if model_type not in sam_model_registry:
-                raise KeyError(f"teachers.sam.model_type {model_type!r}; choose one of {sorted(sam_model_registry)}")
+                raise KeyError(
+                    f"teachers.segmentation.kwargs.model_type {model_type!r}; choose one of {sorted(sam_model_registry)}"
+                )
             builder = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
         sam = builder()
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -320,5 +322,5 @@ def build_sam_teacher(
     builder: Callable[[], Sam] | None = None,
     **kw,
 ) -> SAMTeacher:
-    """Config factory: ``teachers.sam.{checkpoint, model_type}`` (``vit_b``/``vit_l``/``vit_h``/``default``)."""
+    """Config factory: ``teachers.segmentation.kwargs.{checkpoint, model_type}`` (``vit_b``/``vit_l``/``vit_h``/``default``)."""
     return SAMTeacher.from_checkpoint(checkpoint, model_type=model_type, builder=builder, device=device, **kw)

@@ -292,11 +292,17 @@ class CheckpointConfig:
         every_n_steps: checkpoint interval.
         resume: ``"auto"`` resumes from ``<dir>/<run_name>/last.ckpt`` when it exists; a path
             resumes from that file; ``null`` always starts fresh.
+        allow_config_change: resume even when the checkpoint's saved config differs from this one in
+            the data (``data.name``, ``root``, ``train_split``, ``scenes``), the teachers, the model or
+            the stage (``guards.RESUME_KEYS``). Off: such a resume stops at start-up with one error
+            naming the differing keys (so a re-run with other settings never rewrites a finished run's
+            ``model.pt``); pick another ``run_name`` or set ``checkpoint.resume=null`` to start fresh.
     """
 
     dir: str = "checkpoints"
     every_n_steps: int = 500
     resume: str | None = "auto"
+    allow_config_change: bool = False
 
 
 @dataclass

@@ -3,7 +3,9 @@ wandb logger, and the slim ``model.pt`` export at the end (the library call behi
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,29 @@ def resume_path(cfg: TrainConfig) -> str | None:
     return resume
 
 
-def make_logger(cfg: TrainConfig):
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The wandb run id of ``checkpoints/<run_name>/``: kept in its ``wandb_id`` file, so a resumed run
+    continues the same wandb run; a fresh run (not resuming) gets a new id."""
+    path = run_dir / "wandb_id"
+    if resuming and path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    if (
+        os.environ.get("RANK", "0") != "0"
+        or os.environ.get("LOCAL_RANK", "0") != "0"
+        or os.environ.get("NODE_RANK", "0") != "0"
+    ):
+        return run_id  # only global rank 0 logs to wandb (and keeps the id)
+    from ffsplat.core.atomic import atomic_open
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as f:
+        f.write(run_id + "\n")
+    return run_id
+
+
+def make_logger(cfg: TrainConfig, resuming: bool = False):
+    """The wandb logger (or False); ``resuming``: continue the run's wandb run (:func:`wandb_run_id`)."""
     mode = cfg.logging.wandb_mode
     if mode == "disabled":
         return False
@@ -62,9 +86,10 @@ def make_logger(cfg: TrainConfig):
     from lightning.pytorch.loggers import WandbLogger
 
     Path(cfg.logging.save_dir).mkdir(parents=True, exist_ok=True)
+    run_id = wandb_run_id(Path(cfg.checkpoint.dir) / cfg.run_name, resuming)
     return WandbLogger(
         project=cfg.logging.project, name=cfg.run_name, save_dir=cfg.logging.save_dir,
-        offline=mode == "offline", config=asdict(cfg),
+        offline=mode == "offline", config=asdict(cfg), id=run_id, resume="allow",
     )  # fmt: skip
 
 
@@ -83,9 +108,10 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
         enable_version_counter=False,  # always last.ckpt, never last-vN.ckpt (auto-resume reads the newest)
     )  # fmt: skip
     t = cfg.trainer
+    resume = resume_path(cfg)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg),
+        precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg, resume is not None),
         callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
                    ProgressLog(cfg.logging.progress_every_n_steps),
                    NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
@@ -97,7 +123,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     module = SemanticSplatModule(cfg)
     data = ClipDataModule(cfg)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg))
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
     finally:
         if trainer.is_global_zero and data.train_set is not None:  # the run's list of skipped bad shard data
             print_data_report(data.train_set.corrupt.summary(), run_dir / "bad_samples.json")

@@ -6,6 +6,8 @@ to the newest intact ``step=N.ckpt``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -184,7 +186,9 @@ def check_train_config(cfg) -> None:
     check_number("optim.max_nonfinite_steps", getattr(o, "max_nonfinite_steps", 5), low=1, integer=True)
     if cfg.stage.init_from:
         check_input_file("stage.init_from", Path(cfg.stage.init_from), "model.pt or Lightning checkpoint")
-    check_segmenter_source(cfg)
+        problem = checkpoint_problem(Path(cfg.stage.init_from))
+        if problem:
+            raise InputError(f"stage.init_from: {cfg.stage.init_from} is not a readable checkpoint ({problem})")
     if not d.resampled and planned_world_size(cfg.trainer) > 1:
         raise InputError(
             f"data.resampled=false with {planned_world_size(cfg.trainer)} ranks: each rank would end its epoch after "
@@ -196,6 +200,166 @@ def check_train_config(cfg) -> None:
         problem = checkpoint_problem(Path(resume))
         if problem:
             raise InputError(f"checkpoint.resume: {resume} is damaged ({problem})")
+    check_resume_matches(cfg)
+    check_segmenter_source(cfg)
+    check_teacher_sources(cfg)
+    check_pretrained(cfg)
+
+
+RESUME_KEYS = ("data.name", "data.root", "data.train_split", "data.scenes", "teachers", "model", "stage.name")
+"""Config entries a resumed run must share with its checkpoint (unless ``checkpoint.allow_config_change``)."""
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _flatten(value, f"{prefix}.{key}")
+        return out
+    return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys under :data:`RESUME_KEYS` whose values differ between two ``asdict(TrainConfig)`` trees
+    (a checkpoint's saved config, old key names upgraded, and this run's); config fields only one has
+    (added since) are skipped, a teacher's ``kwargs`` entry only one has is not."""
+    from ffsplat.core.config import upgrade_renamed_keys
+
+    saved = upgrade_renamed_keys(saved)
+    diffs = []
+    for entry in RESUME_KEYS:
+        a, b = _flatten(_select(saved, entry), entry), _flatten(_select(current, entry), entry)
+        keys = a.keys() & b.keys() | {k for k in a.keys() ^ b.keys() if ".kwargs." in k}  # fields added since: defaults
+        diffs += sorted(k for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    return diffs
+
+
+def _select(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_resume_matches(cfg) -> None:
+    """Refuse to resume from a checkpoint whose saved config differs in :data:`RESUME_KEYS`
+    (:class:`InputError` naming the keys), unless ``checkpoint.allow_config_change``."""
+    from dataclasses import asdict
+
+    resume = cfg.checkpoint.resume
+    if resume is None or cfg.checkpoint.allow_config_change:
+        return
+    path, note = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name) if resume == "auto" else (resume, None)
+    if note:  # said here, once: a damaged checkpoint has now been moved aside
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    if path is None:
+        return
+    try:
+        saved = (
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {}).get("config")
+        )
+    except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint: resuming reports it)
+        log.warning("could not read the saved config of %s (%s)", path, exc)
+        return
+    if not isinstance(saved, dict):
+        return
+    diffs = config_differences(saved, asdict(cfg))
+    if diffs:
+        shown = ", ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "")
+        raise InputError(
+            f"checkpoint.resume={resume}: {path} was trained with other settings ({shown}); resuming would mix "
+            "them. Use another run_name, checkpoint.resume=null to start fresh, or checkpoint.allow_config_change=true"
+        )
+
+
+def run_teacher_roles(cfg) -> list[str]:
+    """Teacher roles whose features the run reads: those conditioning the network
+    (``model.conditioning``) and the stage's target teacher."""
+    from ffsplat.training.stages import get_stage
+
+    roles = conditioning_roles(cfg)
+    target = get_stage(cfg.stage.name).target_teacher
+    return roles + ([target] if target and target not in roles else [])
+
+
+WEIGHT_KWARGS = ("checkpoint", "clip_path")
+"""Teacher ``kwargs`` entries that name local weight files or folders."""
+
+
+def check_teacher_sources(cfg) -> None:
+    """``teachers.source=cached``: every scene of the training and validation splits cached the
+    features of every teacher the run reads (:func:`run_teacher_roles`; the manifest's per-scene
+    ``settings.teachers``). ``online``: every weight file the teachers load exists (both roles'
+    ``kwargs.checkpoint`` / ``kwargs.clip_path``, torch files intact) -- checked here, before any
+    rank starts, instead of a traceback per rank once the teachers load."""
+    from ffsplat.data.shards import read_manifest
+
+    t = cfg.teachers
+    if t.clip_path:
+        check_input_dir("teachers.clip_path", Path(t.clip_path), "CLIP text model folder")
+    roles = run_teacher_roles(cfg)
+    if t.source == "online":
+        for role in ("segmentation", "language"):
+            spec = getattr(t, role)
+            for key in WEIGHT_KWARGS:
+                value = (spec.kwargs or {}).get(key)
+                if not value:
+                    continue
+                name = f"teachers.{role}.kwargs.{key}"
+                path = Path(value)
+                if key == "clip_path":
+                    check_input_dir(name, path, "CLIP text model folder")
+                    continue
+                check_input_file(name, path, f"{spec.name} weights")
+                problem = checkpoint_problem(path) if zipfile.is_zipfile(path) else None
+                if problem:
+                    raise InputError(f"{name}: {path} is damaged ({problem})")
+        return
+    if not roles:
+        return
+    manifest = read_manifest(cfg.data.root)
+    splits = {d for d in (cfg.data.train_split, None if cfg.data.eval_index else cfg.data.val_split) if d}
+    for role in roles:
+        name = getattr(t, role).name
+        lacking = sorted(
+            scene
+            for scene, entry in manifest.get("scenes", {}).items()
+            if entry.get("split") in splits
+            and (not cfg.data.scenes or scene in cfg.data.scenes or entry.get("split") != cfg.data.train_split)
+            and name not in (entry.get("settings", {}).get("teachers") or {})
+        )
+        if lacking:
+            why = "conditions the network" if role in conditioning_roles(cfg) else "is the stage's target"
+            raise InputError(
+                f"teachers.source=cached: the shards in {cfg.data.root} hold no {name!r} features (teachers.{role}.name, "
+                f"which {why}) for {len(lacking)} scenes (e.g. {lacking[0]}): write them with data_prep/make_shards.py "
+                f"--teacher {name}:..., or set teachers.source=online with local weights"
+            )
+
+
+def conditioning_roles(cfg) -> list[str]:
+    """Teacher roles whose features condition the network (``model.conditioning``)."""
+    from ffsplat.checkpoint import ROLE_CONDITION
+
+    return [role for role, name in ROLE_CONDITION.items() if name in cfg.model.conditioning.names]
+
+
+def check_pretrained(cfg) -> None:
+    """``model.pretrained.path`` exists and loads into the configured network (keys and shapes), as
+    the run will load it: one :class:`InputError` instead of a traceback per rank."""
+    pre = cfg.model.pretrained
+    if pre is None or not pre.path:
+        return
+    from ffsplat.model.network import build_model
+
+    check_input_file("model.pretrained.path", Path(pre.path), f"{pre.format} checkpoint")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the run prints its own load report
+            build_model(cfg.model)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        from ffsplat.core.errors import one_line
+
+        message = one_line(exc)
+        raise InputError(message if message.startswith("model.") else f"model.pretrained.path: {message}") from exc
 
 
 def planned_world_size(trainer) -> int:

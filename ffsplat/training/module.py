@@ -17,6 +17,7 @@ stage's ``target_teacher`` for the target views).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -84,6 +85,8 @@ class SemanticSplatModule(L.LightningModule):
             if segmenter_loaded:  # a frozen segmenter loaded from its own file may be new to the init model
                 addable += [n for n in self.model.state_dict() if n.startswith(SEGMENTER_PREFIX)]
             added = load_model_weights(self.model, cfg.stage.init_from, addable, init_keys)
+            rank_zero_info(f"[init] loaded {cfg.stage.init_from} (stage.init_from; groups: "
+                           f"{', '.join(cfg.stage.init_groups) or 'all'})")  # fmt: skip
             if init_keys is not None:
                 rank_zero_info(f"[train] stage.init_groups={list(cfg.stage.init_groups)}: only these groups come from "
                                f"{cfg.stage.init_from}; the others start from their initialisation")  # fmt: skip
@@ -358,6 +361,9 @@ class SemanticSplatModule(L.LightningModule):
             scores.update({"miou": float(seg["miou"]), "acc": float(seg["acc"])})
         self.log_dict({f"val/{k}": v for k, v in scores.items()})
         self.last_val_metrics = scores
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:  # also to the console / redirected log
+            shown = " ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no scores (no labels or depth)"
+            print(f"[val] step {self.global_step}: {shown}", file=sys.stderr, flush=True)
         self._val_scalars = {}
         self._val_meter.reset()
 
@@ -495,6 +501,27 @@ def load_model_weights(
     return added
 
 
+def trained_groups(module: SemanticSplatModule) -> list[str]:
+    """Parameter groups (``geometry``, ``segmentation``, ``language``) trained so far: this stage's,
+    ``geometry`` when ``model.pretrained`` gave it, and those the ``stage.init_from`` model.pt records."""
+    cfg = module.cfg
+    groups = set(module.stage.trains)
+    if cfg.model.pretrained is not None and cfg.model.pretrained.path:
+        groups.add("geometry")
+    if cfg.stage.init_from:
+        try:
+            blob = torch.load(cfg.stage.init_from, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001  (a Lightning checkpoint written by an older version: no record)
+            blob = {}
+        init = blob.get("trained_groups") if isinstance(blob, dict) else None
+        taken = set(cfg.stage.init_groups or ("geometry", "segmentation", "language"))
+        groups |= set(init or ()) & taken
+        if isinstance(blob, dict) and blob.get("hyper_parameters"):  # a Lightning checkpoint of a stage
+            stage = blob["hyper_parameters"].get("config", {}).get("stage", {}).get("name")
+            groups |= set(get_stage(stage).trains) & taken if stage else set()
+    return sorted(groups)
+
+
 def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
     """Write the weights + model config + teacher/class metadata that ``infer.py`` loads (``ffsplat.checkpoint``)."""
     cfg = module.cfg
@@ -508,6 +535,7 @@ def export_slim(module: SemanticSplatModule, path: str | Path) -> Path:
         background_embedding=module.background_embedding,
         stage=module.stage.name,
         trained_on=cfg.data.name,
+        trained_groups=trained_groups(module),
         image_size=getattr(module, "image_size", None),
         global_step=int(module.global_step),
         photometric_loss=getattr(module, "photometric_loss", None),
