@@ -169,7 +169,9 @@ def test_infer_failing_in_a_new_folder_removes_only_what_it_created(
 def test_make_eval_index_refuses_to_overwrite_the_shard_manifest(tiny_shards, capsys):
     manifest = tiny_shards / "manifest.json"
     before = manifest.read_bytes()
-    code = make_eval_index.main(["--shards", str(tiny_shards), "--split", "val", "--protocol", "sampled", "--out", str(manifest)])
+    code = make_eval_index.main(
+        ["--shards", str(tiny_shards), "--split", "val", "--protocol", "sampled", "--out", str(manifest)]
+    )
     contract(code, capsys.readouterr().err, "is the input --shards")
     assert manifest.read_bytes() == before
 
@@ -366,3 +368,59 @@ def test_a_bad_train_config_never_removes_the_users_hydra_folder(tmp_path):
                            "logging.wandb_mode=disabled"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     contract(done.returncode, done.stderr, "data.root")
     assert snapshot(folder) == {"notes.txt": b"mine"}
+
+
+# --- data_prep/export_sens.py -----------------------------------------------------------------------------
+
+
+def _sens_out_is_the_scans_folder(tmp):
+    from tests.test_sens import write_scene
+
+    (tmp / "scans" / "scene0000_00").mkdir(parents=True)
+    write_scene(tmp / "scans" / "scene0000_00" / "scene0000_00.sens")
+    (tmp / "scans" / "scene0000_00" / "notes.txt").write_text("mine")
+    return tmp / "scans" / "scene0000_00" / "scene0000_00.sens", tmp / "scans", "holds the input --sens"
+
+
+def _sens_scene_folder_is_the_users(tmp):
+    from tests.test_sens import write_scene
+
+    write_scene(tmp / "scene0000_00.sens")
+    (tmp / "out" / "scene0000_00").mkdir(parents=True)
+    (tmp / "out" / "scene0000_00" / "notes.txt").write_text("mine")
+    return tmp / "scene0000_00.sens", tmp / "out", "is not an export of ffsplat"
+
+
+SENS_REFUSED = {
+    "out is the scans folder": _sens_out_is_the_scans_folder,
+    "scene folder is the user's": _sens_scene_folder_is_the_users,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SENS_REFUSED))
+def test_export_sens_never_replaces_a_folder_it_did_not_export(tmp_path, capsys, case):
+    from data_prep import export_sens
+
+    sens, out, message = SENS_REFUSED[case](tmp_path)
+    before = snapshot(tmp_path)
+    code = export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"])
+    contract(code, capsys.readouterr().err, message)
+    assert snapshot(tmp_path) == before
+
+
+def test_export_sens_keeps_the_users_files_in_an_export_whose_source_changed(tmp_path, capsys):
+    from data_prep import export_sens
+    from tests.test_sens import write_scene
+
+    sens, out = tmp_path / "scene0000_00.sens", tmp_path / "out"
+    write_scene(sens)
+    assert export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"]) == 0
+    (out / "scene0000_00" / "notes.txt").write_text("mine")
+    os.utime(sens, ns=(1, 1))  # the .sens changed: the export is stale
+    before = snapshot(tmp_path)
+    code = export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"])
+    contract(code, capsys.readouterr().err, "notes.txt")
+    assert snapshot(tmp_path) == before
+    (out / "scene0000_00" / "notes.txt").unlink()  # without the user's file it is exported again
+    assert export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"]) == 0
+    assert "re-exported" in capsys.readouterr().out
