@@ -424,3 +424,59 @@ def test_export_sens_keeps_the_users_files_in_an_export_whose_source_changed(tmp
     (out / "scene0000_00" / "notes.txt").unlink()  # without the user's file it is exported again
     assert export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"]) == 0
     assert "re-exported" in capsys.readouterr().out
+
+
+# --- python -m ffsplat.baselines compare -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_baselines_compare_failing_leaves_the_earlier_report_as_it_was(
+    tiny_shards,
+    setup,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    existing,
+):
+    import ffsplat.baselines.__main__ as cli
+    import ffsplat.evaluation.evaluate as evaluation
+
+    _, slim, _, tmp = setup
+    out = tmp_path / "report"
+    if existing:  # an earlier compare's report and the user's notes
+        out.mkdir()
+        for name in ("semlogits_sparse.json", "semlogits_dense.json", "compare.json", "compare.md"):
+            (out / name).write_text(f"earlier {name}")
+        (out / "notes.md").write_text("mine")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: {"reconstruction_s": 1.0})
+    calls = []
+
+    def child(cmd, **kwargs):  # the first baseline succeeds, the second fails
+        calls.append(cmd)
+        if len(calls) > 1:
+            return subprocess.CompletedProcess(cmd, 2)
+        target = Path(cmd[cmd.index("--out") + 1])
+        assert out not in target.parents  # staged outside the report folder
+        target.write_text('{"method": "semlogits", "setting": "sparse", "reconstruction_s": 2.0, "evaluation_s": 1.0}')
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", child)
+    code = cli.main(["compare", "--methods", "semlogits", "--checkpoint", str(slim), "--shards", str(tiny_shards),
+                     "--split", "val", "--index", str(tmp / "index.json"), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "the report folder is as it was" in err, err
+    assert len(calls) == 2
+    assert snapshot(tmp_path) == before  # earlier results intact; a folder this run made is gone
+
+
+def test_baselines_compare_refuses_a_result_path_that_is_a_folder(tiny_shards, setup, tmp_path, capsys):  # noqa: F811
+    from ffsplat.baselines.__main__ import main
+
+    _, slim, _, tmp = setup
+    (tmp_path / "report" / "semlogits_dense.json").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    code = main(["compare", "--methods", "semlogits", "--checkpoint", str(slim), "--shards", str(tiny_shards),
+                 "--split", "val", "--index", str(tmp / "index.json"), "--out", str(tmp_path / "report"), "--device", "cpu"])  # fmt: skip
+    contract(code, capsys.readouterr().err, "is an existing folder")
+    assert snapshot(tmp_path) == before
