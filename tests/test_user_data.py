@@ -480,3 +480,22 @@ def test_baselines_compare_refuses_a_result_path_that_is_a_folder(tiny_shards, s
                  "--split", "val", "--index", str(tmp / "index.json"), "--out", str(tmp_path / "report"), "--device", "cpu"])  # fmt: skip
     contract(code, capsys.readouterr().err, "is an existing folder")
     assert snapshot(tmp_path) == before
+
+
+# --- train.py ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.pt", "last.ckpt", "step=2.ckpt"])
+def test_training_refuses_an_init_from_inside_its_own_run_folder(tiny_shards, tmp_path, capsys, name):
+    import train
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_shards, tmp_path, "geometry")
+    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
+    run_dir.mkdir(parents=True)
+    (run_dir / name).write_bytes(b"the stage-1 model the user trained")
+    cfg.stage.init_from = str(run_dir / name)  # stage 2 with the same run_name would overwrite it
+    before = snapshot(tmp_path)
+    code = train.run(cfg)
+    contract(code, capsys.readouterr().err, "the input stage.init_from")
+    assert snapshot(tmp_path) == before
