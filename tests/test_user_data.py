@@ -499,3 +499,34 @@ def test_training_refuses_an_init_from_inside_its_own_run_folder(tiny_shards, tm
     code = train.run(cfg)
     contract(code, capsys.readouterr().err, "the input stage.init_from")
     assert snapshot(tmp_path) == before
+
+
+# --- the Python API: Scene.save_ply ------------------------------------------------------------------------
+
+
+def test_api_save_ply_never_overwrites_what_the_scene_was_made_from(tmp_path, checkpoint, inputs, full_disk_after):  # noqa: F811
+    import ffsplat
+
+    views, cams = inputs
+    model_file = tmp_path / "model.pt"
+    shutil.copy(checkpoint, model_file)
+    for i, view in enumerate(views):
+        shutil.copy(view, tmp_path / f"view_{i}.png")
+    shutil.copy(cams, tmp_path / "cameras.json")
+    (tmp_path / "folder.ply").mkdir()
+    scene = ffsplat.load(model_file, device="cpu").predict(
+        [tmp_path / "view_0.png", str(tmp_path / "view_1.png")], cameras=tmp_path / "cameras.json", size=64
+    )
+    before = snapshot(tmp_path)
+    for target, message in [("view_0.png", "is the input images"), ("view_1.png", "is the input images"),
+                            ("cameras.json", "is the input cameras"), ("model.pt", "is the input the model"),
+                            ("folder.ply", "is an existing folder")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            scene.save_ply(tmp_path / target)
+        assert snapshot(tmp_path) == before, target
+    scene.save_ply(tmp_path / "scene.ply")
+    before = snapshot(tmp_path)
+    full_disk_after(0)
+    with pytest.raises(OSError):
+        scene.save_ply(tmp_path / "scene.ply")
+    assert snapshot(tmp_path) == before  # the earlier scene.ply as it was, no temporary file left
