@@ -530,3 +530,48 @@ def test_api_save_ply_never_overwrites_what_the_scene_was_made_from(tmp_path, ch
     with pytest.raises(OSError):
         scene.save_ply(tmp_path / "scene.ply")
     assert snapshot(tmp_path) == before  # the earlier scene.ply as it was, no temporary file left
+
+
+# --- data_prep/make_synthetic.py ---------------------------------------------------------------------------
+
+
+def _synthetic_into_a_dataset_root(tmp):
+    (tmp / "data" / "splits").mkdir(parents=True)
+    (tmp / "data" / "splits" / "train.txt").write_text("scene0000_00\nscene0001_00\n")
+    return tmp / "data", 2, "lists scenes that are not synthetic"
+
+
+def _synthetic_splits_is_a_file(tmp):
+    (tmp / "data").mkdir()
+    (tmp / "data" / "splits").write_text("mine")
+    return tmp / "data", 2, "is an existing file"
+
+
+def _synthetic_scene_folder_is_the_users(tmp):
+    (tmp / "data" / "synth_0000").mkdir(parents=True)
+    (tmp / "data" / "synth_0000" / "notes.txt").write_text("mine")
+    return tmp / "data", 1, "is not a scene of this generator"
+
+
+SYNTHETIC_REFUSED = {
+    "into a dataset root": _synthetic_into_a_dataset_root,
+    "splits is a file": _synthetic_splits_is_a_file,
+    "scene folder is the user's": _synthetic_scene_folder_is_the_users,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNTHETIC_REFUSED))
+def test_make_synthetic_never_overwrites_the_users_files(tmp_path, capsys, case):
+    from data_prep import make_synthetic
+
+    out, expected, message = SYNTHETIC_REFUSED[case](tmp_path)
+    before = snapshot(tmp_path)
+    code = make_synthetic.main(["--out", str(out), "--scenes", "1", "--frames", "2", "--size", "16", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == expected and message in captured.err + captured.out, captured
+    after = snapshot(tmp_path)
+    if expected == 2:
+        assert after == before
+    else:  # the scene failed and was left alone; the split files (synthetic names only) are written
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert not [k for k in after if k.endswith(".tmp")]
