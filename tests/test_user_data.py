@@ -575,3 +575,34 @@ def test_make_synthetic_never_overwrites_the_users_files(tmp_path, capsys, case)
     else:  # the scene failed and was left alone; the split files (synthetic names only) are written
         assert {k: v for k, v in after.items() if k in before} == before
         assert not [k for k in after if k.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_bad_train_config_keeps_an_earlier_runs_log_in_the_hydra_folder(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".hydra").mkdir(parents=True)
+    earlier = b"[2020-01-01 00:00:00,000][__main__][INFO] - the earlier run's training log\nmore of it\n"
+    (folder / "train.log").write_bytes(earlier)
+    (folder / ".hydra" / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), f"hydra.run.dir={folder}", "hydra.job.name=train", f"data.root={tmp_path / 'nope'}",
+                           "logging.wandb_mode=disabled"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    contract(done.returncode, done.stderr, "data.root")
+    assert snapshot(folder) == {".hydra": None, ".hydra/notes.txt": b"mine", "train.log": earlier}
+
+
+def test_only_this_runs_lines_are_cut_from_an_appended_job_log(tmp_path):
+    import time
+
+    from ffsplat.training import cli
+
+    log = tmp_path / "train.log"
+    earlier = b"[2020-01-01 00:00:00,000][x][INFO] - earlier run\na traceback line of it\n"
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()).encode()
+    log.write_bytes(earlier + b"[" + now + b",000][x][ERROR] - this run\n")
+    cli._drop_this_runs_log_lines(log)
+    assert log.read_bytes() == earlier
+    cli._drop_this_runs_log_lines(log)  # nothing of this run left: unchanged
+    assert log.read_bytes() == earlier
+    log.write_bytes(b"[" + now + b",000][x][ERROR] - this run only\n")
+    cli._drop_this_runs_log_lines(log)
+    assert not log.exists()
