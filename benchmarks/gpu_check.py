@@ -159,8 +159,10 @@ def step_train(dry: bool) -> dict:
     from ffsplat.training.config import TrainConfig
     from ffsplat.training.fit import fit
 
-    work = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/gpu_check_work"))
-    shutil.rmtree(work, ignore_errors=True)
+    from ffsplat.core.benchmarking import clear_work_dir
+
+    # never a folder of the user's: only one this check made (marker file) is cleared
+    work = clear_work_dir(Path(os.environ.get("GPU_CHECK_WORK", "/tmp/gpu_check_work")), "GPU_CHECK_WORK")
     size, steps = (32, 6) if dry else (256, 200)
     t0 = time.perf_counter()
     shards = make_shards(work, size, 16, (8, 8) if dry else (32, 32))

@@ -606,3 +606,36 @@ def test_only_this_runs_lines_are_cut_from_an_appended_job_log(tmp_path):
     log.write_bytes(b"[" + now + b",000][x][ERROR] - this run only\n")
     cli._drop_this_runs_log_lines(log)
     assert not log.exists()
+
+
+# --- benchmarks' work folders (--work, GPU_CHECK_WORK) ---------------------------------------------------
+
+
+def test_benchmark_work_folders_of_the_user_are_refused_never_cleared(tmp_path):
+    from ffsplat.core.benchmarking import claim_work_dir, clear_work_dir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for use in (claim_work_dir, clear_work_dir):
+        with pytest.raises(InputError, match="that a benchmark did not make"):
+            use(mine)
+        assert snapshot(tmp_path) == before
+    work = clear_work_dir(tmp_path / "new" / "work")  # made by the benchmark: reused and cleared
+    (work / "shards").mkdir()
+    (work / "report.json").write_text("{}")
+    assert claim_work_dir(work) == work and (work / "report.json").exists()
+    clear_work_dir(work)
+    assert [p.name for p in work.iterdir()] == [".ffsplat-benchmark-work"]
+
+
+@pytest.mark.slow
+def test_a_benchmark_refuses_a_work_folder_of_the_user(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learn_synthetic.py"), "--work", str(mine)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    contract(done.returncode, done.stderr, "--work")
+    assert snapshot(tmp_path / "mine") == {"notes.txt": b"mine"}
