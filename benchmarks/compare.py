@@ -28,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from ffsplat.core.benchmarking import machine  # noqa: E402
+from ffsplat.core.atomic import atomic_open  # noqa: E402
+from ffsplat.core.benchmarking import claim_work_dir, machine  # noqa: E402
+from ffsplat.core.errors import run_command  # noqa: E402
 
 LABEL_TSV = ROOT.parent / "shared" / "data" / "scannet" / "scannetv2-labels.combined.tsv"
 
@@ -82,7 +84,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["3dgs", "feature3dgs", "semlogits", "protosaga", "fhgs"])
     p.add_argument("--oracle-methods", nargs="*", default=["3dgs", "semlogits"])
     args = p.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+    claim_work_dir(args.work)  # a folder of the user's is refused, never written into
     report = {"benchmark": "compare", "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()}}
     shards, index = make_data(args.work, args.scenes, args.size, args.frames, args.examples, args.label_tsv)
     report["default"] = compare(args, shards, index, args.work / "default", args.methods, [])
@@ -96,9 +98,10 @@ def main() -> None:
             ["--init", "sensor", "--supervision", "oracle"],
         )
     text = json.dumps(report, indent=2, default=str)
-    (args.work / "report.json").write_text(text)
+    with atomic_open(args.work / "report.json", "w") as f:
+        f.write(text)
     print(text)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -188,8 +188,10 @@ def make_shards(root: Path, size: int, frames: int, teacher_size: tuple[int, int
 
 
 def step_data(dry: bool) -> dict:
+    from ffsplat.core.benchmarking import clear_work_dir
+
     z = sizes(dry)
-    shutil.rmtree(WORK, ignore_errors=True)
+    clear_work_dir(WORK, "GPU_CHECK_WORK")  # never a folder of the user's: only one a benchmark made (marker file)
     t0 = time.perf_counter()
     shards = make_shards(WORK, z["size"], z["frames"], z["teacher_size"])
     return {"shards": str(shards), "image_size": z["size"], "seconds": round(time.perf_counter() - t0, 1)}
@@ -459,8 +461,9 @@ def rehearsal_site(folder: Path) -> tuple[Path, list[str]]:
             if dep not in wanted:
                 wanted.add(dep)
                 todo.append(dep)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    from ffsplat.core.benchmarking import clear_work_dir
+
+    clear_work_dir(folder, "GPU_CHECK_WORK")  # a folder this check made (marker), never the user's
     found = set()
     for dist in importlib.metadata.distributions():
         name = (dist.metadata["Name"] or "").lower().replace("_", "-")
@@ -510,7 +513,7 @@ def main() -> None:
     py, me = [sys.executable], str(Path(__file__).resolve())
     site, absent = None, []
     if args.rehearse:  # children see only the GPU image's packages (python -S: no site-packages)
-        site, absent = rehearsal_site(WORK.parent / "gpu_check_site")
+        site, absent = rehearsal_site(WORK.with_name(WORK.name + "_site"))
         py = [sys.executable, "-S"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site or ""), env.get("PYTHONPATH", ""), str(ROOT)) if p)
     dry = ["--dry-run"] if args.dry_run else []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ffsplat.core.benchmarking import machine  # noqa: E402
+from ffsplat.core.atomic import atomic_open  # noqa: E402
+from ffsplat.core.benchmarking import claim_work_dir, machine  # noqa: E402
 from ffsplat.core.config import to_dataclass  # noqa: E402
+from ffsplat.core.errors import run_command  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, write_shards  # noqa: E402
 from ffsplat.data.shards import EvalIndexDataset, scene_frame_ids  # noqa: E402
 from ffsplat.synthetic import SyntheticConfig, write_synthetic_scene  # noqa: E402
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=4, help="evaluation examples per test scene")
     parser.add_argument("--prompt-grid", type=int, default=8)
     args = parser.parse_args()
+    claim_work_dir(args.work)  # a folder of the user's is refused, never written into
     torch.set_num_threads(2)
     timings: dict[str, float] = {}
 
@@ -90,7 +94,8 @@ def main() -> None:
     timings["data_s"] = time.perf_counter() - start
     sampler = ViewSamplerConfig(num_context=2, num_target=3, min_gap=4, max_gap=10)
     index = build_eval_index(scene_frame_ids(shards, "test"), sampler, seed=0, entries_per_scene=args.entries)
-    (args.work / "eval_index.json").write_text(json.dumps(index))
+    with atomic_open(args.work / "eval_index.json", "w") as f:
+        f.write(json.dumps(index))
     examples = lambda: EvalIndexDataset(shards, "test", index)  # noqa: E731
     eval_cfg = EvalConfig(prompt_grid=args.prompt_grid)
 
@@ -151,9 +156,10 @@ def main() -> None:
         },
     }
     text = json.dumps(report, indent=2, default=str)
-    (args.work / "report.json").write_text(text)
+    with atomic_open(args.work / "report.json", "w") as f:
+        f.write(text)
     print(text)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

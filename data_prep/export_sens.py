@@ -29,6 +29,7 @@ from ffsplat.core.errors import (
     check_input_file,
     check_number,
     check_output_dir,
+    check_outputs,
     report,
     run_command,
 )  # noqa: E402
@@ -70,6 +71,9 @@ def run(args) -> int:
     if len(set(names)) != len(names):
         raise InputError(f"--sens: scene names (file stems) must be unique, got {names}")
     check_output_dir("--out", args.out)
+    # a scene folder that holds a .sens file being read (e.g. --out scans for scans/<scene>/<scene>.sens) is refused
+    check_outputs({}, {"--sens": list(args.sens)}, {"--out": [args.out / name for name in names]})
+    made = [d for d in [args.out, *args.out.parents] if not d.exists()]  # folders this run may create
 
     summary: dict = {"out": str(args.out), "scenes": {}, "failed": {}}
     with ProcessPoolExecutor(max_workers=min(args.workers, len(args.sens))) as pool:
@@ -88,6 +92,11 @@ def run(args) -> int:
                 line = f"FAILED (nothing written): {summary['failed'][name]}"
             print(f"[{done}/{len(jobs)}] {name}: {line}", flush=True)
     print(json.dumps(summary, indent=2))
+    for folder in made:  # nothing exported: the folders this run made go again (only when empty)
+        try:
+            folder.rmdir()
+        except OSError:
+            break
     if summary["failed"]:
         first = next(iter(summary["failed"].items()))
         return report(f"--sens: {len(summary['failed'])} of {len(jobs)} files failed (first: {first[0]}: {first[1]})")

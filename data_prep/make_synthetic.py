@@ -30,6 +30,7 @@ from dataclasses import asdict  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ffsplat.core.atomic import atomic_open  # noqa: E402
+from ffsplat.core.errors import ArgumentParser, InputError, check_output_dir, check_outputs, run_command  # noqa: E402
 from ffsplat.synthetic import SCENE_META, SyntheticConfig, write_synthetic_scene  # noqa: E402
 
 
@@ -69,11 +70,17 @@ def _make(out: Path, index: int, seed: int, config: SyntheticConfig, sens: bool)
             folder_to_sens(final, final / f"{name}.sens")
             status = "exists, .sens added"
         return {"name": name, "status": status, "seconds": round(time.perf_counter() - start, 2)}
+    if final.exists():  # ours get their SCENE_META before they are renamed into place
+        raise ValueError(f"{final} exists and is not a scene of this generator (no {SCENE_META}); it is left as it is")
     tmp = out / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted run
-    stats = write_synthetic_scene(tmp, scene_seed(seed, index), config, sens=sens, name=name)
-    os.rename(tmp, final)
+    try:
+        stats = write_synthetic_scene(tmp, scene_seed(seed, index), config, sens=sens, name=name)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if sens:
         stats["sens"] = str(final / f"{name}.sens")
     return {**stats, "status": "written", "seconds": round(time.perf_counter() - start, 2)}
@@ -85,7 +92,7 @@ def _write_text(path: Path, lines: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output root")
     parser.add_argument("--scenes", type=int, default=20, help="number of scenes (default 20)")
     parser.add_argument("--size", type=int, default=128, help="square image size (default 128)")
@@ -101,6 +108,31 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.scenes, args.frames, args.workers, height, width) < 1 or not 0 <= args.split_val < 1:
         parser.error("--scenes, --frames, --workers and the image size must be >= 1; --split-val in [0, 1)")
     config = SyntheticConfig(height=height, width=width, frames=args.frames)
+    return run_command(lambda: run(args, config))
+
+
+def check_splits(out: Path) -> None:
+    """``OUT/splits/{train,val}.txt`` are rewritten at the end: refuse, before any work, split files that
+    are not this generator's (they list other scenes: the user's dataset), or paths that are folders."""
+    files = [out / "splits" / f"{split}.txt" for split in ("train", "val")]
+    check_outputs({"--out (splits)": files}, {}, {"--out (splits)": out / "splits"})
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            others = [n for n in path.read_text().split() if not n.startswith("synth_")]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--out: cannot read {path} ({exc}); it is not a split file of this generator") from exc
+        if others:
+            raise InputError(
+                f"--out: {path} lists scenes that are not synthetic ({others[0]!r}, ...); writing the splits would "
+                "overwrite it: choose another --out"
+            )
+
+
+def run(args, config: SyntheticConfig) -> int:
+    check_output_dir("--out", args.out)
+    check_splits(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()

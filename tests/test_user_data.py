@@ -368,3 +368,274 @@ def test_a_bad_train_config_never_removes_the_users_hydra_folder(tmp_path):
                            "logging.wandb_mode=disabled"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     contract(done.returncode, done.stderr, "data.root")
     assert snapshot(folder) == {"notes.txt": b"mine"}
+
+
+# --- data_prep/export_sens.py -----------------------------------------------------------------------------
+
+
+def _sens_out_is_the_scans_folder(tmp):
+    from tests.test_sens import write_scene
+
+    (tmp / "scans" / "scene0000_00").mkdir(parents=True)
+    write_scene(tmp / "scans" / "scene0000_00" / "scene0000_00.sens")
+    (tmp / "scans" / "scene0000_00" / "notes.txt").write_text("mine")
+    return tmp / "scans" / "scene0000_00" / "scene0000_00.sens", tmp / "scans", "holds the input --sens"
+
+
+def _sens_scene_folder_is_the_users(tmp):
+    from tests.test_sens import write_scene
+
+    write_scene(tmp / "scene0000_00.sens")
+    (tmp / "out" / "scene0000_00").mkdir(parents=True)
+    (tmp / "out" / "scene0000_00" / "notes.txt").write_text("mine")
+    return tmp / "scene0000_00.sens", tmp / "out", "is not an export of ffsplat"
+
+
+SENS_REFUSED = {
+    "out is the scans folder": _sens_out_is_the_scans_folder,
+    "scene folder is the user's": _sens_scene_folder_is_the_users,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SENS_REFUSED))
+def test_export_sens_never_replaces_a_folder_it_did_not_export(tmp_path, capsys, case):
+    from data_prep import export_sens
+
+    sens, out, message = SENS_REFUSED[case](tmp_path)
+    before = snapshot(tmp_path)
+    code = export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"])
+    contract(code, capsys.readouterr().err, message)
+    assert snapshot(tmp_path) == before
+
+
+def test_export_sens_keeps_the_users_files_in_an_export_whose_source_changed(tmp_path, capsys):
+    from data_prep import export_sens
+    from tests.test_sens import write_scene
+
+    sens, out = tmp_path / "scene0000_00.sens", tmp_path / "out"
+    write_scene(sens)
+    assert export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"]) == 0
+    (out / "scene0000_00" / "notes.txt").write_text("mine")
+    os.utime(sens, ns=(1, 1))  # the .sens changed: the export is stale
+    before = snapshot(tmp_path)
+    code = export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"])
+    contract(code, capsys.readouterr().err, "notes.txt")
+    assert snapshot(tmp_path) == before
+    (out / "scene0000_00" / "notes.txt").unlink()  # without the user's file it is exported again
+    assert export_sens.main(["--sens", str(sens), "--out", str(out), "--workers", "1"]) == 0
+    assert "re-exported" in capsys.readouterr().out
+
+
+# --- python -m ffsplat.baselines compare -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_baselines_compare_failing_leaves_the_earlier_report_as_it_was(
+    tiny_shards,
+    setup,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    existing,
+):
+    import ffsplat.baselines.__main__ as cli
+    import ffsplat.evaluation.evaluate as evaluation
+
+    _, slim, _, tmp = setup
+    out = tmp_path / "report"
+    if existing:  # an earlier compare's report and the user's notes
+        out.mkdir()
+        for name in ("semlogits_sparse.json", "semlogits_dense.json", "compare.json", "compare.md"):
+            (out / name).write_text(f"earlier {name}")
+        (out / "notes.md").write_text("mine")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: {"reconstruction_s": 1.0})
+    calls = []
+
+    def child(cmd, **kwargs):  # the first baseline succeeds, the second fails
+        calls.append(cmd)
+        if len(calls) > 1:
+            return subprocess.CompletedProcess(cmd, 2)
+        target = Path(cmd[cmd.index("--out") + 1])
+        assert out not in target.parents  # staged outside the report folder
+        target.write_text('{"method": "semlogits", "setting": "sparse", "reconstruction_s": 2.0, "evaluation_s": 1.0}')
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", child)
+    code = cli.main(["compare", "--methods", "semlogits", "--checkpoint", str(slim), "--shards", str(tiny_shards),
+                     "--split", "val", "--index", str(tmp / "index.json"), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "the report folder is as it was" in err, err
+    assert len(calls) == 2
+    assert snapshot(tmp_path) == before  # earlier results intact; a folder this run made is gone
+
+
+def test_baselines_compare_refuses_a_result_path_that_is_a_folder(tiny_shards, setup, tmp_path, capsys):  # noqa: F811
+    from ffsplat.baselines.__main__ import main
+
+    _, slim, _, tmp = setup
+    (tmp_path / "report" / "semlogits_dense.json").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    code = main(["compare", "--methods", "semlogits", "--checkpoint", str(slim), "--shards", str(tiny_shards),
+                 "--split", "val", "--index", str(tmp / "index.json"), "--out", str(tmp_path / "report"), "--device", "cpu"])  # fmt: skip
+    contract(code, capsys.readouterr().err, "is an existing folder")
+    assert snapshot(tmp_path) == before
+
+
+# --- train.py ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.pt", "last.ckpt", "step=2.ckpt"])
+def test_training_refuses_an_init_from_inside_its_own_run_folder(tiny_shards, tmp_path, capsys, name):
+    import train
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_shards, tmp_path, "geometry")
+    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
+    run_dir.mkdir(parents=True)
+    (run_dir / name).write_bytes(b"the stage-1 model the user trained")
+    cfg.stage.init_from = str(run_dir / name)  # stage 2 with the same run_name would overwrite it
+    before = snapshot(tmp_path)
+    code = train.run(cfg)
+    contract(code, capsys.readouterr().err, "the input stage.init_from")
+    assert snapshot(tmp_path) == before
+
+
+# --- the Python API: Scene.save_ply ------------------------------------------------------------------------
+
+
+def test_api_save_ply_never_overwrites_what_the_scene_was_made_from(tmp_path, checkpoint, inputs, full_disk_after):  # noqa: F811
+    import ffsplat
+
+    views, cams = inputs
+    model_file = tmp_path / "model.pt"
+    shutil.copy(checkpoint, model_file)
+    for i, view in enumerate(views):
+        shutil.copy(view, tmp_path / f"view_{i}.png")
+    shutil.copy(cams, tmp_path / "cameras.json")
+    (tmp_path / "folder.ply").mkdir()
+    scene = ffsplat.load(model_file, device="cpu").predict(
+        [tmp_path / "view_0.png", str(tmp_path / "view_1.png")], cameras=tmp_path / "cameras.json", size=64
+    )
+    before = snapshot(tmp_path)
+    for target, message in [("view_0.png", "is the input images"), ("view_1.png", "is the input images"),
+                            ("cameras.json", "is the input cameras"), ("model.pt", "is the input the model"),
+                            ("folder.ply", "is an existing folder")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            scene.save_ply(tmp_path / target)
+        assert snapshot(tmp_path) == before, target
+    scene.save_ply(tmp_path / "scene.ply")
+    before = snapshot(tmp_path)
+    full_disk_after(0)
+    with pytest.raises(OSError):
+        scene.save_ply(tmp_path / "scene.ply")
+    assert snapshot(tmp_path) == before  # the earlier scene.ply as it was, no temporary file left
+
+
+# --- data_prep/make_synthetic.py ---------------------------------------------------------------------------
+
+
+def _synthetic_into_a_dataset_root(tmp):
+    (tmp / "data" / "splits").mkdir(parents=True)
+    (tmp / "data" / "splits" / "train.txt").write_text("scene0000_00\nscene0001_00\n")
+    return tmp / "data", 2, "lists scenes that are not synthetic"
+
+
+def _synthetic_splits_is_a_file(tmp):
+    (tmp / "data").mkdir()
+    (tmp / "data" / "splits").write_text("mine")
+    return tmp / "data", 2, "is an existing file"
+
+
+def _synthetic_scene_folder_is_the_users(tmp):
+    (tmp / "data" / "synth_0000").mkdir(parents=True)
+    (tmp / "data" / "synth_0000" / "notes.txt").write_text("mine")
+    return tmp / "data", 1, "is not a scene of this generator"
+
+
+SYNTHETIC_REFUSED = {
+    "into a dataset root": _synthetic_into_a_dataset_root,
+    "splits is a file": _synthetic_splits_is_a_file,
+    "scene folder is the user's": _synthetic_scene_folder_is_the_users,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNTHETIC_REFUSED))
+def test_make_synthetic_never_overwrites_the_users_files(tmp_path, capsys, case):
+    from data_prep import make_synthetic
+
+    out, expected, message = SYNTHETIC_REFUSED[case](tmp_path)
+    before = snapshot(tmp_path)
+    code = make_synthetic.main(["--out", str(out), "--scenes", "1", "--frames", "2", "--size", "16", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == expected and message in captured.err + captured.out, captured
+    after = snapshot(tmp_path)
+    if expected == 2:
+        assert after == before
+    else:  # the scene failed and was left alone; the split files (synthetic names only) are written
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert not [k for k in after if k.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_bad_train_config_keeps_an_earlier_runs_log_in_the_hydra_folder(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".hydra").mkdir(parents=True)
+    earlier = b"[2020-01-01 00:00:00,000][__main__][INFO] - the earlier run's training log\nmore of it\n"
+    (folder / "train.log").write_bytes(earlier)
+    (folder / ".hydra" / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), f"hydra.run.dir={folder}", "hydra.job.name=train", f"data.root={tmp_path / 'nope'}",
+                           "logging.wandb_mode=disabled"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    contract(done.returncode, done.stderr, "data.root")
+    assert snapshot(folder) == {".hydra": None, ".hydra/notes.txt": b"mine", "train.log": earlier}
+
+
+def test_only_this_runs_lines_are_cut_from_an_appended_job_log(tmp_path):
+    import time
+
+    from ffsplat.training import cli
+
+    log = tmp_path / "train.log"
+    earlier = b"[2020-01-01 00:00:00,000][x][INFO] - earlier run\na traceback line of it\n"
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()).encode()
+    log.write_bytes(earlier + b"[" + now + b",000][x][ERROR] - this run\n")
+    cli._drop_this_runs_log_lines(log)
+    assert log.read_bytes() == earlier
+    cli._drop_this_runs_log_lines(log)  # nothing of this run left: unchanged
+    assert log.read_bytes() == earlier
+    log.write_bytes(b"[" + now + b",000][x][ERROR] - this run only\n")
+    cli._drop_this_runs_log_lines(log)
+    assert not log.exists()
+
+
+# --- benchmarks' work folders (--work, GPU_CHECK_WORK) ---------------------------------------------------
+
+
+def test_benchmark_work_folders_of_the_user_are_refused_never_cleared(tmp_path):
+    from ffsplat.core.benchmarking import claim_work_dir, clear_work_dir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for use in (claim_work_dir, clear_work_dir):
+        with pytest.raises(InputError, match="that a benchmark did not make"):
+            use(mine)
+        assert snapshot(tmp_path) == before
+    work = clear_work_dir(tmp_path / "new" / "work")  # made by the benchmark: reused and cleared
+    (work / "shards").mkdir()
+    (work / "report.json").write_text("{}")
+    assert claim_work_dir(work) == work and (work / "report.json").exists()
+    clear_work_dir(work)
+    assert [p.name for p in work.iterdir()] == [".ffsplat-benchmark-work"]
+
+
+@pytest.mark.slow
+def test_a_benchmark_refuses_a_work_folder_of_the_user(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learn_synthetic.py"), "--work", str(mine)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    contract(done.returncode, done.stderr, "--work")
+    assert snapshot(tmp_path / "mine") == {"notes.txt": b"mine"}

@@ -31,6 +31,8 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import ffsplat  # noqa: F401  (torchvision shim first)
@@ -39,6 +41,7 @@ from ffsplat.baselines.initialisation import INITIALISATIONS
 from ffsplat.baselines.supervision import SUPERVISIONS, MaskConfig
 from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.objectives.metrics import SSIM_VARIANTS
+from ffsplat.core.atomic import make_dirs, transaction
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
 from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir, check_outputs,
                                  check_output_file, one_line, run_command)  # fmt: skip
@@ -73,7 +76,7 @@ def check_inputs(args):
     if args.command == "run":
         check_outputs({"--out": args.out}, inputs)
     else:
-        check_outputs({"--out": [args.out / "compare.json", args.out / "compare.md"]}, inputs, {"--out": args.out})
+        check_outputs({"--out": [args.out / name for name in report_names(args)]}, inputs, {"--out": args.out})
     cfg = scene_config(args)
     try:
         index = load_eval_index(args.index)
@@ -87,6 +90,28 @@ def check_inputs(args):
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise InputError(f"--shards/--split/--index: {one_line(exc)}") from exc
     return index, cfg
+
+
+def compare_runs(args) -> list[tuple[str, str, str, str, str]]:
+    """``(method, setting, init, supervision, result file name)`` of every baseline run of ``compare``."""
+    runs = [(args.init, args.supervision)] + ([("sensor", "oracle")] if args.oracle else [])
+    return [
+        (
+            method,
+            setting,
+            init,
+            supervision,
+            f"{method}_{setting}{'' if (init, supervision) == runs[0] else '_oracle'}.json",
+        )
+        for method in args.methods
+        for setting in args.settings
+        for init, supervision in runs
+    ]
+
+
+def report_names(args) -> list[str]:
+    """The files ``compare`` writes into its report folder."""
+    return [run[-1] for run in compare_runs(args)] + ["compare.json", "compare.md"]
 
 
 def load_predictor(args):
@@ -154,50 +179,64 @@ def execute(args) -> int:
                               supervision=args.supervision, mask_cfg=MaskConfig(points_per_side=args.mask_grid),
                               ssim_variant=args.ssim, lpips_vgg_path=str(args.lpips_vgg) if args.lpips_vgg else None,
                               iterations=args.iterations, progress=not args.no_progress)  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        save_json(args.out, result)
+        with writing(args.out):
+            make_dirs(args.out.parent)
+            save_json(args.out, result)
         print(json.dumps(result, indent=2))
         return 0
 
+    predictor = load_predictor(args)
+    try:
+        with writing(args.out), tempfile.TemporaryDirectory(prefix="ffsplat-compare-") as staging:
+            # each baseline's JSON is staged outside the report folder and the report folder's files are renamed
+            # into place together at the end: a failed compare leaves an earlier report exactly as it was
+            make_dirs(args.out)
+            compare(args, index, predictor, Path(staging))
+    except BaselineFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class BaselineFailed(Exception):
+    """A baseline subprocess of ``compare`` failed (its own error is above)."""
+
+
+def compare(args, index, predictor, staging: Path) -> None:
+    """The feed-forward model and every baseline run (:func:`compare_runs`) -> the report folder's files."""
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model
     from ffsplat.data.shards import EvalIndexDataset
 
-    predictor = load_predictor(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     ff = evaluate_model(predictor, EvalIndexDataset(args.shards, args.split, index),
                         EvalConfig(prompt_grid=args.prompt_grid, source_views=True, max_examples=args.max_examples,
                                    ssim_variant=args.ssim, lpips_vgg_path=str(args.lpips_vgg) if args.lpips_vgg else None))  # fmt: skip
     ff.update(method="feed-forward", setting="sparse", init="-", supervision="teachers (training)", oracle=False)
     results = [ff]
-    runs = [(args.init, args.supervision)] + ([("sensor", "oracle")] if args.oracle else [])
-    for method in args.methods:
-        for setting in args.settings:
-            for init, supervision in runs:
-                tag = "" if (init, supervision) == runs[0] else "_oracle"
-                out = args.out / f"{method}_{setting}{tag}.json"
-                cmd = [sys.executable, "-m", "ffsplat.baselines", "run", "--method", method, "--setting", setting, "--out", str(out),
-                       "--checkpoint", str(args.checkpoint), "--shards", str(args.shards), "--split", args.split,
-                       "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
-                       "--dense-views", str(args.dense_views), "--device", args.device, "--init", init, "--supervision", supervision,
-                       "--mask-grid", str(args.mask_grid), "--ssim", args.ssim]  # fmt: skip
-                for flag, value in (
-                    ("--iterations", args.iterations),
-                    ("--max-examples", args.max_examples),
-                    ("--lpips-vgg", args.lpips_vgg),
-                ):
-                    if value is not None:
-                        cmd += [flag, str(value)]
-                if args.no_progress:
-                    cmd += ["--no-progress"]
-                done = subprocess.run(cmd, stdout=subprocess.DEVNULL)  # stderr (progress bar, errors) goes to the user
-                if done.returncode != 0:
-                    print(f"error: baseline {method} ({setting}, init {init}, supervision {supervision}) failed with exit code "
-                          f"{done.returncode} (its output is above)", file=sys.stderr)  # fmt: skip
-                    return 1
-                results.append(json.loads(out.read_text()))
-                r = results[-1]
-                print(f"[compare] {method} ({setting}, {init}/{supervision}) done: reconstruction {r['reconstruction_s']:.1f} s/scene, "
-                      f"evaluation {r['evaluation_s']:.1f} s/scene", flush=True)  # fmt: skip
+    for method, setting, init, supervision, name in compare_runs(args):
+        out = staging / name
+        cmd = [sys.executable, "-m", "ffsplat.baselines", "run", "--method", method, "--setting", setting, "--out", str(out),
+               "--checkpoint", str(args.checkpoint), "--shards", str(args.shards), "--split", args.split,
+               "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
+               "--dense-views", str(args.dense_views), "--device", args.device, "--init", init, "--supervision", supervision,
+               "--mask-grid", str(args.mask_grid), "--ssim", args.ssim]  # fmt: skip
+        for flag, value in (
+            ("--iterations", args.iterations),
+            ("--max-examples", args.max_examples),
+            ("--lpips-vgg", args.lpips_vgg),
+        ):
+            if value is not None:
+                cmd += [flag, str(value)]
+        if args.no_progress:
+            cmd += ["--no-progress"]
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL)  # stderr (progress bar, errors) goes to the user
+        if done.returncode != 0:
+            raise BaselineFailed(f"baseline {method} ({setting}, init {init}, supervision {supervision}) failed with "
+                                 f"exit code {done.returncode} (its output is above); the report folder is as it was")  # fmt: skip
+        results.append(json.loads(out.read_text()))
+        save_json(args.out / name, results[-1])
+        r = results[-1]
+        print(f"[compare] {method} ({setting}, {init}/{supervision}) done: reconstruction {r['reconstruction_s']:.1f} s/scene, "
+              f"evaluation {r['evaluation_s']:.1f} s/scene", flush=True)  # fmt: skip
     ff_time = max(ff["reconstruction_s"], 1e-9)
     ratio = {
         f"{r['method']}_{r['setting']}{'_oracle' if r.get('oracle') else ''}": r["reconstruction_s"] / ff_time
@@ -205,7 +244,17 @@ def execute(args) -> int:
     }
     save_json(args.out / "compare.json", {"results": results, "reconstruction_time_ratio_vs_feed_forward": ratio})
     print(write_table(results, args.out / "compare.md"))
-    return 0
+
+
+@contextmanager
+def writing(out: Path):
+    """The outputs written inside appear together when the block succeeds; a failure leaves nothing of this
+    run (and every earlier file as it was); a full disk is one ``error:`` line."""
+    try:
+        with transaction():
+            yield
+    except OSError as exc:
+        raise InputError(f"--out: cannot write {out}: {exc.strerror or exc} (nothing was written)") from exc
 
 
 if __name__ == "__main__":

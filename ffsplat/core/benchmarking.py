@@ -66,3 +66,39 @@ def median_time(fn: Callable[[], None], repeats: int, device: str) -> float:
         if i:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+WORK_MARKER = ".ffsplat-benchmark-work"
+"""Written into a benchmark's work folder when it is claimed: only such folders are ever cleared."""
+
+
+def claim_work_dir(path, option: str = "--work"):
+    """A benchmark's scratch folder: created (with :data:`WORK_MARKER`) when missing, reused when it has
+    the marker (an earlier run's data), refused (:class:`~ffsplat.core.errors.InputError`) when it is an
+    existing folder of the user's, so a benchmark never writes into, or clears, a folder it did not make."""
+    from pathlib import Path
+
+    from ffsplat.core.errors import InputError, check_output_dir
+
+    path = Path(path)
+    check_output_dir(option, path)
+    if path.is_dir() and not (path / WORK_MARKER).is_file() and any(path.iterdir()):
+        raise InputError(
+            f"{option}: {path} is an existing folder that a benchmark did not make ({WORK_MARKER} missing); "
+            "give a new or empty folder"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / WORK_MARKER).touch()
+    return path
+
+
+def clear_work_dir(path, option: str = "--work"):
+    """Empty a benchmark's work folder for a fresh run (:func:`claim_work_dir` first: a folder of the user's
+    is refused, never removed); returns it."""
+    import shutil
+
+    path = claim_work_dir(path, option)
+    for entry in path.iterdir():
+        if entry.name != WORK_MARKER:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return path

@@ -402,6 +402,8 @@ def folder_to_sens(scene_dir: str | os.PathLike, sens_path: str | os.PathLike) -
 
 EXPORT_MARKER = "export.json"
 """Written last into an exported scene folder: what it was exported from and what was skipped."""
+_EXPORT_ENTRIES = {"color", "depth", "pose", "intrinsic", PIXEL_CENTER_FILE, EXPORT_MARKER}
+"""Top-level names of an export folder (anything else in it is the user's)."""
 
 
 def source_stamp(sens_path: str | os.PathLike, frame_skip: int, pixel_center: float) -> dict:
@@ -435,6 +437,10 @@ def export_scene(
     sens_path, out_root = Path(sens_path), Path(out_root)
     stem = sens_path.stem
     final, tmp = out_root / stem, out_root / f".{stem}.tmp"
+    if Path(os.path.realpath(final)) in Path(os.path.realpath(sens_path)).parents:
+        raise FileExistsError(
+            f"{final} holds the input {sens_path}; exporting there could remove it: choose another output root"
+        )
     stamp = source_stamp(sens_path, frame_skip, pixel_center)
     marker = final / EXPORT_MARKER
     status = "exported"
@@ -446,8 +452,17 @@ def export_scene(
         if old.get("source") == stamp:
             return {**old.get("stats", {}), "status": "exists, skipped"}
         status = "re-exported (source changed)"
-    elif final.exists():
-        status = "re-exported (previous export incomplete)"
+        foreign = sorted(e.name for e in final.iterdir() if e.name not in _EXPORT_ENTRIES)
+        if foreign:  # replacing the folder would delete them
+            raise FileExistsError(
+                f"{final} must be exported again (its .sens changed) but also holds files that are not the export's "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them out or choose another output root"
+            )
+    elif final.exists():  # not an export of ours (those get the marker before they are renamed into place)
+        raise FileExistsError(
+            f"{final} exists and is not an export of ffsplat (no {EXPORT_MARKER}); it is left as it is: "
+            "choose another output root"
+        )
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted run
     out_root.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ which is how per-Gaussian classes are read off the rendered language field.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -193,7 +193,14 @@ class Model:
         gaussians = self.predictor(context, teacher).gaussians
         lang = _decoded_language(self.predictor, gaussians, context.cameras)
         class_id, class_conf = classify(lang, self.predictor.class_embeddings, self.predictor.background_embedding)
-        return Scene(self, gaussians[:1], context.cameras, lang, class_id.reshape(-1), class_conf.reshape(-1))
+        sources = {
+            "images": [Path(im) for im in images if isinstance(im, (str, os.PathLike))],
+            "cameras": [Path(cameras)] if isinstance(cameras, (str, os.PathLike)) else [],
+            "the model": [self.predictor.path],
+        }
+        return Scene(
+            self, gaussians[:1], context.cameras, lang, class_id.reshape(-1), class_conf.reshape(-1), sources=sources
+        )
 
 
 def _decoded_language(predictor: Predictor, gaussians: Gaussians, cameras: Cameras) -> Tensor:
@@ -238,6 +245,8 @@ class Scene:
     language: Tensor
     class_id: Tensor
     class_conf: Tensor
+    sources: dict[str, list[Path]] = field(default_factory=dict)
+    """The files the scene was made from (images, cameras, model); :meth:`save_ply` never overwrites them."""
 
     @property
     def classes(self) -> list[str]:
@@ -250,8 +259,17 @@ class Scene:
         return self.batched[0]
 
     def save_ply(self, path: str | os.PathLike) -> Path:
-        """3DGS-layout binary PLY with ``seg_*``/``lang_*`` fields and ``class_id``/``class_conf`` (atomic)."""
+        """3DGS-layout binary PLY with ``seg_*``/``lang_*`` fields and ``class_id``/``class_conf`` (atomic: a failed
+        write leaves an earlier file at ``path`` as it was).
+
+        Raises:
+            InputError (a ValueError): ``path`` is an existing folder or one of the files the scene was made
+                from (an image, the cameras file, the model); nothing is written.
+        """
+        from ffsplat.core.errors import check_outputs
         from ffsplat.render.ply import write_ply
+
+        check_outputs({"path": Path(path)}, self.sources)
 
         extra = {
             "class_id": self.class_id.cpu().numpy().astype(np.int32),

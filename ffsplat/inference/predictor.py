@@ -55,6 +55,7 @@ class Predictor(nn.Module):
         fast: FastInferenceConfig | None = None,
     ):
         super().__init__()
+        self.path = Path(path)  # the model file read (outputs never overwrite it)
         blob = load_model(path)
         self.meta = {
             k: v for k, v in blob.items() if k not in ("state_dict", "class_embeddings", "background_embedding")

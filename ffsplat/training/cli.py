@@ -16,7 +16,9 @@ with an ``error:`` line and exit code 1, without model.pt, as do shards with no 
 from __future__ import annotations
 
 import errno
+import re
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -53,11 +55,9 @@ def run(cfg: TrainConfig) -> int:
 
 
 def _remove_hydra_run_dir() -> None:
-    """Bad input writes nothing: drop what Hydra wrote for this run (its ``.hydra/`` config copy and
-    the job log), and the run folder itself only if that leaves it empty. A folder the user pointed
-    ``hydra.run.dir`` at keeps everything else it holds."""
-    import shutil
-
+    """Bad input writes nothing: drop what Hydra wrote for this run (the config copies in ``.hydra/`` and
+    this run's lines of the job log), and each folder only if that leaves it empty. A folder the user
+    pointed ``hydra.run.dir`` at keeps everything else it holds, an earlier run's log lines included."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -66,10 +66,45 @@ def _remove_hydra_run_dir() -> None:
         return
     run_dir = Path(hc.runtime.output_dir)
     if hc.output_subdir:
-        shutil.rmtree(run_dir / hc.output_subdir, ignore_errors=True)
-    (run_dir / f"{hc.job.name}.log").unlink(missing_ok=True)
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):  # what Hydra writes there
+            (run_dir / hc.output_subdir / name).unlink(missing_ok=True)
+        _rmdir_if_empty(run_dir / hc.output_subdir)
+    _drop_this_runs_log_lines(run_dir / f"{hc.job.name}.log")
+    _rmdir_if_empty(run_dir)
+
+
+_STARTED = time.time()  # at import: before Hydra opens (appends to) the job log
+_LOG_TIME = re.compile(rb"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3}\]")  # Hydra's job log: [%(asctime)s]...
+
+
+def _drop_this_runs_log_lines(log: Path) -> None:
+    """Cut ``log`` back to the lines earlier runs wrote (Hydra appends to an existing job log); remove it
+    when none are left."""
+    import logging
+
+    from ffsplat.core.atomic import atomic_open
+
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     try:
-        run_dir.rmdir()  # only when empty
+        lines = log.read_bytes().splitlines(keepends=True)
+    except OSError:
+        return
+    first = next(
+        (i for i, line in enumerate(lines)
+         if (m := _LOG_TIME.match(line)) and time.mktime(time.strptime(m.group(1).decode(), "%Y-%m-%d %H:%M:%S")) >= int(_STARTED)),
+        len(lines),
+    )  # fmt: skip
+    if first == 0:
+        log.unlink(missing_ok=True)
+    elif first < len(lines):
+        with atomic_open(log) as f:
+            f.writelines(lines[:first])
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
     except OSError:
         pass
 

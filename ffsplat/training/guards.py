@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ffsplat.core.errors import InputError, check_input_dir, check_input_file, check_number
+from ffsplat.core.errors import InputError, check_input_dir, check_input_file, check_number, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def check_train_config(cfg) -> None:
     check_segmenter_source(cfg)
     check_teacher_sources(cfg)
     check_pretrained(cfg)
+    check_train_outputs(cfg)
 
 
 RESUME_KEYS = ("data.name", "data.root", "data.train_split", "data.scenes", "teachers", "model", "stage.name")
@@ -405,6 +406,27 @@ def deterministic_mode(trainer) -> bool | str:
         flush=True,
     )
     return "warn"
+
+
+def check_train_outputs(cfg) -> None:
+    """Refuse a run folder that would overwrite what the run reads (README, "Bad input"): its ``model.pt``,
+    ``last.ckpt`` and ``bad_samples.json`` are never an input, and no input lies inside it (e.g.
+    ``stage.init_from`` pointing at the ``model.pt`` of a run with the same ``run_name``). ``checkpoint.resume``
+    is the one input that may lie there: resuming continues that run's own checkpoints."""
+    run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
+    sem = cfg.model.semantic
+    inputs = {
+        "data.root": Path(cfg.data.root),
+        "data.eval_index": cfg.data.eval_index and Path(cfg.data.eval_index),
+        "stage.init_from": cfg.stage.init_from and Path(cfg.stage.init_from),
+        "loss.lpips_vgg_path": cfg.loss.lpips_vgg_path and Path(cfg.loss.lpips_vgg_path),
+        "model.semantic.segmenter_checkpoint": getattr(sem, "segmenter_checkpoint", None)
+        and Path(sem.segmenter_checkpoint),
+    }
+    names = ("model.pt", "last.ckpt", "bad_samples.json")
+    check_outputs(
+        {"checkpoint.dir/run_name": [run_dir / n for n in names]}, inputs, {"checkpoint.dir/run_name": run_dir}
+    )
 
 
 def check_segmenter_source(cfg) -> None:
