@@ -10,7 +10,7 @@ beside it (class names, the input cameras). A plain 3DGS .ply opens in RGB mode;
 modes are off. In the browser:
 
 - colour modes: RGB (the degree-0 SH colour); class (each Gaussian in its class colour, legend with
-  names and counts); class confidence (dark = low, yellow = high); query relevance (type a class name;
+  names and counts; unlabelled ones in the grey of their RGB colour); class confidence (dark = low, yellow = high); query relevance (type a class name;
   from a file the relevance of class ``k`` is ``class_conf`` where ``class_id == k``, 0 elsewhere --
   :meth:`ffsplat.inference.api.Scene.view` uses the model's own ``Scene.query``, which takes any word
   with ``clip_path``);
@@ -147,6 +147,13 @@ def class_palette(num_ids: int) -> np.ndarray:
     return colours
 
 
+def class_colours(class_id: np.ndarray, rgb: np.ndarray, num_ids: int) -> np.ndarray:
+    """``[N, 3]``: each Gaussian in its class colour; unlabelled ones (id 0) in the grey of their own
+    RGB colour (its luminance), so the scene stays readable around the labelled objects."""
+    grey = (rgb @ np.array([0.299, 0.587, 0.114]))[:, None].repeat(3, axis=1)
+    return np.where((class_id == 0)[:, None], grey, class_palette(num_ids)[class_id])
+
+
 def ramp(values: np.ndarray) -> np.ndarray:
     """``[N]`` in [0, 1] -> ``[N, 3]``: dark blue (0) through magenta to yellow (1)."""
     v = np.clip(values, 0.0, 1.0)[:, None]
@@ -245,6 +252,8 @@ class Viewer:
                     fov=fov,
                     aspect=w / h,
                     scale=scale,
+                    thickness=2.0,
+                    thickness_units="screen",
                     color=(230, 60, 30) if i == 0 else (40, 40, 40),
                     wxyz=tf.SO3.from_matrix(c2w[:3, :3]).wxyz,
                     position=c2w[:3, 3],
@@ -263,7 +272,7 @@ class Viewer:
         """Recompute colours and the visible subset from the GUI state and send the splats."""
         d, mode = self.data, self.mode.value
         if mode == "class":
-            self.colors = class_palette(max(len(d.class_names), int(d.class_id.max()) + 1))[d.class_id]
+            self.colors = class_colours(d.class_id, self._rgb, max(len(d.class_names), int(d.class_id.max()) + 1))
         elif mode == "class confidence":
             self.colors = ramp(d.class_conf)
         elif mode == "query relevance":

@@ -85,7 +85,12 @@ def test_viewer_serves_splats_frusta_and_controls(viewer):
 
 def test_colour_modes_change_the_colours_sent(viewer):
     viewer.mode.value = "class"
-    expected = np.round(class_palette(4)[viewer.data.class_id] * 255)
+    rgb = (0.5 + 0.28209479177387814 * viewer.data.gaussians.sh[:, 0].numpy()).clip(0, 1)
+    grey = (rgb @ [0.299, 0.587, 0.114])[:, None].repeat(3, 1)  # unlabelled: the grey of its RGB
+    expected = np.round(
+        np.where(viewer.data.class_id[:, None] == 0, grey, class_palette(4)[viewer.data.class_id]) * 255
+    )
+    assert (expected[viewer.data.class_id == 1] == np.round(class_palette(4)[1] * 255)).all()
     assert np.abs(sent_rgb(viewer).astype(int) - expected).max() <= 1
     viewer.mode.value = "class confidence"
     expected = np.round(ramp(viewer.data.class_conf) * 255)
@@ -207,7 +212,7 @@ def chromium() -> str | None:
 def screenshot(url: str, path: Path, browser: str) -> None:
     """Headless Chromium (software WebGL) loads the page and screenshots it once the splats arrived."""
     cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--use-angle=swiftshader",
-           "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist", "--hide-scrollbars", "--window-size=1280,800",
+           "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist", "--hide-scrollbars", "--window-size=960,640",
            "--virtual-time-budget=20000", f"--screenshot={path}", url]  # fmt: skip
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
 
