@@ -246,8 +246,46 @@ def test_browser_shows_the_demo_scene(demo_scene, tmp_path):
         background = np.median(image.reshape(-1, 3), axis=0)
         differs = np.abs(image - background).sum(-1) > 30
         assert differs.mean() > 0.05, f"screenshot is nearly blank ({differs.mean():.3f} non-background)"
+        # --mode class: the sofa's class colour (light cyan, 158 218 229, lighter still where splats blend
+        # over the white background) reached the canvas; everything else is grey (r = g = b)
+        cyan = (image[..., 2] - image[..., 0] > 30) & (image[..., 1] - image[..., 0] > 25)
+        assert cyan.mean() > 0.02, f"too few sofa-coloured pixels ({cyan.mean():.3f})"
         if os.environ.get("FFSPLAT_SCREENSHOT"):
             shutil.copy(shot, os.environ["FFSPLAT_SCREENSHOT"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_scene_view_serves_the_in_memory_scene_with_the_models_query():
+    import ffsplat
+
+    scene = ffsplat.load(device="cpu").predict(DEMO_VIEWS, cameras=ROOT / "examples/demo_real/cameras.json")
+    viewer = scene.view(port=free_port())
+    try:
+        n = scene.gaussians.num_gaussians
+        assert viewer.splats.buffer.shape == (n, 8) and len(viewer.frusta) == 2
+        assert viewer.data.class_names == ["unlabelled", *scene.classes]
+        viewer.set_query("sofa")
+        expected = scene.query("sofa").relevance.numpy()
+        np.testing.assert_allclose(viewer._relevance, expected, atol=1e-6)
+        assert np.abs(sent_rgb(viewer).astype(int) - np.round(ramp(expected) * 255)).max() <= 1
+        viewer.set_query("lamp")  # no clip_path: the model's own message, shown in the GUI
+        assert "clip_path" in viewer.status
+    finally:
+        viewer.stop()
+
+
+def test_start_mode(tmp_path, capsys):
+    data = load_scene(write_scene(tmp_path))
+    v = Viewer(data, port=free_port(), mode="class confidence")
+    try:
+        assert v.mode.value == "class confidence"
+        assert np.abs(sent_rgb(v).astype(int) - np.round(ramp(data.class_conf) * 255)).max() <= 1
+    finally:
+        v.stop()
+    plain = write_scene(tmp_path / "plain" if (tmp_path / "plain").mkdir() is None else tmp_path, classes=False)
+    assert main([str(plain), "--port", str(free_port()), "--mode", "class"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --mode: 'class' needs class fields"), err
