@@ -289,3 +289,52 @@ def test_start_mode(tmp_path, capsys):
     assert main([str(plain), "--port", str(free_port()), "--mode", "class"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --mode: 'class' needs class fields"), err
+
+
+@pytest.mark.slow
+def test_model_queries_from_the_files_match_the_api_and_take_free_text(demo_scene, tmp_path):
+    import ffsplat
+    from ffsplat.view import model_query
+    from tests.test_teacher_lseg import tiny_clip, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_clip(tokenizer, 0).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    data = load_scene(demo_scene)
+    query = model_query(data, None, str(tmp_path / "clip"))
+    scene = ffsplat.load(device="cpu").predict(DEMO_VIEWS, cameras=ROOT / "examples/demo_real/cameras.json")
+    np.testing.assert_allclose(query("sofa"), scene.query("sofa").relevance.numpy(), atol=1e-4)
+    lamp = query("lamp")  # not a class: the (tiny, random) CLIP text encoder embeds it
+    assert lamp.shape == (data.gaussians.num_gaussians,) and 0 <= lamp.min() and lamp.max() <= 1 and lamp.max() > 0
+    v = Viewer(data, port=free_port(), query=query)
+    try:
+        v.set_query("lamp")
+        assert v.mode.value == "query relevance" and np.allclose(v._relevance, lamp)
+    finally:
+        v.stop()
+
+
+@pytest.mark.parametrize("kind", ["checkpoint_alone", "plain_ply", "not_pixel_aligned"])
+def test_model_query_options_are_checked(tmp_path, capsys, kind):
+    ply = write_scene(tmp_path, classes=kind != "plain_ply")
+    args = [str(ply), "--port", str(free_port())]
+    args += ["--checkpoint", "x.pt"] if kind == "checkpoint_alone" else ["--clip-path", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {"checkpoint_alone": "give --clip-path too", "plain_ply": "need the class fields",
+                "not_pixel_aligned": "not one per input pixel"}[kind]  # fmt: skip
+    assert len(err) == 1 and err[0].startswith("error: --") and expected in err[0], err
+
+
+def test_clip_path_hands_the_model_query_to_the_viewer(tmp_path, monkeypatch):
+    import ffsplat.view
+
+    calls = []
+    sentinel = lambda text: np.zeros(N)  # noqa: E731
+    monkeypatch.setattr(
+        ffsplat.view, "model_query", lambda data, ckpt, clip, device: calls.append((ckpt, clip, device)) or sentinel
+    )
+    monkeypatch.setattr(ffsplat.view, "serve", lambda data, host, port, mode, query: calls.append((port, mode, query)))
+    ply = write_scene(tmp_path)
+    assert main([str(ply), "--port", "0", "--clip-path", "clipdir", "--checkpoint", "m.pt", "--mode", "class"]) == 0
+    assert calls == [(Path("m.pt"), "clipdir", "cpu"), (0, "class", sentinel)]
