@@ -338,3 +338,15 @@ def test_clip_path_hands_the_model_query_to_the_viewer(tmp_path, monkeypatch):
     ply = write_scene(tmp_path)
     assert main([str(ply), "--port", "0", "--clip-path", "clipdir", "--checkpoint", "m.pt", "--mode", "class"]) == 0
     assert calls == [(Path("m.pt"), "clipdir", "cpu"), (0, "class", sentinel)]
+
+
+@pytest.mark.slow
+def test_python_dash_m_runs_the_command(tmp_path):
+    missing = tmp_path / "missing.ply"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ffsplat.view", str(missing)], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == f"error: {missing}: no such file (expected a Gaussian splatting .ply)"
+    )
