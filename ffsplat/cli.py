@@ -1,6 +1,6 @@
 """Console scripts (``[project.scripts]`` in pyproject.toml): ``ffsplat-infer``, ``ffsplat-eval``,
-``ffsplat-train``; each runs the ``main()`` of its command module (the checkout's ``infer.py``,
-``evaluate.py`` and ``train.py`` are the same three calls)."""
+``ffsplat-train``, ``ffsplat-view``; each runs the ``main()`` of its command module (the checkout's ``infer.py``,
+``evaluate.py`` and ``train.py`` are the same calls; ``python -m ffsplat.view`` is ``ffsplat-view``)."""
 
 from __future__ import annotations
 
@@ -21,5 +21,11 @@ def evaluate() -> None:
 
 def train() -> None:
     from ffsplat.training.cli import main
+
+    sys.exit(main())
+
+
+def view() -> None:
+    from ffsplat.view import main
 
     sys.exit(main())

@@ -16,7 +16,7 @@ LAYERS = {
     "core": 0,
     "render": 1, "data": 1, "synthetic": 1, "model": 1, "teachers": 1,
     "objectives": 2,
-    "checkpoint": 3, "inference": 3, "training": 3, "evaluation": 3, "baselines": 3,
+    "checkpoint": 3, "inference": 3, "training": 3, "evaluation": 3, "baselines": 3, "view": 3,
     "cli": 4,
 }  # fmt: skip
 FORBIDDEN = {

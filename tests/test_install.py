@@ -88,7 +88,7 @@ def test_console_scripts_work_from_a_non_editable_install(venv, tmp_path):
     )
     module, configs, demo = where.stdout.split()
     assert str(env_dir) in module and configs.endswith("ffsplat/_configs") and demo.endswith("ffsplat/_demo/model.pt")
-    for script in ("ffsplat-infer", "ffsplat-eval"):
+    for script in ("ffsplat-infer", "ffsplat-eval", "ffsplat-view"):
         assert "usage:" in run([str(env_dir / "bin" / script), "--help"], tmp_path, env).stdout
     assert (
         "experiment" in run([str(env_dir / "bin" / "ffsplat-train"), "--help"], tmp_path, env).stdout

@@ -277,6 +277,23 @@ class Scene:
         }
         return write_ply(path, self.gaussians.to("cpu"), extra=extra)
 
+    def view(self, host: str = "127.0.0.1", port: int = 8080):
+        """Open this scene in the browser viewer (:mod:`ffsplat.view`); returns the running
+        :class:`~ffsplat.inference.viewer.Viewer` (its ``url``; ``stop()`` ends it). Queries use :meth:`query`, so
+        any word works when ``clip_path`` was given to :func:`load`."""
+        from ffsplat.inference.viewer import SceneData, Viewer
+
+        data = SceneData(
+            gaussians=self.gaussians.detach().to("cpu"),
+            class_id=self.class_id.cpu().numpy().astype(np.int64),
+            class_conf=self.class_conf.cpu().float().numpy(),
+            class_names=["unlabelled", *self.classes],
+            intrinsics=self.cameras.intrinsics[0].cpu().double().numpy(),
+            c2w=self.cameras.extrinsics[0].cpu().double().numpy(),
+            image_size=tuple(self.cameras.image_size),
+        )
+        return Viewer(data, host, port, query=lambda text: self.query(text).relevance.cpu().numpy())
+
     @torch.no_grad()
     def render(self, cameras=None) -> dict[str, Tensor]:
         """Render RGB, depth and classes.

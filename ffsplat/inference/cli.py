@@ -150,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render-cameras", type=Path, help="cameras JSON of novel views to render (implies --render)")
     p.add_argument("--query", action="append", default=[], help="open-vocabulary text query (repeatable)")
     p.add_argument("--clip-path", help="local CLIP text model directory for --query (models trained with real LSeg)")
+    p.add_argument("--view", action="store_true", help="then open the scene in the browser viewer (ffsplat-view)")
+    p.add_argument("--view-port", type=int, default=8080, help="port of --view's viewer on 127.0.0.1 (0: a free one)")
     p.add_argument("--sam-checkpoint", help="local weights of the segmentation teacher of a conditioned model "
                    "(e.g. SAM), replacing the path stored in model.pt")  # fmt: skip
     p.add_argument("--lseg-checkpoint", help="local weights of the language teacher of a conditioned model "
@@ -174,6 +176,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.near is not None and args.far is not None and not args.near < args.far:
         raise InputError(f"--near/--far: need near < far, got {args.near:g}, {args.far:g}")
     check_device("--device", args.device)
+    if args.view:
+        check_number("--view-port", args.view_port, low=0, high=65535, integer=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +269,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"warning: {args.checkpoint}: the language field was never trained (model.pt trained_groups: "
               f"{list(trained)}), so these classes are not meaningful; train stage=lang first", file=sys.stderr)  # fmt: skip
     print(f"done in {time.perf_counter() - progress.start:.2f}s")
+    if args.view:
+        from ffsplat.inference.viewer import load_scene, serve
+
+        serve(load_scene(args.out), port=args.view_port)
 
 
 def query_stem(stem: Path, query: str) -> Path:
