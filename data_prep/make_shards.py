@@ -235,10 +235,7 @@ def run(args) -> int:
                                 overwrite=args.overwrite)  # fmt: skip
     except ShardSettingsError as exc:
         raise InputError(str(exc)) from exc
-    except (
-        TeacherLoadError,
-        TeacherWeightsNotFound,
-    ) as exc:  # before any shard of the scene is written; folders this run made go
+    except (TeacherLoadError, TeacherWeightsNotFound) as exc:  # before the scene's shards: drop the folders made
         for folder in reversed(made):
             try:
                 folder.rmdir()
