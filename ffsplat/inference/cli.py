@@ -54,22 +54,32 @@ MAX_UPSCALE = 4.0
 """Upscaling an image by more than this to the working size prints a warning."""
 
 
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]``; grayscale is expanded, RGBA's alpha dropped, other modes refused."""
-    from PIL import Image, UnidentifiedImageError
-
+def check_view_path(path: Path) -> None:
+    """An existing image file; a folder gets its own message (not "not found")."""
+    if path.is_dir():
+        raise InputError(f"--views: {path} is a folder; give the image files themselves (e.g. --views {path}/*.jpg)")
     if not path.is_file():
         raise InputError(f"--views: image not found: {path}")
+
+
+def load_image(path: Path, rotated: list[Path] | None = None) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` as a photo viewer shows it (:func:`ffsplat.data.image_ops.read_photo`:
+    EXIF orientation applied, gray / gray+alpha / 1-bit / palette / 16-bit made RGB, other modes
+    refused); the paths whose EXIF orientation was applied are appended to ``rotated``."""
+    from PIL import UnidentifiedImageError
+
+    from ffsplat.data.image_ops import read_photo
+
+    check_view_path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "L"):
-                raise InputError(
-                    f"--views: {path} has {len(im.getbands())} channels (mode {im.mode}); expected RGB, RGBA or grayscale"
-                )
-            return np.asarray(im.convert("RGB")).copy()
+        image, turned = read_photo(path)
+    except ValueError as exc:
+        raise InputError(f"--views: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"--views: cannot read image {path}: {exc}") from exc
+    if turned and rotated is not None:
+        rotated.append(path)
+    return image
 
 
 def check_output(path: Path) -> None:
@@ -189,6 +199,8 @@ def run(args: argparse.Namespace) -> None:
     progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query) + args.save_depth)
     if len(args.views) < 2:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
+    for view in args.views:  # before the model is loaded
+        check_view_path(view)
     check_output(args.out)
     check_outputs(*planned_outputs(args))  # before any work: never an input or a user's folder overwritten
     try:
@@ -211,8 +223,18 @@ def run(args: argparse.Namespace) -> None:
         f"loaded {args.checkpoint} (trained on {predictor.meta.get('trained_on', '?')}, stage {predictor.meta.get('stage', '?')})",
     )
 
-    images = [load_image(p) for p in args.views]
+    rotated: list[Path] = []
+    images = [load_image(p, rotated) for p in args.views]
+    if rotated:
+        print(f"info: applied the EXIF orientation of {', '.join(str(p) for p in rotated)} (as photo viewers do); "
+              "sizes, intrinsics and --cameras refer to the displayed images", file=sys.stderr)  # fmt: skip
     size = _first(args.size, predictor.meta.get("image_size"), 256)
+    size_from = (
+        "--size"
+        if args.size is not None
+        else f"the working size (the training size {args.checkpoint} records; change it with --size)"
+    )
+    check_number(size_from, size, low=16, high=4096, integer=True, multiple_of=4)
     check_image_sizes(images, args.views, size)
     novel = None
     try:
@@ -225,7 +247,7 @@ def run(args: argparse.Namespace) -> None:
     progress("cameras", how)
 
     queries = query_embeddings(args, predictor)  # before anything is written: a bad query writes nothing
-    context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device)
+    context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device, size_from)
     progress("prepare", f"{len(images)} views resized/cropped to {size}x{size} with their intrinsics")
 
     teacher = predictor.teacher_maps(context) if predictor.conditioned else None
@@ -459,15 +481,16 @@ def write_depth(depth, images, size: int, stem: Path) -> dict:
             "pixel_map": "working pixel (x, y) = input (x, y) * scale_xy - (left, top); pixel centres at +0.5", "views": views}  # fmt: skip
 
 
-def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
-    """Resize/centre-crop every image to ``size x size`` with its intrinsics -> context Views."""
+def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device, size_from: str = "--size"):
+    """Resize/centre-crop every image to ``size x size`` with its intrinsics -> context Views
+    (``size_from``: where the size came from, for the error message)."""
     import torch
 
     from ffsplat.data.image_ops import resize_and_center_crop
     from ffsplat.core.types import Cameras, Views
 
     if size % 4:
-        raise InputError(f"--size must be a multiple of 4, got {size}")
+        raise InputError(f"{size_from}: expected a multiple of 4, got {size}")
     crops, kk = zip(*(resize_and_center_crop(im, k, (size, size)) for im, k in zip(images, ks)))
     tensor = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)[None]
     cams = Cameras(
