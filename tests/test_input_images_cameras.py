@@ -87,3 +87,27 @@ def test_cameras_file_refuses_bool_sizes_and_far_away_cameras(tmp_path):
     far[:3, 3] = [0, 2e5, 0]
     with pytest.raises(CameraFileError, match="expected at most 100000"):
         read_cameras(cameras_file(tmp_path, c2w=far.tolist()))
+
+
+def test_the_checkpoints_size_is_not_called_size(tmp_path, capsys, monkeypatch):
+    import ffsplat.inference.predictor as predictor_module
+
+    class TrainedAt66:  # a model file recording a working size that is not a multiple of 4
+        meta = {"image_size": 66}
+        needs_labels = False
+
+        def __init__(self, *args):
+            pass
+
+    monkeypatch.setattr(predictor_module, "Predictor", TrainedAt66)
+    views = [tmp_path / "a.png", tmp_path / "b.png"]
+    for v in views:
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(v)
+    (tmp_path / "model.pt").write_bytes(b"x")
+    argv = ["--views", *map(str, views), "--out", str(tmp_path / "o" / "s.ply"), "--checkpoint", str(tmp_path / "model.pt"),
+            "--device", "cpu"]  # fmt: skip
+    code = infer.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--size" not in err.split(";")[0] and f"the training size {tmp_path / 'model.pt'} records" in err, err
+    assert "expected a multiple of 4, got 66" in err and not (tmp_path / "o").exists()
