@@ -48,6 +48,9 @@ def _demo_checkpoint() -> Path:
 
 
 DEFAULT_CHECKPOINT = _demo_checkpoint()
+SMALL_RUN_PIXELS = 2 * 256 * 256
+"""Runs of at most this many working pixels (views x size^2) skip the memory estimate unless
+--max-memory-gb is given (2 views at 256: 0.9 GB peak measured on CPU with the demo model)."""
 MIN_IMAGE_SIDE = 16
 """Images with a side shorter than this (pixels) are refused: upscaling them invents the scene."""
 MAX_UPSCALE = 4.0
@@ -128,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--size", type=int, default=None, help="square working size (default: the size the model was trained at)"
     )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--max-memory-gb", type=float, help="memory the run may use (default: what the machine has available "
+                   "now; CUDA: the GPU's free memory); a --size whose estimated peak exceeds it is refused")  # fmt: skip
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for every view (no poses needed)")
     p.add_argument(
         "--focal", type=float, help="focal length in pixels of the input images, principal point at the centre"
@@ -175,6 +180,7 @@ def check_options(args: argparse.Namespace) -> None:
     check_number("--focal", args.focal, low=0.0, low_open=True)
     check_number("--baseline", args.baseline, low=0.0, low_open=True, high=1000.0)
     check_number("--size", args.size, low=16, high=4096, integer=True, multiple_of=4)
+    check_number("--max-memory-gb", args.max_memory_gb, low=0, low_open=True)
     check_number("--near", args.near, low=0.0, low_open=True)
     check_number("--far", args.far, low=0.0, low_open=True)
     if args.near is not None and args.far is not None and not args.near < args.far:
@@ -247,6 +253,7 @@ def run(args: argparse.Namespace) -> None:
     progress("cameras", how)
 
     queries = query_embeddings(args, predictor)  # before anything is written: a bad query writes nothing
+    check_memory(args, predictor, images, ks, c2ws, near, far, size, size_from)
     context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device, size_from)
     progress("prepare", f"{len(images)} views resized/cropped to {size}x{size} with their intrinsics")
 
@@ -479,6 +486,42 @@ def write_depth(depth, images, size: int, stem: Path) -> dict:
                       "crop_top_left": [top, left], "crop_size": [size, size], "scale_xy": [cover[1] / w, cover[0] / h]})  # fmt: skip
     return {"units": {"png": "uint16 millimetres (0 = invalid or beyond 65.535 m)", "npy": "float32 metres"},
             "pixel_map": "working pixel (x, y) = input (x, y) * scale_xy - (left, top); pixel centres at +0.5", "views": views}  # fmt: skip
+
+
+def check_memory(args, predictor, images, ks, c2ws, near, far, size: int, size_from: str) -> None:
+    """Refuse, before the network runs at ``size``, a run whose estimated peak memory exceeds the
+    limit (:mod:`ffsplat.inference.memory`: the network and its rendering measured at two probe sizes)."""
+    import torch
+
+    from ffsplat.inference.memory import available_bytes, estimate_bytes, resident_bytes
+    from ffsplat.model.network import LANG
+    from ffsplat.render.renderer import render
+
+    if size * size * len(images) <= SMALL_RUN_PIXELS and args.max_memory_gb is None:
+        return  # the default workload (2 views at 256): under 1 GB measured, not worth the probes' seconds
+    device = predictor.device
+    if args.max_memory_gb is not None:
+        limit, what = int(args.max_memory_gb * 2**30), "--max-memory-gb"
+    else:
+        free = available_bytes(device)
+        if free is None:
+            return
+        cpu = torch.device(device).type == "cpu"
+        limit = free + (resident_bytes() if cpu else 0)
+        what = "the memory available on this machine" if cpu else f"the free memory of {device}"
+
+    def run_at(probe: int) -> None:
+        with torch.no_grad():
+            context, _ = prepare_views(images, ks, c2ws, near, far, probe, device, size_from)
+            out = predictor(context, predictor.teacher_maps(context) if predictor.conditioned else None)
+            render(out.gaussians, context.cameras, features=[LANG])
+
+    need = estimate_bytes(run_at, size, device)
+    if need > limit:
+        raise InputError(
+            f"{size_from}: {size}x{size} with {len(images)} views needs about {need / 2**30:.3g} GB (estimated) but "
+            f"the limit is {limit / 2**30:.3g} GB ({what}); use a smaller --size, fewer views, or --max-memory-gb"
+        )
 
 
 def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device, size_from: str = "--size"):
