@@ -45,6 +45,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip, stack_masks
+from ffsplat.data.feature_stats import OutOfRangeFeatures, check_teacher_stats
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 
@@ -199,6 +200,17 @@ def _shard_of(exc: BaseException) -> str:
     return found.group(1) if found else "?"
 
 
+def decode_checked(sample: dict, teacher_stats: dict | None) -> Clip:
+    """:func:`decode_clip`, then teacher features far outside the shards' recorded statistics are a
+    :class:`ClipDecodeError` naming the member (:mod:`ffsplat.data.feature_stats`)."""
+    clip = decode_clip(sample)
+    try:
+        check_teacher_stats(clip.teacher, teacher_stats)
+    except OutOfRangeFeatures as exc:
+        raise ClipDecodeError(str(sample.get("__key__", "?")), exc.member, str(exc)) from exc
+    return clip
+
+
 class TrainingDataError(RuntimeError):
     """The training stream found no usable sample (every one was damaged)."""
 
@@ -346,8 +358,11 @@ class ClipExamples(IterableDataset):
         resampled: bool = False,
         epoch_length: int | None = None,
         seed: int = 0,
+        teacher_stats: dict | None = None,
     ):
         super().__init__()
+        self.teacher_stats = teacher_stats
+        """The manifest's ``"teacher_stats"``: samples far outside them are skipped and named."""
         if not urls:
             raise ValueError("ClipExamples: no shard urls given")
         if resampled and not epoch_length:
@@ -422,7 +437,7 @@ class ClipExamples(IterableDataset):
                                    "check the shards with data_prep/verify_shards.py")  # fmt: skip
             consecutive += 1
             try:
-                clip = decode_clip(sample)
+                clip = decode_checked(sample, self.teacher_stats)
             except ValueError as exc:
                 self.corrupt.record_decode(sample, exc)
                 continue
@@ -463,6 +478,7 @@ class EvalIndexDataset(IterableDataset):
         if missing:
             raise KeyError(f"evaluation index names scenes with no shards in split {split!r}: {missing[:5]}")
         self.index, self.by_scene = index, by_scene
+        self.teacher_stats = read_manifest(root).get("teacher_stats")  # samples far outside them: skipped, named
         self.corrupt = CorruptCounter()
         self.skipped_entries: list[dict] = []
         """Index entries not evaluated because their frames were in damaged shards (scene, entry, shards)."""
@@ -496,7 +512,7 @@ class EvalIndexDataset(IterableDataset):
             frames: dict[int, tuple[Clip, int]] = {}
             for sample in pipeline:
                 try:
-                    clip = decode_clip(sample)
+                    clip = decode_checked(sample, self.teacher_stats)
                 except ValueError as exc:
                     self.corrupt.record_decode(sample, exc)
                     continue
