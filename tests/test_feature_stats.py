@@ -55,3 +55,27 @@ def test_garbage_teacher_features_are_skipped_and_named(tiny_shards, tmp_path):
     members = [m for v in bad["by_shard"].values() for m in v["members"]]
     assert bad["bad"] == 2 and len(examples) >= 1, bad  # room0_0000 and room1_0000
     assert all(m["member"].endswith("_0000.teacher.label_lang.npy") and "far outside" in m["reason"] for m in members)
+
+
+def test_training_verifies_shard_hashes_once_and_refuses_a_damaged_shard(tiny_shards, tmp_path, capsys):
+    import train
+    from ffsplat.data.shard_hashes import CACHE_NAME
+    from ffsplat.training.guards import check_shard_hashes
+    from tests.test_training import tiny_config
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    cfg = tiny_config(shards, tmp_path)
+    cfg.data.verify_hashes = True
+    first = check_shard_hashes(cfg.data)
+    assert first["checked"] == first["ok"] == first["hashed"] == 3 and (shards / CACHE_NAME).is_file()
+    assert check_shard_hashes(cfg.data)["hashed"] == 0  # unchanged files: from the cache
+    tar = sorted((shards / "train").glob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content (and a new mtime)
+    tar.write_bytes(bytes(data))
+    code = train.run(cfg)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: data.verify_hashes: 1 of 3 shards") and "SHA-256 differs" in err, err
+    assert not (tmp_path / "checkpoints").exists()

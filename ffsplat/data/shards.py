@@ -154,12 +154,15 @@ def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]
     return corrupt.summary()
 
 
-def verify_shards(root: str | Path, splits: list[str] | None = None) -> dict:
+def verify_shards(root: str | Path, splits: list[str] | None = None, digest=None) -> dict:
     """Check every shard of ``splits`` (default: all) against ``manifest.json``: exists, size, SHA-256.
 
-    Returns ``{"checked": n, "ok": n, "bad": [{"shard", "split", "problem"}]}``.
+    ``digest``: the SHA-256 function (default: hash every file; training passes the cached one of
+    :mod:`ffsplat.data.shard_hashes`). Returns ``{"checked": n, "ok": n, "bad": [{"shard", "split", "problem"}]}``.
     """
     from ffsplat.data.shard_writer import sha256
+
+    sha256 = digest or sha256
 
     manifest = read_manifest(root)
     names = splits or sorted(manifest["splits"])

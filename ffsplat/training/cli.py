@@ -163,5 +163,7 @@ def main() -> None:
         _restore_full_error()
 
 
+main.__wrapped__ = _hydra_main.__wrapped__  # the task function on a composed config (tests call it directly)
+
 if __name__ == "__main__":
     main()
