@@ -46,6 +46,7 @@ from ffsplat.core.errors import (
     run_command,
 )  # noqa: E402
 from ffsplat.data.shard_writer import ShardConfig, ShardSettingsError, scene_label_map, write_shards  # noqa: E402
+from ffsplat.teachers.features import TeacherLoadError, TeacherWeightsNotFound  # noqa: E402
 
 
 def parse_teacher(spec: str) -> tuple[str, dict]:
@@ -234,6 +235,13 @@ def run(args) -> int:
                                 overwrite=args.overwrite)  # fmt: skip
     except ShardSettingsError as exc:
         raise InputError(str(exc)) from exc
+    except (TeacherLoadError, TeacherWeightsNotFound) as exc:  # before the scene's shards: drop the folders made
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise InputError(f"--teacher: {exc}") from None
     except OSError as exc:  # full disk, quota: the shard being written is removed; finished scenes are kept
         kept = sorted(args.out.glob("*/.done/*.json")) if args.out.is_dir() else []
         for folder in reversed(made):  # the folders this run made, deepest first, where it left them empty

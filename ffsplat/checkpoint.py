@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from ffsplat.core.config import upgrade_renamed_keys
+from ffsplat.core.weights import unreadable_reason
 
 SLIM_FORMAT = "ffsplat-model"
 FORMAT_VERSION = 2
@@ -180,7 +181,7 @@ def load_model(path: str | Path) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: {unreadable_reason(exc, 'checkpoint')}; expected an ffsplat model.pt") from exc
     blob = validate(blob, path)
     # files written before the vocabulary rename (e.g. use_sam -> use_seg_teacher) load unchanged
     if isinstance(blob["model_config"], dict):
@@ -197,9 +198,7 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); use the run's model.pt"
-        ) from exc
+        raise CheckpointError(f"{path}: {unreadable_reason(exc, 'checkpoint')}; use the run's model.pt") from exc
     if isinstance(blob, dict) and blob.get("format") == SLIM_FORMAT:
         return validate(blob, path)["state_dict"]
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):

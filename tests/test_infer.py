@@ -129,9 +129,9 @@ def bad_case(tmp_path: Path, inputs, kind: str) -> tuple[list, str]:
         junk.write_bytes(b"not an image")
         return ["--views", junk, views[1], "--cameras", cams], "cannot read image"
     if kind == "channels":
-        two = tmp_path / "two.png"
-        Image.fromarray(np.zeros((32, 32, 2), np.uint8), mode="LA").save(two)
-        return ["--views", two, views[1]], "channels"
+        two = tmp_path / "cmyk.jpg"  # (gray+alpha is read as RGB now: issue 28)
+        Image.fromarray(np.zeros((32, 32, 4), np.uint8), mode="CMYK").save(two)
+        return ["--views", two, views[1]], "channels (mode CMYK)"
     data = json.loads(Path(cams).read_text())
     if kind == "count":
         data["views"] = data["views"][:1]

@@ -259,7 +259,7 @@ def test_lpips_loss_rejects_incomplete_state(tmp_path, vgg_file) -> None:
     _, state = vgg_file
     partial = {k: v for k, v in state.items() if not k.startswith("features.28.")}
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(KeyError, match="features.28"):
+    with pytest.raises(ValueError, match="features.28"):
         LPIPSLoss(tmp_path / "partial.pth")
 
 

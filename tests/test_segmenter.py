@@ -105,7 +105,7 @@ def test_a_wrong_file_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.semantic.segmenter_checkpoint"):
         seg.load_weights(tmp_path / "absent.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(RuntimeError, match="model.semantic.segmenter_checkpoint.*other.pth"):
+    with pytest.raises(ValueError, match="model.semantic.segmenter_checkpoint.*other.pth"):
         seg.load_weights(tmp_path / "other.pth")
 
 
@@ -165,7 +165,7 @@ def test_a_semantic_stage_adds_it_to_a_model_without_one_and_never_trains_it(tin
     init = save_slim(tmp_path / "plain.pt", plain_module.model, plain.model)
     cfg = tiny_config(tiny_shards, tmp_path, "semantic", stage__init_from=str(init))
     cfg.model = with_segmenter(cfg.model)
-    with pytest.raises(RuntimeError, match="no semantic.segmenter: set model.semantic.segmenter_checkpoint"):
+    with pytest.raises(ValueError, match="no semantic.segmenter: set model.semantic.segmenter_checkpoint"):
         SemanticSplatModule(cfg)  # neither the init model nor a checkpoint has its weights
     cfg.model = with_segmenter(cfg.model, str(espnet_file))
     module = SemanticSplatModule(cfg)
@@ -405,5 +405,5 @@ def test_init_groups_geometry_into_class_fields(tiny_shards, tmp_path, espnet_fi
     torch.testing.assert_close(model.backbone.state_dict(), source.backbone.state_dict())
     source.register_buffer("colour_head", torch.zeros(1))  # a module the classes model lacks
     stray = save_slim(tmp_path / "stray.pt", source, first.model)
-    with pytest.raises(RuntimeError, match=r"unexpected \['colour_head'\]"):
+    with pytest.raises(ValueError, match=r"unexpected \['colour_head'\]"):
         SemanticSplatModule(replace(cfg, stage=replace(cfg.stage, init_from=str(stray))))

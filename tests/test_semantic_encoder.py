@@ -106,7 +106,7 @@ def test_a_model_without_an_encoder_gains_one_unchanged(tmp_path):
     views = make_views(1, 2, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(grown(views).gaussians.features[SEG], plain(views).gaussians.features[SEG])
-    with pytest.raises(RuntimeError, match="stage.init_from.*missing"):
+    with pytest.raises(ValueError, match="stage.init_from.*missing"):
         load_model_weights(build_model(rgb_only()), tmp_path / "plain.pt")  # nothing declared addable
 
 
@@ -121,7 +121,7 @@ def test_only_a_stage_that_trains_the_encoder_may_add_it(tiny_shards, tmp_path, 
         module = SemanticSplatModule(cfg)
         assert float(module.model.semantic_trunk.image_proj.weight.abs().sum()) == 0.0
     else:  # frozen, a zero projection would stay zero: refused rather than silently useless
-        with pytest.raises(RuntimeError, match="missing.*semantic_trunk.image"):
+        with pytest.raises(ValueError, match="missing.*semantic_trunk.image"):
             SemanticSplatModule(cfg)
 
 

@@ -98,7 +98,7 @@ def test_bad_settings_and_missing_weights(tmp_path, random_checkpoint):
         ESPNetv2Teacher(checkpoint=random_checkpoint, input_size=100)
     bad = tmp_path / "bad.pth"
     torch.save({k: v for k, v in torch.load(random_checkpoint, weights_only=True).items() if "level4" not in k}, bad)
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match="does not fit.*missing"):
         ESPNetv2Teacher(checkpoint=bad)
 
 

@@ -493,7 +493,7 @@ def test_training_refuses_an_init_from_inside_its_own_run_folder(tiny_shards, tm
     cfg = tiny_config(tiny_shards, tmp_path, "geometry")
     run_dir = Path(cfg.checkpoint.dir) / cfg.run_name
     run_dir.mkdir(parents=True)
-    (run_dir / name).write_bytes(b"the stage-1 model the user trained")
+    torch.save({"state_dict": {"w": torch.ones(2)}}, run_dir / name)  # the stage-1 model the user trained
     cfg.stage.init_from = str(run_dir / name)  # stage 2 with the same run_name would overwrite it
     before = snapshot(tmp_path)
     code = train.run(cfg)

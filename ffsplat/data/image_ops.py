@@ -72,3 +72,46 @@ def scaled_intrinsics(k: np.ndarray, size: tuple[int, int], new_size: tuple[int,
     out[1] *= new_size[0] / size[0]
     out[2] = [0.0, 0.0, 1.0]
     return out
+
+
+EXIF_ORIENTATION = 0x0112
+"""EXIF tag of the orientation a photo viewer applies (1: as stored; 2-8: mirrored and/or rotated)."""
+
+
+def read_photo(path) -> tuple[np.ndarray, bool]:
+    """A photo as ``[H, W, 3]`` uint8 RGB *as a photo viewer displays it*, and whether its EXIF
+    orientation was applied.
+
+    - the EXIF orientation (tag 274, values 2-8) is applied, so width, height, intrinsics and a
+      cameras file all refer to the displayed image;
+    - grayscale (8- and 16-bit), gray+alpha, 1-bit, palette (with or without transparency) and
+      16-bit images become RGB; 16-bit values are scaled to 8 bits (``round(v / 257)``: 65535 -> 255);
+      alpha is dropped (as for RGBA);
+    - other modes (CMYK, YCbCr, LAB, floating point, ...) raise ValueError naming the mode.
+
+    Raises ``PIL.UnidentifiedImageError`` / ``OSError`` for a file that is not a readable image.
+    """
+    from PIL import ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        rotated = orientation in range(2, 9)
+        if rotated:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale (PNG opens as I;16 or I)
+            values = np.asarray(im).astype(np.float64)
+            if values.max(initial=0) > 65535 or values.min(initial=0) < 0:
+                raise ValueError(
+                    f"{path}: 32-bit integer image (mode I) with values outside 0..65535; expected a photo"
+                )
+            gray = np.round(values / 257.0).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1), rotated
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA")
+        if im.mode not in ("RGB", "RGBA", "L", "LA", "1"):
+            raise ValueError(
+                f"{path} has {len(im.getbands())} channels (mode {im.mode}); expected RGB, RGBA, grayscale "
+                "(8/16-bit, with or without alpha), 1-bit or palette"
+            )
+        return np.asarray(im.convert("RGB")).copy(), rotated

@@ -40,6 +40,7 @@ from ffsplat.data.clip import Clip, decode_rgb, encode_clip
 from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop, scaled_intrinsics
 from ffsplat.data.labels import LabelMap, NYU40_TO_EVAL
 from ffsplat.data.sequence import Frame, RGBDSequence, jpeg_bytes
+from ffsplat.data.feature_stats import clip_stats, merge_stats
 from ffsplat.teachers.features import clip_teacher_features, clip_teacher_masks, load_teachers
 
 
@@ -298,9 +299,11 @@ def write_scene(
         status = "rebuilt: source changed" if old is not None and old.get("settings") == settings else "rebuilt"
     marker.parent.mkdir(parents=True, exist_ok=True)
     sink = _ShardSink(split_dir, sequence.name, cfg.max_shard_bytes)
+    stats: list = []  # teacher feature statistics (ffsplat.data.feature_stats)
     try:
         for n, clip in enumerate(scene_clips(sequence, cfg, label_map, teachers)):
             sink.add(encode_clip(clip, f"{sequence.name}_{n:04d}", cfg.jpeg_quality), len(clip))
+            stats.append(clip_stats({k: v.astype(np.float16) for k, v in clip.teacher.items()}))
         sink.close()
     except BaseException as exc:
         sink.abort(exc)
@@ -309,6 +312,7 @@ def write_scene(
     record = {
         "scene": sequence.name, "split": split, "shards": sink.done, "skipped_invalid_pose": len(skipped),
         "skipped_frames": {str(i): why for i, why in skipped.items()}, "settings": settings, "source": source,
+        "teacher_stats": merge_stats(stats),
     }  # fmt: skip
     with atomic_open(marker, "w") as f:
         json.dump(record, f)
@@ -462,8 +466,11 @@ def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
     """Collect every split's done-markers into one manifest dict."""
     splits: dict[str, dict] = {}
     scenes: dict[str, dict] = {}
+    stats, unrecorded = [], False
     for marker in sorted(Path(out_dir).glob("*/.done/*.json")):
         record = json.loads(marker.read_text())
+        stats.append(record.get("teacher_stats"))
+        unrecorded |= "teacher_stats" not in record
         scenes[record["scene"]] = {k: record.get(k) for k in ("split", "settings", "source", "skipped_frames")}
         entry = splits.setdefault(
             record["split"], {"shards": [], "samples": 0, "frames": 0, "scenes": 0, "skipped_invalid_pose": 0}
@@ -477,6 +484,7 @@ def build_manifest(out_dir: Path, cfg: ShardConfig) -> dict:
     return {
         "format": "ffsplat-clips", "version": 1, "config": asdict(cfg), "splits": splits, "scenes": scenes,
         "masks": cached_masks_entry(cfg),
+        "teacher_stats": None if unrecorded else merge_stats(stats),  # None: a scene written before they were recorded
     }  # fmt: skip
 
 

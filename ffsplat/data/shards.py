@@ -45,6 +45,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip, stack_masks
+from ffsplat.data.feature_stats import OutOfRangeFeatures, check_teacher_stats
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 
@@ -153,12 +154,15 @@ def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]
     return corrupt.summary()
 
 
-def verify_shards(root: str | Path, splits: list[str] | None = None) -> dict:
+def verify_shards(root: str | Path, splits: list[str] | None = None, digest=None) -> dict:
     """Check every shard of ``splits`` (default: all) against ``manifest.json``: exists, size, SHA-256.
 
-    Returns ``{"checked": n, "ok": n, "bad": [{"shard", "split", "problem"}]}``.
+    ``digest``: the SHA-256 function (default: hash every file; training passes the cached one of
+    :mod:`ffsplat.data.shard_hashes`). Returns ``{"checked": n, "ok": n, "bad": [{"shard", "split", "problem"}]}``.
     """
     from ffsplat.data.shard_writer import sha256
+
+    sha256 = digest or sha256
 
     manifest = read_manifest(root)
     names = splits or sorted(manifest["splits"])
@@ -197,6 +201,17 @@ def _shard_of(exc: BaseException) -> str:
             return arg
     found = _STREAM_NAME.search(str(exc))
     return found.group(1) if found else "?"
+
+
+def decode_checked(sample: dict, teacher_stats: dict | None) -> Clip:
+    """:func:`decode_clip`, then teacher features far outside the shards' recorded statistics are a
+    :class:`ClipDecodeError` naming the member (:mod:`ffsplat.data.feature_stats`)."""
+    clip = decode_clip(sample)
+    try:
+        check_teacher_stats(clip.teacher, teacher_stats)
+    except OutOfRangeFeatures as exc:
+        raise ClipDecodeError(str(sample.get("__key__", "?")), exc.member, str(exc)) from exc
+    return clip
 
 
 class TrainingDataError(RuntimeError):
@@ -346,8 +361,11 @@ class ClipExamples(IterableDataset):
         resampled: bool = False,
         epoch_length: int | None = None,
         seed: int = 0,
+        teacher_stats: dict | None = None,
     ):
         super().__init__()
+        self.teacher_stats = teacher_stats
+        """The manifest's ``"teacher_stats"``: samples far outside them are skipped and named."""
         if not urls:
             raise ValueError("ClipExamples: no shard urls given")
         if resampled and not epoch_length:
@@ -422,7 +440,7 @@ class ClipExamples(IterableDataset):
                                    "check the shards with data_prep/verify_shards.py")  # fmt: skip
             consecutive += 1
             try:
-                clip = decode_clip(sample)
+                clip = decode_checked(sample, self.teacher_stats)
             except ValueError as exc:
                 self.corrupt.record_decode(sample, exc)
                 continue
@@ -463,6 +481,7 @@ class EvalIndexDataset(IterableDataset):
         if missing:
             raise KeyError(f"evaluation index names scenes with no shards in split {split!r}: {missing[:5]}")
         self.index, self.by_scene = index, by_scene
+        self.teacher_stats = read_manifest(root).get("teacher_stats")  # samples far outside them: skipped, named
         self.corrupt = CorruptCounter()
         self.skipped_entries: list[dict] = []
         """Index entries not evaluated because their frames were in damaged shards (scene, entry, shards)."""
@@ -496,7 +515,7 @@ class EvalIndexDataset(IterableDataset):
             frames: dict[int, tuple[Clip, int]] = {}
             for sample in pipeline:
                 try:
-                    clip = decode_clip(sample)
+                    clip = decode_checked(sample, self.teacher_stats)
                 except ValueError as exc:
                     self.corrupt.record_decode(sample, exc)
                     continue

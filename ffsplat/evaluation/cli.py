@@ -138,6 +138,13 @@ def check_args(args) -> None:
     ):
         if path:
             check_input_file(option, Path(path), "weights file")
+    if args.lpips_vgg:  # before any work: only torchvision's VGG16 file is ever loaded (a hash check, no unpickling)
+        from ffsplat.objectives.metrics import check_lpips_weights
+
+        try:
+            check_lpips_weights(args.lpips_vgg)
+        except ValueError as exc:
+            raise InputError(f"--lpips-vgg: {exc}") from None
     check_output_dir("--out", args.out)
     check_outputs(
         {"--out": [args.out / "report.json", args.out / "report.md"]},

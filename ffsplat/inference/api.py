@@ -71,14 +71,16 @@ def load(
 
 
 def read_image(image: ImageLike) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB from an array (uint8 RGB, or grayscale) or an image file."""
+    """``[H, W, 3]`` uint8 RGB from an array (uint8 RGB, or grayscale) or an image file (read as a photo
+    viewer shows it: :func:`ffsplat.data.image_ops.read_photo`)."""
     if isinstance(image, np.ndarray):
         array = image
     else:
-        from PIL import Image
+        from ffsplat.data.image_ops import read_photo
 
-        with Image.open(image) as im:
-            array = np.asarray(im.convert("RGB")).copy()
+        array, _ = read_photo(
+            image
+        )  # as a photo viewer shows it: EXIF orientation applied, any gray/palette/16-bit -> RGB
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:

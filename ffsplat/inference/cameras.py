@@ -96,6 +96,20 @@ def check_intrinsics(k: np.ndarray, height: int, width: int, where: str) -> None
         )
 
 
+def _pixels(value, where: str) -> int:
+    """An image side in pixels: a positive integer (``true`` is not an integer here, though JSON
+    and Python count it as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CameraFileError(f"{where}: expected a positive integer number of pixels, got {json.dumps(value)}")
+    return value
+
+
+MAX_CAMERA_DISTANCE = 1e5
+"""Largest camera distance from the world origin a cameras file may give (in its units, metres for
+ffsplat files): float32 rendering keeps about 1 cm of precision there; beyond it positions are
+garbage (e.g. 1e300 overflows to inf inside the renderer)."""
+
+
 def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CameraFileError(f"{where}: expected a finite number, got {value!r}")
@@ -129,9 +143,7 @@ def read_cameras(path: str | os.PathLike, require_poses: bool = True) -> CameraF
         for key in ("K", "c2w", "width", "height") if posed else ("K", "width", "height"):
             if key not in view:
                 raise CameraFileError(f'{where}: missing "{key}"')
-        width, height = view["width"], view["height"]
-        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-            raise CameraFileError(f"{where}: width and height must be positive integers")
+        width, height = _pixels(view["width"], f"{where}.width"), _pixels(view["height"], f"{where}.height")
         k = _matrix(view["K"], (3, 3), f"{where}.K")
         check_intrinsics(k, height, width, f"{where}.K")
         c2w = check_pose(_matrix(view["c2w"], (4, 4), f"{where}.c2w"), f"{where}.c2w") if posed else None
@@ -155,6 +167,12 @@ def check_pose(c2w: np.ndarray, where: str) -> np.ndarray:
         raise CameraFileError(f"{where}: the rotation part is not a proper rotation (singular, scaled or reflected)")
     if not np.allclose(c2w[3], [0, 0, 0, 1]):
         raise CameraFileError(f"{where}: last row must be [0, 0, 0, 1]")
+    distance = float(np.abs(c2w[:3, 3]).max())  # (a norm of 1e300 would overflow)
+    if not distance <= MAX_CAMERA_DISTANCE:
+        raise CameraFileError(
+            f"{where}: the camera position {[float(f'{v:.3g}') for v in c2w[:3, 3]]} is {distance:.3g} from the origin "
+            f"along an axis; expected at most {MAX_CAMERA_DISTANCE:g} (metres): re-centre or rescale the poses"
+        )
     return c2w
 
 
@@ -319,7 +337,7 @@ def _read_colmap(path: Path, names: list[str], sizes: list[tuple[int, int]]) -> 
         w2c[:3] = image.cam_from_world().matrix()
         k = np.asarray(camera.calibration_matrix(), dtype=np.float64)
         check_intrinsics(k, camera.height, camera.width, where)
-        views.append(CameraView(k, np.linalg.inv(w2c), int(camera.height), int(camera.width), name))
+        views.append(CameraView(k, check_pose(np.linalg.inv(w2c), where), int(camera.height), int(camera.width), name))
     return CameraFile(views)
 
 
@@ -349,9 +367,7 @@ def _read_nerfstudio(path: Path, names: list[str], sizes: list[tuple[int, int]])
         fx = _number(get("fl_x"), f"{where}.fl_x")
         fy = _number(get("fl_y") if get("fl_y") is not None else fx, f"{where}.fl_y")
         cx, cy = _number(get("cx"), f"{where}.cx"), _number(get("cy"), f"{where}.cy")
-        w, h = get("w"), get("h")
-        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
-            raise CameraFileError(f'{where}: "w" and "h" must be positive integers')
+        w, h = _pixels(get("w"), f"{where}.w"), _pixels(get("h"), f"{where}.h")
         distortion = {k: get(k) for k in ("k1", "k2", "k3", "k4", "p1", "p2") if get(k)}
         if distortion:
             raise CameraFileError(f"{where}: has lens distortion {distortion}; undistort the images first")

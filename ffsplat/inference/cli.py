@@ -48,28 +48,41 @@ def _demo_checkpoint() -> Path:
 
 
 DEFAULT_CHECKPOINT = _demo_checkpoint()
+SMALL_RUN_PIXELS = 2 * 256 * 256
+"""Runs of at most this many working pixels (views x size^2) skip the memory estimate unless
+--max-memory-gb is given (2 views at 256: 0.9 GB peak measured on CPU with the demo model)."""
 MIN_IMAGE_SIDE = 16
 """Images with a side shorter than this (pixels) are refused: upscaling them invents the scene."""
 MAX_UPSCALE = 4.0
 """Upscaling an image by more than this to the working size prints a warning."""
 
 
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]``; grayscale is expanded, RGBA's alpha dropped, other modes refused."""
-    from PIL import Image, UnidentifiedImageError
-
+def check_view_path(path: Path) -> None:
+    """An existing image file; a folder gets its own message (not "not found")."""
+    if path.is_dir():
+        raise InputError(f"--views: {path} is a folder; give the image files themselves (e.g. --views {path}/*.jpg)")
     if not path.is_file():
         raise InputError(f"--views: image not found: {path}")
+
+
+def load_image(path: Path, rotated: list[Path] | None = None) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` as a photo viewer shows it (:func:`ffsplat.data.image_ops.read_photo`:
+    EXIF orientation applied, gray / gray+alpha / 1-bit / palette / 16-bit made RGB, other modes
+    refused); the paths whose EXIF orientation was applied are appended to ``rotated``."""
+    from PIL import UnidentifiedImageError
+
+    from ffsplat.data.image_ops import read_photo
+
+    check_view_path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "L"):
-                raise InputError(
-                    f"--views: {path} has {len(im.getbands())} channels (mode {im.mode}); expected RGB, RGBA or grayscale"
-                )
-            return np.asarray(im.convert("RGB")).copy()
+        image, turned = read_photo(path)
+    except ValueError as exc:
+        raise InputError(f"--views: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"--views: cannot read image {path}: {exc}") from exc
+    if turned and rotated is not None:
+        rotated.append(path)
+    return image
 
 
 def check_output(path: Path) -> None:
@@ -122,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the network's learned layers under bf16 autocast (geometry stays float32; for GPUs)")  # fmt: skip
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (the first run compiles: seconds to minutes; for repeated runs)")  # fmt: skip
+    p.add_argument("--max-memory-gb", type=float, help="memory the run may use (default: what the machine has available "
+                   "now; CUDA: the GPU's free memory); a --size whose estimated peak exceeds it is refused")  # fmt: skip
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for every view (no poses needed)")
     p.add_argument(
         "--focal", type=float, help="focal length in pixels of the input images, principal point at the centre"
@@ -171,6 +186,7 @@ def check_options(args: argparse.Namespace) -> None:
     check_number("--focal", args.focal, low=0.0, low_open=True)
     check_number("--baseline", args.baseline, low=0.0, low_open=True, high=1000.0)
     check_number("--size", args.size, low=16, high=4096, integer=True, multiple_of=4)
+    check_number("--max-memory-gb", args.max_memory_gb, low=0, low_open=True)
     check_number("--near", args.near, low=0.0, low_open=True)
     check_number("--far", args.far, low=0.0, low_open=True)
     if args.near is not None and args.far is not None and not args.near < args.far:
@@ -198,6 +214,8 @@ def run(args: argparse.Namespace) -> None:
     progress = Progress(6 + bool(args.render or args.render_cameras) + bool(args.query) + args.save_depth)
     if len(args.views) < 2:
         raise InputError(f"--views: need at least 2 images, got {len(args.views)}")
+    for view in args.views:  # before the model is loaded
+        check_view_path(view)
     check_output(args.out)
     check_outputs(*planned_outputs(args))  # before any work: never an input or a user's folder overwritten
     try:
@@ -221,8 +239,18 @@ def run(args: argparse.Namespace) -> None:
         f"loaded {args.checkpoint} (trained on {predictor.meta.get('trained_on', '?')}, stage {predictor.meta.get('stage', '?')})",
     )
 
-    images = [load_image(p) for p in args.views]
+    rotated: list[Path] = []
+    images = [load_image(p, rotated) for p in args.views]
+    if rotated:
+        print(f"info: applied the EXIF orientation of {', '.join(str(p) for p in rotated)} (as photo viewers do); "
+              "sizes, intrinsics and --cameras refer to the displayed images", file=sys.stderr)  # fmt: skip
     size = _first(args.size, predictor.meta.get("image_size"), 256)
+    size_from = (
+        "--size"
+        if args.size is not None
+        else f"the working size (the training size {args.checkpoint} records; change it with --size)"
+    )
+    check_number(size_from, size, low=16, high=4096, integer=True, multiple_of=4)
     check_image_sizes(images, args.views, size)
     novel = None
     try:
@@ -235,7 +263,8 @@ def run(args: argparse.Namespace) -> None:
     progress("cameras", how)
 
     queries = query_embeddings(args, predictor)  # before anything is written: a bad query writes nothing
-    context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device)
+    check_memory(args, predictor, images, ks, c2ws, near, far, size, size_from)
+    context, size = prepare_views(images, ks, c2ws, near, far, size, predictor.device, size_from)
     progress("prepare", f"{len(images)} views resized/cropped to {size}x{size} with their intrinsics")
 
     teacher = predictor.teacher_maps(context) if predictor.conditioned else None
@@ -477,15 +506,52 @@ def write_depth(depth, images, size: int, stem: Path) -> dict:
             "pixel_map": "working pixel (x, y) = input (x, y) * scale_xy - (left, top); pixel centres at +0.5", "views": views}  # fmt: skip
 
 
-def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device):
-    """Resize/centre-crop every image to ``size x size`` with its intrinsics -> context Views."""
+def check_memory(args, predictor, images, ks, c2ws, near, far, size: int, size_from: str) -> None:
+    """Refuse, before the network runs at ``size``, a run whose estimated peak memory exceeds the
+    limit (:mod:`ffsplat.inference.memory`: the network and its rendering measured at two probe sizes)."""
+    import torch
+
+    from ffsplat.inference.memory import available_bytes, estimate_bytes, resident_bytes
+    from ffsplat.model.network import LANG
+    from ffsplat.render.renderer import render
+
+    if size * size * len(images) <= SMALL_RUN_PIXELS and args.max_memory_gb is None:
+        return  # the default workload (2 views at 256): under 1 GB measured, not worth the probes' seconds
+    device = predictor.device
+    if args.max_memory_gb is not None:
+        limit, what = int(args.max_memory_gb * 2**30), "--max-memory-gb"
+    else:
+        free = available_bytes(device)
+        if free is None:
+            return
+        cpu = torch.device(device).type == "cpu"
+        limit = free + (resident_bytes() if cpu else 0)
+        what = "the memory available on this machine" if cpu else f"the free memory of {device}"
+
+    def run_at(probe: int) -> None:
+        with torch.no_grad():
+            context, _ = prepare_views(images, ks, c2ws, near, far, probe, device, size_from)
+            out = predictor(context, predictor.teacher_maps(context) if predictor.conditioned else None)
+            render(out.gaussians, context.cameras, features=[LANG])
+
+    need = estimate_bytes(run_at, size, device)
+    if need > limit:
+        raise InputError(
+            f"{size_from}: {size}x{size} with {len(images)} views needs about {need / 2**30:.3g} GB (estimated) but "
+            f"the limit is {limit / 2**30:.3g} GB ({what}); use a smaller --size, fewer views, or --max-memory-gb"
+        )
+
+
+def prepare_views(images, ks, c2ws, near: float, far: float, size: int, device, size_from: str = "--size"):
+    """Resize/centre-crop every image to ``size x size`` with its intrinsics -> context Views
+    (``size_from``: where the size came from, for the error message)."""
     import torch
 
     from ffsplat.data.image_ops import resize_and_center_crop
     from ffsplat.core.types import Cameras, Views
 
     if size % 4:
-        raise InputError(f"--size must be a multiple of 4, got {size}")
+        raise InputError(f"{size_from}: expected a multiple of 4, got {size}")
     crops, kk = zip(*(resize_and_center_crop(im, k, (size, size)) for im, k in zip(images, ks)))
     tensor = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)[None]
     cams = Cameras(

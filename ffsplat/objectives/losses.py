@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffsplat.core.errors import InputError
+from ffsplat.core.weights import mismatch, read_weights, state_dict_of
 from ffsplat.teachers.base import require_file
 
 SCALES = ("small", "medium", "large")
@@ -37,7 +39,7 @@ LPIPS_VGG_KEY = "loss.lpips_vgg_path"
 
 
 # ------------------------------------------------------------------------------------------ LPIPS
-def _lpips_vgg_state(vgg_state: dict[str, Tensor], trunk: nn.Module) -> dict[str, Tensor]:
+def _lpips_vgg_state(vgg_state: dict[str, Tensor], trunk: nn.Module, path: object = "") -> dict[str, Tensor]:
     """Map torchvision VGG16 keys (``features.<i>.<param>``) onto lpips' trunk (``slice<k>.<i>.<param>``).
 
     lpips' ``pretrained_networks.vgg16`` copies ``torchvision.models.vgg16().features[i]`` into
@@ -50,7 +52,7 @@ def _lpips_vgg_state(vgg_state: dict[str, Tensor], trunk: nn.Module) -> dict[str
         _, index, param = name.split(".", 2)  # "slice3.10.weight" -> ("slice3", "10", "weight")
         key = f"features.{index}.{param}"
         if key not in vgg_state:
-            raise KeyError(f"{LPIPS_VGG_KEY}: {key} missing; expected torchvision's vgg16 state dict")
+            raise InputError(f"{LPIPS_VGG_KEY}: {path}: {key} missing; expected torchvision's vgg16 state dict")
         mapped[name] = vgg_state[key]
     return mapped
 
@@ -72,11 +74,17 @@ class LPIPSLoss(nn.Module):
         import lpips  # imports torchvision: ``import ffsplat`` has installed the CPU shim
 
         path = require_file(vgg_path, LPIPS_VGG_KEY)
+        what = "torchvision VGG16 state dict"  # read (weights_only) and checked before the network is built
+        state = state_dict_of(read_weights(path, LPIPS_VGG_KEY, what), LPIPS_VGG_KEY, path, what)
         with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" from lpips' trunk
             warnings.simplefilter("ignore", UserWarning)
             self.model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.net.load_state_dict(_lpips_vgg_state(state, self.model.net), strict=True)
+        mapped = _lpips_vgg_state(state, self.model.net, path)
+        ours = self.model.net.state_dict()
+        shapes = [k for k, v in mapped.items() if tuple(v.shape) != tuple(ours[k].shape)]
+        if shapes:
+            raise mismatch(LPIPS_VGG_KEY, path, what, [], [], shapes)
+        self.model.net.load_state_dict(mapped, strict=True)
         self.model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> LPIPSLoss:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffsplat.core.weights import mismatch, read_weights, state_dict_of
 from ffsplat.teachers.base import register_class_table, register_teacher, require_file
 from ffsplat.teachers.label_teachers import _unit_table
 
@@ -294,15 +295,16 @@ class ESPNetv2Seg(nn.Module):
 
 def load_espnetv2(checkpoint: str | Path, key: str = "teachers.language.kwargs.checkpoint") -> ESPNetv2Seg:
     """ESPNetv2-PASCAL from a published state-dict file, loaded strictly (eval mode); errors name ``key``."""
+    what = "ESPNetv2-PASCAL (s = 2.0) state dict"
     path = require_file(checkpoint, key)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise TypeError(f"{key}: {path} is not a state dict")
+    state = state_dict_of(read_weights(path, key, what), key, path, what)
     model = ESPNetv2Seg()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{key}: {path} is not an ESPNetv2-PASCAL (s = 2.0) state dict: {exc}") from exc
+    ours = model.state_dict()
+    shapes = [k for k, v in state.items() if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+    missing, unexpected = [k for k in ours if k not in state], [k for k in state if k not in ours]
+    if missing or unexpected or shapes:
+        raise mismatch(key, path, what, missing, unexpected, shapes)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

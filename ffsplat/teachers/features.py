@@ -11,12 +11,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffsplat.core.errors import InputError, one_line
 from ffsplat.teachers.base import build_teacher
 
 
+class TeacherLoadError(InputError):
+    """A teacher that cannot be built from its options: unknown or wrong options, missing, unsafe or
+    mismatching weights. One line naming the teacher and its options."""
+
+
+class TeacherWeightsNotFound(FileNotFoundError):
+    """A teacher's weights file or folder does not exist (a FileNotFoundError, as before, naming the teacher)."""
+
+
 def load_teachers(specs: dict[str, dict], device: str | torch.device = "cpu") -> dict[str, nn.Module]:
-    """Build teachers from ``{name: config kwargs}``."""
-    return {name: build_teacher(name, **kwargs).to(device).eval() for name, kwargs in specs.items()}
+    """Build teachers from ``{name: config kwargs}``; a teacher that cannot be built raises
+    :class:`TeacherLoadError` naming it (the error contract: one line, never a traceback)."""
+    teachers = {}
+    for name, kwargs in specs.items():
+        try:
+            teachers[name] = build_teacher(name, **kwargs).to(device).eval()
+        except (TypeError, ValueError, KeyError, OSError, RuntimeError) as exc:  # InputError is a ValueError
+            options = ",".join(f"{k}={v}" for k, v in kwargs.items())
+            error = TeacherWeightsNotFound if isinstance(exc, FileNotFoundError) else TeacherLoadError
+            raise error(f"teacher {name}{':' + options if options else ''}: {one_line(exc)}") from exc
+    return teachers
 
 
 @torch.no_grad()

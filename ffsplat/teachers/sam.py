@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffsplat.core.weights import mismatch, read_weights, state_dict_of
 from ffsplat.teachers.base import register_teacher, require_file
 
 if TYPE_CHECKING:  # segment_anything is imported only when a SAM teacher is used (it is optional on GPU images)
@@ -87,9 +88,15 @@ class SAMTeacher(nn.Module):
                 )
             builder = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
         sam = builder()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state.get("model"), dict):  # tolerate {"model": state_dict} wrappers
+        state = read_weights(path, "teachers.sam.checkpoint", "SAM state dict")
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # tolerate {"model": state_dict} wrappers
             state = state["model"]
+        state = state_dict_of(state, "teachers.sam.checkpoint", path, "SAM state dict")
+        ours = sam.state_dict()
+        shapes = [k for k, v in state.items() if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+        missing, unexpected = [k for k in ours if k not in state], [k for k in state if k not in ours]
+        if missing or unexpected or shapes:
+            raise mismatch("teachers.sam.checkpoint", path, f"SAM {model_type} state dict", missing, unexpected, shapes)
         sam.load_state_dict(state)
         return cls(sam, **kw).to(device)
 

@@ -109,19 +109,96 @@ def _rmdir_if_empty(folder: Path) -> None:
         pass
 
 
+def config_error_line(exc: BaseException) -> str:
+    """A Hydra / OmegaConf config error (unknown key, wrong type, unknown group option, unparsable
+    override) as one line naming the key: ``config: <key>: <what>``."""
+    parts = []
+    for e in (exc, exc.__cause__):
+        if e is None:
+            continue
+        lines = []
+        for line in str(e).split("\n"):
+            line = line.strip()
+            if line.startswith(("Config search path", "See https://hydra.cc", "Set the environment variable")):
+                break
+            if line and not line.startswith(("full_key:", "object_type=", "reference_type=", "provider=")):
+                lines.append(line)
+        text = " ".join(lines).replace("Available options in", "; available options in")
+        if text and text not in parts:
+            parts.append(text)
+    key = next((k for e in (exc, exc.__cause__) if (k := getattr(e, "full_key", None))), None)
+    if key is None and getattr(exc, "override", None):  # an override Hydra cannot parse
+        key = f"override {exc.override!r}"
+    return (
+        f"config: {key + ': ' if key else ''}{'; '.join(parts)} (see configs/train.yaml and ffsplat/training/config.py)"
+    )
+
+
+_ENTERED = False  # set when Hydra has composed the config and runs the task function
+
+
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")  # bundled configs when installed
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
+    global _ENTERED
+    _ENTERED = True
+    _restore_full_error()
     try:
         config = to_dataclass(TrainConfig, cfg)
     except Exception as exc:  # noqa: BLE001  (wrong types / unknown keys in the user's config)
         _remove_hydra_run_dir()
-        sys.exit(report(InputError(f"config: {exc}")))
+        sys.exit(report(InputError(config_error_line(exc))))
     code = run(config)
     if code == 2:
         _remove_hydra_run_dir()
     if code:
         sys.exit(code)
 
+
+_SAVED_FULL_ERROR: list[str | None] = []
+
+
+def _restore_full_error() -> None:
+    import os
+
+    if _SAVED_FULL_ERROR:
+        old = _SAVED_FULL_ERROR.pop()
+        if old is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = old
+
+
+def main() -> None:
+    """``train.py``: Hydra composes the config from the command line, then :func:`run` trains.
+
+    A mistake in the overrides (an unknown key, a value of the wrong type, an unknown config-group
+    option, an override Hydra cannot parse) ends with one ``error:`` line naming the key and exit
+    code 2, before anything is written. (Hydra alone prints several lines and exits 1: its errors
+    are made to propagate here with ``HYDRA_FULL_ERROR`` until the config is composed; a user who
+    sets ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report.)"""
+    import os
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    global _ENTERED
+    _ENTERED = False
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    if user_full_error == "1":
+        return _hydra_main()
+    _SAVED_FULL_ERROR[:] = [user_full_error]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if _ENTERED:
+            raise
+        sys.exit(report(InputError(config_error_line(exc))))
+    finally:
+        _restore_full_error()
+
+
+main.__wrapped__ = _hydra_main.__wrapped__  # the task function on a composed config (tests call it directly)
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,10 @@ class DataConfig:
             e.g. ``[hololens-office]``); empty = all. For a stage whose teacher is meaningful on some
             scenes only (ESPNetv2 on synthetic renders says "background" with noise). An unknown name
             is an error at start-up naming this key.
+        verify_hashes: before training, check every shard of ``train_split`` and ``val_split``
+            against ``manifest.json`` (exists, size, SHA-256; as ``data_prep/verify_shards.py``) and
+            refuse to start (one ``error:`` line, exit 2) if one differs. Each file is hashed once:
+            the digests are cached in ``<root>/.sha256_cache.json`` by size and mtime.
     """
 
     name: str = "synthetic"
@@ -69,6 +73,7 @@ class DataConfig:
         default_factory=lambda: ViewSamplerConfig(num_context=2, num_target=4, min_gap=4, max_gap=12)
     )
     scenes: list[str] = field(default_factory=list)
+    verify_hashes: bool = False
 
 
 @dataclass

@@ -9,7 +9,14 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from ffsplat.data.sampling import build_eval_index, load_eval_index
-from ffsplat.data.shards import ClipExamples, EvalIndexDataset, collate_examples, manifest_shards, scene_frame_ids
+from ffsplat.data.shards import (
+    ClipExamples,
+    EvalIndexDataset,
+    collate_examples,
+    manifest_shards,
+    read_manifest,
+    scene_frame_ids,
+)
 from ffsplat.training.config import TrainConfig
 
 
@@ -38,8 +45,9 @@ class ClipDataModule(L.LightningDataModule):
         d = self.cfg.data
         urls = manifest_shards(d.root, d.train_split, d.scenes)
         self.train_set = ClipExamples(
-            urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed
-        )
+            urls, d.sampler, d.shuffle_buffer, d.resampled, d.epoch_length, self.cfg.trainer.seed,
+            teacher_stats=read_manifest(d.root).get("teacher_stats"),  # samples far outside them: skipped, named
+        )  # fmt: skip
         # Resuming: the checkpoint restored the global step and this module's epoch start, so the
         # stream continues after the batches the interrupted run already trained on.
         step = int(self.trainer.global_step) if self.trainer is not None else 0

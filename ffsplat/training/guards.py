@@ -155,6 +155,26 @@ def find_resume(run_dir: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
+def check_shard_hashes(d) -> dict:
+    """``data.verify_hashes``: every shard of the training and validation splits matches
+    ``manifest.json`` (hashed once, cached by size and mtime), else one :class:`InputError`."""
+    from ffsplat.data.shard_hashes import CachedDigests
+    from ffsplat.data.shards import verify_shards
+
+    digests = CachedDigests(d.root)
+    splits = sorted({d.train_split} | ({d.val_split} if not d.eval_index else set()))
+    result = verify_shards(d.root, splits, digest=digests.digest)
+    digests.save()
+    if result["bad"]:
+        first = result["bad"][0]
+        raise InputError(
+            f"data.verify_hashes: {len(result['bad'])} of {result['checked']} shards in {d.root} differ from manifest.json "
+            f"(e.g. {first['shard']}: {first['problem']}); rebuild them with make_shards.py or check them with "
+            "data_prep/verify_shards.py"
+        )
+    return result | {"hashed": digests.hashed}
+
+
 def check_train_config(cfg) -> None:
     """Refuse a config that cannot work before anything is loaded or written (:class:`InputError`)."""
     from ffsplat.core.errors import one_line
@@ -176,6 +196,8 @@ def check_train_config(cfg) -> None:
             raise InputError(one_line(exc)) from exc
     if d.eval_index:
         check_input_file("data.eval_index", Path(d.eval_index), "evaluation index")
+    if d.verify_hashes:
+        check_shard_hashes(d)
     check_mask_source(cfg)
     check_number("data.batch_size", d.batch_size, low=1, integer=True)
     check_number("data.num_workers", d.num_workers, low=0, integer=True)

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from ffsplat.checkpoint import ROLE_CONDITION, CheckpointError, load_weights, save_model
+from ffsplat.core.errors import InputError, one_line
 from ffsplat.data.labels import EVAL_CLASSES
 from ffsplat.objectives.losses import (
     LPIPS_VGG_KEY, class_balance_weights, class_cross_entropy, cosine_distillation, depth_loss, language_loss, make_lpips,
@@ -481,7 +482,7 @@ def load_model_weights(
     try:  # weights_only=True: a user-named file never runs code
         state = load_weights(path)
     except CheckpointError as exc:
-        raise ValueError(f"stage.init_from={path}: {exc}") from exc
+        raise InputError(f"stage.init_from={path}: {one_line(exc)}") from None
     if keys is not None:
         own = model.state_dict()
         skipped = {k.split(".")[0] for k in own} - {k.split(".")[0] for k in keys}
@@ -497,7 +498,7 @@ def load_model_weights(
         hint = "different model config?"
         if any(k.startswith(SEGMENTER_PREFIX) for k in missing):
             hint = "it has no semantic.segmenter: set model.semantic.segmenter_checkpoint to the segmenter's weights"
-        raise RuntimeError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} ({hint})")
+        raise InputError(f"stage.init_from={path}: missing {missing[:5]}, unexpected {unexpected[:5]} ({hint})")
     return added
 
 
