@@ -10,7 +10,9 @@ intrinsics and poses, at ``--size`` (resize to cover + centre crop), and near/fa
 picks them without a cameras file (``--near/--far``, else the model's recorded training depth range,
 else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over targets:
 
-* ``psnr``, ``ssim`` of the rendered target view;
+* ``psnr``, ``ssim`` of the rendered target view (SSIM of a named variant, ``--ssim-variant``:
+  ``skimage``, MVSplat / SemanticSplat's, the default, or ``torchmetrics``, LSM's; recorded as
+  ``ssim_variant``);
 * ``depth_abs_rel``, ``depth_delta_1.25`` of the rendered depth against the sensor depth (pixels
   with a measurement, no scale alignment);
 * ``teacher_miou``, ``teacher_object_miou``, ``teacher_acc``: agreement of the language field
@@ -61,7 +63,14 @@ from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
 from ffsplat.data.sequence import RGBDSequence
 from ffsplat.inference.predictor import Predictor
 from ffsplat.model.network import LANG, SEG, ModelConfig, build_model
-from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.objectives.metrics import (
+    SSIM_VARIANTS,
+    SegmentationMeter,
+    classify_by_embeddings,
+    depth_metrics,
+    image_ssim,
+    psnr,
+)
 from ffsplat.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +146,8 @@ def seg_field_table(pred: Predictor) -> Tensor | None:
 
 
 class Scores:
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, ssim_variant: str = "skimage"):
+        self.ssim_variant = ssim_variant
         self.sums: dict[str, float] = {}
         self.count = 0
         self.seg = SegmentationMeter(num_classes=num_classes)  # language field vs the teacher
@@ -149,7 +159,7 @@ class Scores:
         rgb = rgb.clamp(0, 1)
         for v in range(len(rgb)):
             d = depth_metrics(depth[v], gt_depth[v])
-            values = {"psnr": psnr(rgb[v : v + 1], gt[v : v + 1]).mean(), "ssim": ssim(rgb[v : v + 1], gt[v : v + 1]).mean(),
+            values = {"psnr": psnr(rgb[v : v + 1], gt[v : v + 1]).mean(), "ssim": image_ssim(rgb[v : v + 1], gt[v : v + 1], self.ssim_variant).mean(),
                       "depth_abs_rel": d["abs_rel"], "depth_delta_1.25": d["delta_1.25"]}  # fmt: skip
             for k, val in values.items():
                 self.sums[k] = self.sums.get(k, 0.0) + float(val)
@@ -199,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--gs-iterations", type=int, default=300, help="per-scene 3DGS steps (0: skip 3DGS)")
     p.add_argument("--max-pairs", type=int, help="use only the first N pairs (quick runs)")
+    p.add_argument("--ssim-variant", choices=SSIM_VARIANTS, default="skimage",
+                   help="SSIM as skimage (MVSplat / SemanticSplat) or torchmetrics (LSM) computes it")  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     for path, what in (
@@ -236,9 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     pascal = list(PASCAL_CLASSES[1:])
     seg_tables = {name: seg_field_table(p) for name, p in predictors.items()}
     # the meter's classes 1..21 are PASCAL's ids 0..20 shifted by one: background is scored as a class
-    scores = {name: Scores(len(PASCAL_CLASSES)) for name in predictors}
+    scores = {name: Scores(len(PASCAL_CLASSES), args.ssim_variant) for name in predictors}
     if args.gs_iterations:
-        scores["3dgs"] = Scores(len(PASCAL_CLASSES))
+        scores["3dgs"] = Scores(len(PASCAL_CLASSES), args.ssim_variant)
 
     for first, second, targets in chosen:
         images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         s["seconds_per_pair"] /= max(len(chosen), 1)
     print(json.dumps({
         "benchmark": "real", "data": str(args.data), "holdout_frames": [args.holdout_start, last],
-        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near_far": ranges,
+        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near_far": ranges, "ssim_variant": args.ssim_variant,
         "gs_iterations": args.gs_iterations, "gs_note": "3DGS is initialised from the context views' sensor depth (oracle)",
         "models": {k: str(v) for k, v in models.items() if k != "untrained"}, "machine": machine(), "results": results,
     }, indent=1))  # fmt: skip

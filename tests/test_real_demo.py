@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ffsplat.core.config import to_dataclass
@@ -101,3 +102,19 @@ def test_make_shards_rejects_a_bad_frame_range(tmp_path, capsys):
     code = main(["--scene", str(tmp_path), "--out", str(tmp_path / "out"), "--frame-range", "10", "5"])
     assert code == 2 and "error: --frame-range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_real_benchmark_scores_ssim_with_a_named_variant():
+    """benchmarks/real.py's SSIM is one of the named variants (issue 30, point 7), not a third one."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real import Scores
+    from ffsplat.objectives.metrics import image_ssim
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 24, 24, generator=g), 3, 1, 1)
+    rgb = (gt + 0.1 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    depth = torch.ones(2, 24, 24)
+    for variant in ("skimage", "torchmetrics"):
+        scores = Scores(21, variant)
+        scores.add(rgb, depth, gt, depth)
+        assert scores.result()["ssim"] == pytest.approx(float(image_ssim(rgb, gt, variant).mean()), abs=1e-6), variant
