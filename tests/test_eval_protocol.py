@@ -137,6 +137,8 @@ def test_point_gaussians_take_inria_knn_scales():
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]])
     expected = math.sqrt((1 + 4 + 9) / 3)  # the origin's 3 neighbours
     assert knn_scales(pts)[0].item() == pytest.approx(expected)
+    many = torch.rand(500, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(knn_scales(many, max_elements=1000), knn_scales(many))  # k-d tree == brute force
     g = gaussians_from_points(pts, torch.rand(4, 3), opacity=0.1, sh_degree=1)
     assert g.sh.shape == (4, 4, 3) and torch.allclose(g.opacities, torch.full((4,), 0.1))
 
