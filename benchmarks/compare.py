@@ -125,7 +125,7 @@ def reach(table: dict, budgets: list[str]) -> dict[str, str]:
                 if e and e.get(metric) is not None and e[metric] >= ff[metric]:
                     hit = e
                     break
-            parts.append(f"{metric}: {hit['budget']} steps-budget, {hit['reconstruction_s']:.1f} s" if hit
+            parts.append(f"{metric}: budget {hit['budget']}, {hit['reconstruction_s']:.1f} s" if hit
                          else f"{metric}: not within {budgets[-1]}")  # fmt: skip
         out[method] = "; ".join(parts) or "-"
     return out
