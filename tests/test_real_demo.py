@@ -118,3 +118,25 @@ def test_real_benchmark_scores_ssim_with_a_named_variant():
         scores = Scores(21, variant)
         scores.add(rgb, depth, gt, depth)
         assert scores.result()["ssim"] == pytest.approx(float(image_ssim(rgb, gt, variant).mean()), abs=1e-6), variant
+
+
+def test_warp_labels_carries_context_maps_by_depth():
+    """The real benchmark's warped-teacher reference rows (issue 30, point 4): a target at a context
+    camera gets that view's labels back; pixels without depth or outside every view get 0."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real import warp_labels
+    from ffsplat.core.types import Cameras
+
+    k = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+    c2w = torch.eye(4).expand(2, 4, 4).clone()
+    c2w[1, 0, 3] = 100.0  # far away: nothing lands there
+    ctx = Cameras(k.expand(1, 2, 3, 3), c2w[None], (16, 16))
+    labels = torch.randint(1, 22, (2, 16, 16), generator=torch.Generator().manual_seed(0))
+    depth = torch.full((16, 16), 2.0)
+    depth[0, 0] = 0.0
+    out = warp_labels(labels, depth, ctx[0, 0], ctx[0], [1, 0])
+    expected = labels[0].clone()
+    expected[0, 0] = 0
+    assert torch.equal(out, expected)
+    shifted = Cameras(k[None, None], c2w[None, 1:], (16, 16))
+    assert (warp_labels(labels, depth, shifted[0, 0], ctx[0], [0]) == 0).all()
