@@ -10,7 +10,9 @@ intrinsics and poses, at ``--size`` (resize to cover + centre crop), and near/fa
 picks them without a cameras file (``--near/--far``, else the model's recorded training depth range,
 else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over targets:
 
-* ``psnr``, ``ssim`` of the rendered target view;
+* ``psnr``, ``ssim`` of the rendered target view (SSIM of a named variant, ``--ssim-variant``:
+  ``skimage``, MVSplat / SemanticSplat's, the default, or ``torchmetrics``, LSM's; recorded as
+  ``ssim_variant``);
 * ``depth_abs_rel``, ``depth_delta_1.25`` of the rendered depth against the sensor depth (pixels
   with a measurement, no scale alignment);
 * ``teacher_miou``, ``teacher_object_miou``, ``teacher_acc``: agreement of the language field
@@ -29,12 +31,26 @@ else 0.5 / 10); no sensor depth at inference. Reported per method, averaged over
   ``espnetv2_seg``. Stage 2 learns the language field from the latent stage 1 trained, so this
   says whether stage 1 already separates the classes.
 
+Reference rows (teacher agreement only, same targets, same run), what a 3D model must beat to show
+that it does more than carry the teacher's context maps to the target, since the shipped model's
+semantic branch *is* the teacher network (its fields are ESPNetv2's class distributions):
+
+* ``ref_paste_nearest_context``: the teacher's map of the nearer context view (by frame number)
+  pasted as the target's prediction (no geometry at all);
+* ``ref_warp_predicted_depth``: every target pixel lifted with the *last candidate model's* rendered
+  depth, projected into the nearer context view where it lands inside the image (else the other),
+  and given the teacher's label there (nearest pixel; no occlusion test; 0 = no class where it
+  lands in neither view). Shows what the model's geometry alone carries;
+* ``ref_warp_sensor_depth_ORACLE``: the same with the target's *sensor* depth (pixels without a
+  measurement: no class), an upper bound of carrying the context maps with the true geometry.
+
 Methods: ``untrained`` (the first candidate's architecture at initialisation, seed 0, ESPNetv2
 vocabulary; the small model without a candidate), ``old_demo``
 (``--old``, the previously shipped synthetic-only model), ``candidate`` (``--candidate``, e.g. the
 new demo model) and ``3dgs`` (per-scene 3DGS optimised on the same two views for
-``--gs-iterations`` steps; **oracle initialisation**: its Gaussians start from the context views'
-sensor depth, which the feed-forward models never see).
+``--gs-iterations`` steps from ``--gs-init``: ``random`` (default, non-oracle: Inria's random frustum
+points, ``--gs-init-points``) or ``sensor`` (**ORACLE**: the context views' sensor depth, which the
+feed-forward models never see; the row is then named ``3dgs_ORACLE``).
 """
 
 from __future__ import annotations
@@ -61,7 +77,14 @@ from ffsplat.data.image_ops import resample_nearest, resize_and_center_crop
 from ffsplat.data.sequence import RGBDSequence
 from ffsplat.inference.predictor import Predictor
 from ffsplat.model.network import LANG, SEG, ModelConfig, build_model
-from ffsplat.objectives.metrics import SegmentationMeter, classify_by_embeddings, depth_metrics, psnr, ssim
+from ffsplat.objectives.metrics import (
+    SSIM_VARIANTS,
+    SegmentationMeter,
+    classify_by_embeddings,
+    depth_metrics,
+    image_ssim,
+    psnr,
+)
 from ffsplat.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +159,31 @@ def seg_field_table(pred: Predictor) -> Tensor | None:
     return espnetv2_seg_class_table(**{k: kwargs[k] for k in ("dim", "seed") if k in kwargs}).to(pred.device)
 
 
+def warp_labels(labels: Tensor, depth: Tensor, target: Cameras, context: Cameras, order: list[int]) -> Tensor:
+    """Context label maps ``[Vc, H, W]`` carried to one target view by its depth ``[H, W]`` (0:
+    unknown): each pixel lifted, projected into the context views in ``order`` and labelled by the
+    first view it lands inside (nearest pixel; no occlusion test); 0 where none (or no depth)."""
+    from ffsplat.core.geometry import project_points, unproject_depth
+
+    h, w = depth.shape
+    world = unproject_depth(depth.float(), target.intrinsics.reshape(3, 3), target.extrinsics.reshape(4, 4)).reshape(
+        -1, 3
+    )
+    out = torch.zeros(h * w, dtype=torch.long, device=labels.device)
+    done = (depth.reshape(-1) <= 0) | ~torch.isfinite(depth.reshape(-1))
+    ks, w2c = context.intrinsics.reshape(-1, 3, 3), context.w2c.reshape(-1, 4, 4)
+    for v in order:
+        uv, z = project_points(world, ks[v], w2c[v])
+        x, y = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        inside = (z > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h) & ~done
+        out[inside] = labels[v][y[inside], x[inside]]
+        done |= inside
+    return out.reshape(h, w)
+
+
 class Scores:
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, ssim_variant: str = "skimage"):
+        self.ssim_variant = ssim_variant
         self.sums: dict[str, float] = {}
         self.count = 0
         self.seg = SegmentationMeter(num_classes=num_classes)  # language field vs the teacher
@@ -149,7 +195,7 @@ class Scores:
         rgb = rgb.clamp(0, 1)
         for v in range(len(rgb)):
             d = depth_metrics(depth[v], gt_depth[v])
-            values = {"psnr": psnr(rgb[v : v + 1], gt[v : v + 1]).mean(), "ssim": ssim(rgb[v : v + 1], gt[v : v + 1]).mean(),
+            values = {"psnr": psnr(rgb[v : v + 1], gt[v : v + 1]).mean(), "ssim": image_ssim(rgb[v : v + 1], gt[v : v + 1], self.ssim_variant).mean(),
                       "depth_abs_rel": d["abs_rel"], "depth_delta_1.25": d["delta_1.25"]}  # fmt: skip
             for k, val in values.items():
                 self.sums[k] = self.sums.get(k, 0.0) + float(val)
@@ -198,7 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         help="farthest depth for every model (default: each model's recorded training range, as infer.py)",
     )
     p.add_argument("--gs-iterations", type=int, default=300, help="per-scene 3DGS steps (0: skip 3DGS)")
+    p.add_argument("--gs-init", choices=["random", "sensor"], default="random",
+                   help="3DGS initialisation: random frustum points (non-oracle) or sensor depth (ORACLE)")  # fmt: skip
+    p.add_argument("--gs-init-points", type=int, default=100_000, help="random init points (Inria: 100,000)")
     p.add_argument("--max-pairs", type=int, help="use only the first N pairs (quick runs)")
+    p.add_argument("--ssim-variant", choices=SSIM_VARIANTS, default="skimage",
+                   help="SSIM as skimage (MVSplat / SemanticSplat) or torchmetrics (LSM) computes it")  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     for path, what in (
@@ -236,9 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     pascal = list(PASCAL_CLASSES[1:])
     seg_tables = {name: seg_field_table(p) for name, p in predictors.items()}
     # the meter's classes 1..21 are PASCAL's ids 0..20 shifted by one: background is scored as a class
-    scores = {name: Scores(len(PASCAL_CLASSES)) for name in predictors}
+    scores = {name: Scores(len(PASCAL_CLASSES), args.ssim_variant) for name in predictors}
+    gs_row = "3dgs_ORACLE" if args.gs_init == "sensor" else "3dgs"
     if args.gs_iterations:
-        scores["3dgs"] = Scores(len(PASCAL_CLASSES))
+        scores[gs_row] = Scores(len(PASCAL_CLASSES), args.ssim_variant)
+    refs = ["ref_paste_nearest_context", "ref_warp_predicted_depth", "ref_warp_sensor_depth_ORACLE"]
+    for name in refs:
+        scores[name] = Scores(len(PASCAL_CLASSES), args.ssim_variant)
+    warp_model = list(predictors)[-1]  # the last candidate (else the old / untrained model)
 
     for first, second, targets in chosen:
         images, depths, cams = load_frames(seq, [first, second, *targets], args.size)
@@ -252,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         ctx = contexts["3dgs"]
         tgt_cams, gt, gt_depth = cams[:, 2:], images[0, 2:], depths[0, 2:]
         teacher_labels = teacher.probabilities(gt).argmax(1) + 1  # [T, H, W], 1 = background
+        context_labels = teacher.probabilities(images[0, :2]).argmax(1) + 1  # [2, H, W]
+        model_depth = None
         for name, pred in predictors.items():
             start = time.perf_counter()
             ctx_m = contexts[name]
@@ -260,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             rendered = render(out.gaussians, tgt_cams, features=[LANG] if table is None else [LANG, SEG])
             scores[name].seconds += time.perf_counter() - start
             scores[name].add(rendered.rgb[0], rendered.depth[0], gt, gt_depth)
+            if name == warp_model:
+                model_depth = rendered.depth[0]
             if pred.class_names == pascal:
                 lang = pred.model.decode_fields({LANG: rendered.features[LANG]}, {"lseg": gt.shape[-2:]})["lseg"][0]
                 ids = classify_by_embeddings(lang, pred.class_embeddings, pred.background_embedding)
@@ -268,20 +328,32 @@ def main(argv: list[str] | None = None) -> None:
                 sam = pred.model.decode_fields({SEG: rendered.features[SEG]}, {"sam": gt.shape[-2:]})["sam"][0]
                 ids = classify_by_embeddings(sam, table[1:], table[0])
                 scores[name].seg_field.update(ids + 1, teacher_labels)
+        for t, frame in enumerate(targets):
+            order = [0, 1] if abs(frame - first) <= abs(second - frame) else [1, 0]
+            truth = teacher_labels[t : t + 1]
+            scores["ref_paste_nearest_context"].seg.update(context_labels[order[0]][None], truth)
+            for name, depth in (("ref_warp_predicted_depth", model_depth), ("ref_warp_sensor_depth_ORACLE", gt_depth)):
+                if depth is not None:
+                    warped = warp_labels(context_labels, depth[t], tgt_cams[0, t], cams[0, :2], order)
+                    scores[name].seg.update(warped[None], truth)
         if args.gs_iterations:
+            from ffsplat.baselines.initialisation import InitConfig, initial_gaussians
             from ffsplat.baselines.trainer import SceneConfig, SceneMethod, SceneTrainer
 
             start = time.perf_counter()
             ctx_d = Views(images[:, :2], cams[:, :2], ctx.near, ctx.far, depths=depths[:, :2])
-            cfg = SceneConfig(iterations=args.gs_iterations, sh_degree=1, sh_degree_interval=max(1, args.gs_iterations // 3),
-                              refine_start=min(500, args.gs_iterations // 3), reset_every=10**9)  # fmt: skip
+            cfg = to_dataclass(SceneConfig, ROOT / "configs" / "baseline" / "quick.yaml")
+            cfg.iterations = args.gs_iterations  # the Inria schedule scaled to the budget
+            init, _ = initial_gaussians(
+                args.gs_init, ctx_d, cfg=InitConfig(random_points=args.gs_init_points, sh_degree=cfg.sh_degree)
+            )
             method = SceneMethod().to(device)
-            trainer = SceneTrainer(cfg, ctx_d, method)
+            trainer = SceneTrainer(cfg, ctx_d, method, init=init)
             trainer.fit(progress=False)
             with torch.no_grad():
                 r = SceneMethod.render(method, trainer, tgt_cams)
-            scores["3dgs"].seconds += time.perf_counter() - start
-            scores["3dgs"].add(r.rgb[0], r.depth[0], gt, gt_depth)
+            scores[gs_row].seconds += time.perf_counter() - start
+            scores[gs_row].add(r.rgb[0], r.depth[0], gt, gt_depth)
         print(f"pair {first}-{second}: done", file=sys.stderr)
 
     results = {name: s.result() for name, s in scores.items()}
@@ -289,8 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         s["seconds_per_pair"] /= max(len(chosen), 1)
     print(json.dumps({
         "benchmark": "real", "data": str(args.data), "holdout_frames": [args.holdout_start, last],
-        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near_far": ranges,
-        "gs_iterations": args.gs_iterations, "gs_note": "3DGS is initialised from the context views' sensor depth (oracle)",
+        "pairs": [[a, b, t] for a, b, t in chosen], "size": args.size, "near_far": ranges, "ssim_variant": args.ssim_variant,
+        "gs_iterations": args.gs_iterations, "gs_init": args.gs_init, "gs_init_points": args.gs_init_points,
+        "warp_model": warp_model,
         "models": {k: str(v) for k, v in models.items() if k != "untrained"}, "machine": machine(), "results": results,
     }, indent=1))  # fmt: skip
 

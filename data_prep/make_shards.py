@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "--keyframe-translation", type=float, default=0.05, help="metres the camera must move for a new keyframe"
     )
     parser.add_argument("--keyframe-rotation-deg", type=float, default=5.0, help="or degrees it must turn")
+    parser.add_argument("--no-keyframing", action="store_true",
+                        help="keep every valid frame (keyframe thresholds 0; needs --frame-skip 1): for the LSM protocol, "
+                             "whose selected frames keyframing would drop")  # fmt: skip
     parser.add_argument("--max-shard-mb", type=float, default=256, help="start a new .tar shard beyond this size (MiB)")
     parser.add_argument("--workers", type=int, default=1, help="scenes written in parallel (processes)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME[:K=V,...]",
@@ -132,6 +135,12 @@ def check_options(args) -> None:
     check_number("--frame-skip", args.frame_skip, low=1, integer=True)
     check_number("--keyframe-translation", args.keyframe_translation, low=0)
     check_number("--keyframe-rotation-deg", args.keyframe_rotation_deg, low=0, high=180)
+    if args.no_keyframing:
+        if args.frame_skip != 1:
+            raise InputError(
+                f"--no-keyframing keeps every valid frame; it cannot be combined with --frame-skip {args.frame_skip}"
+            )
+        args.keyframe_translation = args.keyframe_rotation_deg = 0.0
     check_number("--max-shard-mb", args.max_shard_mb, low=0, low_open=True)
     check_number("--workers", args.workers, low=1, high=256, integer=True)
     check_number("--depth-scale", args.depth_scale, low=0, low_open=True)

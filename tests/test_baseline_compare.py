@@ -10,6 +10,7 @@ import torch
 
 from ffsplat.baselines.__main__ import main as baselines_main
 from ffsplat.baselines.compare import BASELINES, dense_index, run_baseline
+from ffsplat.baselines.initialisation import InitConfig
 from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.baselines.supervision import MaskConfig
 from ffsplat.data.shards import EvalIndexDataset
@@ -38,6 +39,9 @@ def setup(tiny_shards, tmp_path_factory):
     return slim, index, tmp
 
 
+SMALL_INIT = InitConfig(sfm_min_points=500, random_points=500)
+"""A test-sized initialisation (the default is Inria's 100,000 points)."""
+
 EXPECTED = {
     "3dgs": set(),
     "feature3dgs": {"target_miou", "target_acc"},
@@ -54,11 +58,11 @@ def test_every_baseline_is_scored_on_the_index(tiny_shards, setup, method):
     slim, index, _ = setup
     cfg = SceneConfig(iterations=5, sh_degree=0, densify=False)
     result = run_baseline(method, Predictor(slim), tiny_shards, "val", index, "sparse", cfg, prompt_grid=2, iterations=5,
-                          mask_cfg=MaskConfig(points_per_side=4))  # fmt: skip
+                          mask_cfg=MaskConfig(points_per_side=4), init_cfg=SMALL_INIT)  # fmt: skip
     assert result["examples"] == 1 and result["reconstruction_s"] > 0 and result["evaluation_s"] > 0
     assert {"psnr", "ssim", "depth_abs_rel"} | EXPECTED[method] <= set(result), result.keys()
     assert 0 < result["psnr"] < 60
-    assert result["init"] in ("sfm", "sfm+random") and result["oracle"] is False
+    assert result["init"] in ("sfm", "sfm+random") and result["oracle"] is False and result["init_points"] >= 500
     assert result["supervision"] == {"semlogits": "teacher labels", "protosaga": "teacher instances"}.get(
         method, result["supervision"]
     )
@@ -85,7 +89,7 @@ def test_default_supervision_is_the_teacher_and_oracle_rows_are_marked(tiny_shar
     predictor = Predictor(slim)
     cfg = SceneConfig(iterations=2, sh_degree=0, densify=False)
     run_baseline("semlogits", predictor, tiny_shards, "val", index, "sparse", cfg, prompt_grid=0, iterations=2,
-                 mask_cfg=MaskConfig(points_per_side=4), init="random")  # fmt: skip
+                 mask_cfg=MaskConfig(points_per_side=4), init="random", init_cfg=InitConfig(random_points=10000))  # fmt: skip
     data, init = seen[-1]
     lang = data.teacher[predictor.cfg.roles["language"]["name"]][0]
     assert torch.equal(data.labels[0], teacher_labels(lang, predictor.class_embeddings, tuple(data.images.shape[-2:])))
@@ -111,7 +115,8 @@ def test_compare_cli_writes_one_table(tiny_shards, setup):
     slim, _, tmp = setup
     code = baselines_main(["compare", "--checkpoint", str(slim), "--shards", str(tiny_shards), "--split", "val",
                            "--index", str(tmp / "index.json"), "--out", str(tmp / "report"), "--iterations", "3",
-                           "--methods", "3dgs", "--settings", "sparse", "--prompt-grid", "2", "--mask-grid", "4", "--oracle"])  # fmt: skip
+                           "--methods", "3dgs", "--settings", "sparse", "--prompt-grid", "2", "--mask-grid", "4", "--oracle",
+                           "--init-points", "500"])  # fmt: skip
     assert code == 0
     report = json.loads((tmp / "report" / "compare.json").read_text())
     assert [r["method"] for r in report["results"]] == ["feed-forward", "3dgs", "3dgs"]

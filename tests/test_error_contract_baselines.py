@@ -20,7 +20,7 @@ def args_for(command: str, shards: Path, slim: Path, index: Path, out: Path) -> 
         else ["--methods", "3dgs", "--settings", "sparse", "--out", out]
     )
     return [command, "--checkpoint", slim, "--shards", shards, "--split", "val", "--index", index, "--iterations", "2",
-            "--prompt-grid", "2", *extra]  # fmt: skip
+            "--prompt-grid", "2", "--init-points", "500", *extra]  # fmt: skip
 
 
 def replace(args: list, option: str, value) -> list:

@@ -266,6 +266,7 @@ def test_make_shards_bad_input(room, tmp_path, capsys):
         "size_0": (["--scene", room, "--size", 0], "--size"),
         "clip_length_1": (["--scene", room, "--clip-length", 1], "--clip-length"),
         "workers_0": (["--scene", room, "--workers", 0], "--workers"),
+        "no_keyframing_skip": (["--scene", room, "--no-keyframing", "--frame-skip", 2], "--no-keyframing keeps every"),
         "unknown_teacher": (["--scene", room, "--teacher", "dino"], "--teacher: unknown teacher 'dino'"),
         "teacher_syntax": (["--scene", room, "--teacher", "sam:checkpoint"], "expected key=value"),
         "out_is_file": (["--scene", room, "--out", tmp_path / "x.txt"], "--out"),

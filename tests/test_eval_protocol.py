@@ -137,6 +137,8 @@ def test_point_gaussians_take_inria_knn_scales():
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]])
     expected = math.sqrt((1 + 4 + 9) / 3)  # the origin's 3 neighbours
     assert knn_scales(pts)[0].item() == pytest.approx(expected)
+    many = torch.rand(500, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(knn_scales(many, max_elements=1000), knn_scales(many))  # k-d tree == brute force
     g = gaussians_from_points(pts, torch.rand(4, 3), opacity=0.1, sh_degree=1)
     assert g.sh.shape == (4, 4, 3) and torch.allclose(g.opacities, torch.full((4,), 0.1))
 
@@ -264,3 +266,38 @@ def test_lsm_selected_seqs_become_an_eval_index(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(["lsm", "--seqs", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_lsm_sorts_frame_ids_numerically_and_reports_dropped_frames(tiny_shards, tmp_path, capsys):
+    """Issue 30: integer ids sort as numbers (as LSM), and frames the shards lack are counted."""
+    from ffsplat.data.shards import scene_frame_ids
+    from ffsplat.evaluation.protocols import lsm_eval_index, main
+
+    ids = [100, 9, 10, 8, 11, 12]  # as strings 10 < 100 < 11 < 12 < 8 < 9
+    index = lsm_eval_index({"scene0001_00": ids})
+    assert index["scene0001_00"] == [{"context": [8, 10], "target": [9]}, {"context": [11, 100], "target": [12]}]
+    assert lsm_eval_index({"s": ["frame-9.jpg", "frame-10.jpg", "frame-8.jpg"]})["s"][0]["target"] == [9]
+
+    held = scene_frame_ids(tiny_shards, "val")["room2"]
+    wanted = list(held[:10]) + [held[-1] + 1]  # one frame the shards do not hold (position 10 -> 10 % 8 = 2)
+    dropped = {}
+    lsm_eval_index({"room2": wanted, "scene0003_00": [1, 2, 3]}, available={"room2": held}, dropped=dropped)
+    # the missing frame is the context of target position 9: that entry is dropped
+    assert dropped == {"frames_missing": 4, "entries_dropped": 2, "scenes_missing": ["scene0003_00"]}
+    (tmp_path / "seqs.json").write_text(json.dumps({"room2": wanted}))
+    args = [
+        "lsm",
+        "--seqs",
+        str(tmp_path / "seqs.json"),
+        "--out",
+        str(tmp_path / "i.json"),
+        "--shards",
+        str(tiny_shards),
+        "--split",
+        "val",
+    ]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["frames_missing"] == 1 and summary["entries_dropped"] == 1 and summary["shards_keyframed"] is True
+    assert "warning: 1 LSM frames are not in --shards" in err and "--no-keyframing" in err

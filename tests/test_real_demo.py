@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ffsplat.core.config import to_dataclass
@@ -101,3 +102,41 @@ def test_make_shards_rejects_a_bad_frame_range(tmp_path, capsys):
     code = main(["--scene", str(tmp_path), "--out", str(tmp_path / "out"), "--frame-range", "10", "5"])
     assert code == 2 and "error: --frame-range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_real_benchmark_scores_ssim_with_a_named_variant():
+    """benchmarks/real.py's SSIM is one of the named variants (issue 30, point 7), not a third one."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real import Scores
+    from ffsplat.objectives.metrics import image_ssim
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 24, 24, generator=g), 3, 1, 1)
+    rgb = (gt + 0.1 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    depth = torch.ones(2, 24, 24)
+    for variant in ("skimage", "torchmetrics"):
+        scores = Scores(21, variant)
+        scores.add(rgb, depth, gt, depth)
+        assert scores.result()["ssim"] == pytest.approx(float(image_ssim(rgb, gt, variant).mean()), abs=1e-6), variant
+
+
+def test_warp_labels_carries_context_maps_by_depth():
+    """The real benchmark's warped-teacher reference rows (issue 30, point 4): a target at a context
+    camera gets that view's labels back; pixels without depth or outside every view get 0."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real import warp_labels
+    from ffsplat.core.types import Cameras
+
+    k = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+    c2w = torch.eye(4).expand(2, 4, 4).clone()
+    c2w[1, 0, 3] = 100.0  # far away: nothing lands there
+    ctx = Cameras(k.expand(1, 2, 3, 3), c2w[None], (16, 16))
+    labels = torch.randint(1, 22, (2, 16, 16), generator=torch.Generator().manual_seed(0))
+    depth = torch.full((16, 16), 2.0)
+    depth[0, 0] = 0.0
+    out = warp_labels(labels, depth, ctx[0, 0], ctx[0], [1, 0])
+    expected = labels[0].clone()
+    expected[0, 0] = 0
+    assert torch.equal(out, expected)
+    shifted = Cameras(k[None, None], c2w[None, 1:], (16, 16))
+    assert (warp_labels(labels, depth, shifted[0, 0], ctx[0], [0]) == 0).all()

@@ -17,7 +17,8 @@ code 2 before anything is written. Per-scene settings come from ``configs/baseli
 ``--iterations`` to override every method's budget). ``compare`` runs each (method, setting) in its
 own process so that its peak memory is its own.
 
-By default the baselines start from SfM points of their training views (``--init sfm``; also
+By default the baselines start from SfM points of their training views topped up with random
+frustum points to Inria's 100,000 (``--init sfm``, ``--init-points``; also
 ``random``, ``predicted`` = the feed-forward model's depth) and learn from the teachers
 (``--supervision teacher``). ``--oracle`` adds, per method and setting, a row marked ORACLE that
 starts from sensor depth and learns from ground-truth labels / instances. Times are per scene:
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import ffsplat  # noqa: F401  (torchvision shim first)
 from ffsplat.baselines.compare import BASELINES, run_baseline, save_json, write_table
-from ffsplat.baselines.initialisation import INITIALISATIONS
+from ffsplat.baselines.initialisation import DEFAULT_INIT, INITIALISATIONS, PAPER_INITIAL_GAUSSIANS, InitConfig
 from ffsplat.baselines.supervision import SUPERVISIONS, MaskConfig
 from ffsplat.baselines.trainer import SceneConfig
 from ffsplat.objectives.metrics import SSIM_VARIANTS
@@ -63,6 +64,7 @@ def check_inputs(args):
     check_number("--prompt-grid", args.prompt_grid, low=0, high=256, integer=True)
     check_number("--dense-views", args.dense_views, low=2, integer=True)
     check_number("--max-examples", args.max_examples, low=1, integer=True)
+    check_number("--init-points", args.init_points, low=1, integer=True)
     check_device("--device", args.device)
     check_input_file("--checkpoint", args.checkpoint, "checkpoint")
     check_input_file("--index", args.index, "evaluation index")
@@ -132,7 +134,11 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--scene-config", type=Path, default=CONFIG_DIR / "baseline" / "default.yaml")
     p.add_argument("--iterations", type=int, help="steps for every method (default: the scene config's budgets)")
-    p.add_argument("--init", default="sfm", choices=sorted(INITIALISATIONS), help="initial Gaussians (sensor = oracle)")
+    p.add_argument(
+        "--init", default=DEFAULT_INIT, choices=sorted(INITIALISATIONS), help="initial Gaussians (sensor = oracle)"
+    )
+    p.add_argument("--init-points", type=int, default=PAPER_INITIAL_GAUSSIANS,
+                   help="points of the random init and the count SfM is topped up to (default: Inria's 100,000)")  # fmt: skip
     p.add_argument(
         "--supervision", default="teacher", choices=sorted(SUPERVISIONS), help="training signal (oracle = ground truth)"
     )
@@ -177,6 +183,7 @@ def execute(args) -> int:
         result = run_baseline(args.method, predictor, args.shards, args.split, index, args.setting, scene_config(args),
                               args.prompt_grid, args.dense_views, args.max_examples, init=args.init,
                               supervision=args.supervision, mask_cfg=MaskConfig(points_per_side=args.mask_grid),
+                              init_cfg=InitConfig(random_points=args.init_points, sfm_min_points=args.init_points),
                               ssim_variant=args.ssim, lpips_vgg_path=str(args.lpips_vgg) if args.lpips_vgg else None,
                               iterations=args.iterations, progress=not args.no_progress)  # fmt: skip
         with writing(args.out):
@@ -218,7 +225,7 @@ def compare(args, index, predictor, staging: Path) -> None:
                "--checkpoint", str(args.checkpoint), "--shards", str(args.shards), "--split", args.split,
                "--index", str(args.index), "--scene-config", str(args.scene_config), "--prompt-grid", str(args.prompt_grid),
                "--dense-views", str(args.dense_views), "--device", args.device, "--init", init, "--supervision", supervision,
-               "--mask-grid", str(args.mask_grid), "--ssim", args.ssim]  # fmt: skip
+               "--mask-grid", str(args.mask_grid), "--ssim", args.ssim, "--init-points", str(args.init_points)]  # fmt: skip
         for flag, value in (
             ("--iterations", args.iterations),
             ("--max-examples", args.max_examples),

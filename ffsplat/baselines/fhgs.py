@@ -27,10 +27,11 @@ Choices of this re-implementation (BASELINES.md allows / asks to state them):
 * Base renderer: 3DGS (the shared trainer), not the paper's 2DGS.
 * Feature assignment: the paper samples ``f_i`` at the Gaussian's projection in one (random) view
   where the SfM point is visible. We project each initial centre into every training view and use
-  the in-image view whose depth map agrees best with the centre's depth (relative error; the first
-  in-image view when the views have no depth), then bilinearly sample the teacher map there and
-  L2-normalise. With the trainer's default initialisation (unprojected depth) that view is the one
-  the Gaussian was unprojected from and the sample is exactly its source pixel.
+  the first in-image view where it is visible: where the *rendered* depth of the initial Gaussians
+  (:func:`visible_depths`, never the sensor's) is within :data:`VISIBLE_TOLERANCE` of the centre's
+  depth (else the view that agrees best), then bilinearly sample the teacher map there and
+  L2-normalise. Sensor depth is not read: a
+  method that sees it would be an oracle row.
 * Frozen features live in ``trainer.params["sam"]`` with learning rate 0 (and are detached when
   rendered), so gsplat's densification clones / splits / prunes them with the other attributes.
 * Metrics: ``FE`` = mean per-pixel ``L_gt`` over views; ``FL1`` = mean absolute difference between
@@ -357,12 +358,17 @@ def unit_teacher(teacher: Tensor, size: tuple[int, int]) -> Tensor:
     return F.normalize(t, dim=1).reshape(*lead, t.shape[1], *size)
 
 
+VISIBLE_TOLERANCE = 0.05
+"""A centre counts as visible in a view when its depth is within 5 % of the view's depth at its pixel."""
+
+
 def sample_source_features(means: Tensor, cameras: Cameras, teacher: Tensor, depths: Tensor | None = None) -> Tensor:
     """Unit teacher feature at each point's projection in its source view (see module doc).
 
     Args:
         means: ``[N, 3]`` world points. cameras: ``[V]`` (or ``[1, V]``).
-        teacher: ``[V, C, h, w]`` (or ``[1, V, C, h, w]``). depths: ``[V, H, W]`` or None.
+        teacher: ``[V, C, h, w]`` (or ``[1, V, C, h, w]``). depths: ``[V, H, W]`` (0: unknown;
+            :func:`visible_depths` in :class:`FHGS`) or None (the first in-image view).
     Returns:
         ``[N, C]`` unit features.
     """
@@ -379,6 +385,7 @@ def sample_source_features(means: Tensor, cameras: Cameras, teacher: Tensor, dep
         py = uv[..., 1].floor().long().clamp(0, height - 1)
         sensed = torch.gather(d.reshape(len(d), -1), 1, py * width + px)
         score = torch.where(sensed > 0, (z - sensed).abs() / z.abs().clamp_min(1e-8), torch.full_like(z, 1e3))
+        score = torch.where(score < VISIBLE_TOLERANCE, torch.zeros_like(score), score)  # visible: first such view
     score = torch.where(inside, score, score + 1e6)  # prefer in-image views; else the least bad
     view = score.argmin(0)  # [N] (first minimum on ties)
     pt = uv.gather(0, view[None, :, None].expand(1, -1, 2))[0]  # [N, 2]
@@ -390,6 +397,24 @@ def sample_source_features(means: Tensor, cameras: Cameras, teacher: Tensor, dep
         sampled = F.grid_sample(teacher[v : v + 1], g, mode="bilinear", padding_mode="border", align_corners=False)
         out[sel] = sampled[0, :, 0].T.to(out.dtype)
     return F.normalize(out, dim=-1)
+
+
+@torch.no_grad()
+def visible_depths(init: Gaussians, cameras: Cameras) -> Tensor:
+    """``[V, H, W]`` z-buffer of the initial Gaussians' centres in each view (the nearest centre that
+    projects into each pixel; 0 where none does): depth from the model being fitted, never the
+    sensor's. A centre is visible in a view when it is (within :data:`VISIBLE_TOLERANCE`) that
+    nearest one at its pixel."""
+    cams = cameras.reshape(-1)
+    height, width = cams.image_size
+    pts = init.means[None].to(cams.extrinsics.dtype).expand(cams.batch_shape[0], -1, -1)
+    uv, z = project_points(pts, cams.intrinsics, cams.w2c)  # [V, N, 2], [V, N]
+    inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
+    pix = uv[..., 1].floor().long().clamp(0, height - 1) * width + uv[..., 0].floor().long().clamp(0, width - 1)
+    far = torch.full_like(z, float("inf"))
+    buf = far.new_full((len(z), height * width), float("inf"))
+    buf = buf.scatter_reduce(1, pix, torch.where(inside, z, far), reduce="amin")
+    return torch.where(torch.isfinite(buf), buf, torch.zeros_like(buf)).reshape(len(z), height, width)
 
 
 # ---------------------------------------------------------------------------- the method
@@ -412,7 +437,7 @@ class FHGS(SceneMethod):
     def per_gaussian(self, init: Gaussians, data: Views) -> dict[str, tuple[Tensor, float]]:
         if self.teacher not in data.teacher:
             raise KeyError(f"FHGS: teacher {self.teacher!r} not in data.teacher (have {list(data.teacher)})")
-        depths = None if data.depths is None else data.depths[0]
+        depths = visible_depths(init, data.cameras[0])  # from the initial Gaussians, not the sensor (no oracle)
         feats = sample_source_features(init.means, data.cameras[0], data.teacher[self.teacher][0], depths)
         return {self.KEY: (feats, 0.0)}  # lr 0: frozen, but densified with the rest
 

@@ -16,6 +16,9 @@
   densification keeps them aligned.
 * Rendering: ``ffsplat.render.renderer`` (gsplat on CUDA, the torch rasterizer on CPU), like the model.
 * Checkpoints (atomic) every ``checkpoint_every`` steps; :meth:`SceneTrainer.fit` resumes from one.
+* Budgets: the refine / reset / SH / position-decay steps are written for ``schedule_reference``
+  (Inria's 30k in ``configs/baseline/*.yaml``) iterations; a shorter run scales them to its budget (:func:`scaled_to_budget`), so
+  it densifies within any budget (e.g. 100 steps: refine every 10 from step 10 to 50, reset at 30).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class SceneConfig:
             synchronisation of tiny ops: 3DGS on 3 views of 48x48 (6.9k Gaussians) on the 2-core
             box took 0.09 CPU-s (0.13 s) per step with 1 thread against 0.55 CPU-s (0.5-0.7 s)
             with 2 (BENCHMARKS.md, per-scene baselines); the quick config uses 1.
+        schedule_reference: the budget the step counts above are written for (the baseline configs
+            set Inria's 30000); a run of fewer iterations scales refine_* / reset_every /
+            sh_degree_interval / lr_means_horizon to its length (:func:`scaled_to_budget`); 0 (the
+            dataclass default, for hand-written schedules) uses them as written.
         render: rasterization settings.
     """
 
@@ -92,7 +99,33 @@ class SceneConfig:
     seed: int = 0
     checkpoint_every: int = 0
     cpu_threads: int = 0
+    schedule_reference: int = 0
     render: RasterSettings = field(default_factory=RasterSettings)
+
+
+MIN_REFINE_EVERY = 10
+"""Fewest steps between densifications of a scaled schedule (gradients are averaged over them)."""
+
+
+def scaled_to_budget(cfg: SceneConfig) -> SceneConfig:
+    """``cfg`` with its step schedule scaled to ``cfg.iterations`` when that is below
+    ``cfg.schedule_reference`` (ratio ``r``): refine every ``max(10, r * refine_every)`` steps from
+    ``max(that, r * refine_start)`` to ``r * refine_stop``, opacity reset every
+    ``max(3 x refine interval, r * reset_every)``, SH bands every ``r * sh_degree_interval``, position
+    learning rate decayed over the run. Unchanged otherwise."""
+    from dataclasses import replace
+
+    ref = cfg.schedule_reference
+    if ref <= 0 or cfg.iterations >= ref:
+        return cfg
+    r = cfg.iterations / ref
+    every = max(MIN_REFINE_EVERY, round(cfg.refine_every * r))
+    start = max(every, round(cfg.refine_start * r))
+    stop = max(start + every, round(cfg.refine_stop * r))
+    return replace(cfg, refine_every=every, refine_start=start, refine_stop=stop,
+                   reset_every=max(3 * every, round(cfg.reset_every * r)),
+                   sh_degree_interval=max(1, round(cfg.sh_degree_interval * r)),
+                   lr_means_horizon=max(1, round(cfg.lr_means_horizon * r)))  # fmt: skip
 
 
 class OpacityResetStrategy(DefaultStrategy):
@@ -154,6 +187,7 @@ class SceneTrainer:
     CORE = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
     def __init__(self, cfg: SceneConfig, data: Views, method: SceneMethod, init: Gaussians | None = None):
+        cfg = scaled_to_budget(cfg)
         self.cfg, self.data, self.method = cfg, data, method
         device = data.images.device
         if init is None:

@@ -10,6 +10,12 @@ label 0 ignored; per-image mean too), PSNR/SSIM, depth AbsRel and delta < 1.25, 
 ``--prompt-grid`` squared grid of point prompts (SAM's decoder, or the stand-in for stand-in models).
 With ``--teacher-baseline`` the 2D teachers applied at the target views are scored as well.
 
+Labels are scored in the dataset's 8 evaluation classes. A model whose classes are others (the demo
+model's 20 PASCAL VOC classes) is refused on labelled shards unless ``--class-mapping`` is given
+(``pascal-scannet``: chair, sofa, dining table -> table, the rest -> other; or a JSON file
+``{"model class": "evaluation class"}``); report.json records the mapping used under
+``class_mapping``, with the dataset classes the model cannot predict.
+
 The model runs at the shards' resolution; when that differs from the size the model was trained at,
 the report says so (``resolution`` in report.json, a note in report.md). Empty table cells are
 explained under the table. Damaged shards (corrupt, truncated, missing) are skipped and listed in
@@ -123,12 +129,15 @@ def check_args(args) -> None:
         check_output_dir,
         check_outputs,
     )
+    from ffsplat.evaluation.class_mapping import BUILTIN_MAPPINGS
 
     check_number("--prompt-grid", args.prompt_grid, low=0, high=256, integer=True)
     check_number("--max-examples", args.max_examples, low=1, integer=True)
     check_number("--figures", args.figures, low=0, integer=True)
     if args.device is not None:
         check_device("--device", args.device)
+    if args.class_mapping is not None and args.class_mapping not in BUILTIN_MAPPINGS:
+        check_input_file("--class-mapping", Path(args.class_mapping), "class mapping JSON")
     check_input_file("--checkpoint", args.checkpoint, "checkpoint")
     check_input_file("--index", args.index, "evaluation index")
     for option, path in (
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--sam-checkpoint")
     p.add_argument("--lseg-checkpoint")
+    p.add_argument("--class-mapping", help="model classes -> evaluation classes: pascal-scannet, or a JSON file "
+                   '{"model class": "evaluation class"}; needed when the model\'s classes are not the 8 evaluation classes')  # fmt: skip
     args = p.parse_args(argv)
     return run_command(lambda: run(args))
 
@@ -199,6 +210,7 @@ def run(args) -> int:
     from ffsplat.core.errors import InputError
     from ffsplat.data.shards import EvalIndexDataset, read_manifest
     from ffsplat.data.sampling import load_eval_index
+    from ffsplat.evaluation.class_mapping import ClassMappingError
     from ffsplat.evaluation.evaluate import EvalConfig, evaluate_model, evaluate_teacher
     from ffsplat.inference.predictor import CheckpointError, Predictor, teacher_overrides
 
@@ -227,10 +239,17 @@ def run(args) -> int:
                               "scores depend on resolution, so compare only runs at the same size")  # fmt: skip
         print(f"warning: {resolution['note']}", file=sys.stderr)
     cfg = EvalConfig(prompt_grid=args.prompt_grid, source_views=not args.no_source_views, max_examples=args.max_examples,
-                     lpips_vgg_path=args.lpips_vgg, progress=True)  # fmt: skip
+                     lpips_vgg_path=args.lpips_vgg, progress=True, class_mapping=args.class_mapping)  # fmt: skip
     model_set = EvalIndexDataset(args.shards, args.split, index)
     seen = Observed(model_set)
-    results = {"model": evaluate_model(predictor, seen, cfg)}
+    try:
+        results = {"model": evaluate_model(predictor, seen, cfg)}
+    except ClassMappingError as exc:
+        raise InputError(f"--class-mapping: {exc}; nothing written") from exc
+    mapping = results["model"].get("class_mapping")
+    if mapping and mapping["dataset_classes_not_predictable"]:
+        print(f"warning: with class mapping {mapping['name']} the model cannot predict the dataset classes "
+              f"{', '.join(mapping['dataset_classes_not_predictable'])} (their IoU is 0)", file=sys.stderr)  # fmt: skip
     if results["model"]["examples"] == 0:
         raise InputError(f"--shards: no example of {args.index} could be read from {args.shards} "
                          f"({model_set.corrupt.count} bad shard reads; run data_prep/verify_shards.py); nothing written")  # fmt: skip
@@ -246,13 +265,16 @@ def run(args) -> int:
                 predictor, EvalIndexDataset(args.shards, args.split, index), args.out / "figures", args.figures
             )
             report = {"checkpoint": str(args.checkpoint), "shards": str(args.shards), "split": args.split, "index": str(args.index),
-                      "settings": vars(cfg), "resolution": resolution, "results": results, "figures": figures,
+                      "settings": vars(cfg), "resolution": resolution, "class_mapping": mapping, "results": results, "figures": figures,
                       "empty_columns": {c: reasons[c] for c in COLUMNS if not isinstance(results["model"].get(c), float)},
                       "bad_shard_data": model_set.corrupt.summary() if model_set.corrupt.count else bad_at_start,
                       "skipped_entries": model_set.skipped_entries}  # fmt: skip
             with atomic_open(args.out / "report.json", "w") as f:
                 json.dump(report, f, indent=2, default=str)
             note = f"\n**Resolution:** {resolution['note']}\n" if "note" in resolution else ""
+            if mapping and mapping["name"] != "identity":
+                note += (f"\n**Class mapping:** {mapping['name']} (model classes -> evaluation classes, see report.json); "
+                         f"not predictable: {', '.join(mapping['dataset_classes_not_predictable']) or 'none'}\n")  # fmt: skip
             bad = report["bad_shard_data"]
             damaged = (f"\n**Damaged shards skipped:** {bad['bad']} bad reads in {sorted(bad['by_shard'])}; "
                        f"{len(model_set.skipped_entries)} index entries not evaluated (see report.json)\n") if bad["bad"] else ""  # fmt: skip

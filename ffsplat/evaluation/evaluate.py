@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ffsplat.data.labels import EVAL_CLASSES
+from ffsplat.evaluation.class_mapping import resolve_class_mapping
 from ffsplat.objectives.metrics import (
     PromptableMeter,
     VGG16_SHA256_PREFIX,
@@ -62,6 +63,11 @@ class EvalConfig:
         ssim_variant: ``skimage`` (MVSplat / SemanticSplat) or ``torchmetrics`` (LSM), see
             :data:`ffsplat.objectives.metrics.SSIM_VARIANTS`.
         progress: print one flushed line per example to stderr (works in a terminal and in a log).
+        class_mapping: how the model's classes map to the dataset's evaluation classes before scoring
+            labels: None (the model's classes must be the evaluation classes, else
+            :class:`~ffsplat.evaluation.class_mapping.ClassMappingError`), ``pascal-scannet`` or a
+            JSON file (:mod:`ffsplat.evaluation.class_mapping`). The result records it under
+            ``class_mapping`` with the dataset classes the model cannot predict.
     """
 
     prompt_grid: int = 32
@@ -71,6 +77,29 @@ class EvalConfig:
     ssim_variant: str = "skimage"
     lpips_sha256_prefix: str = VGG16_SHA256_PREFIX
     progress: bool = False
+    class_mapping: str | None = None
+
+
+class _Mapper:
+    """Maps predicted model class ids to evaluation ids; resolved at the first labelled view, so
+    evaluating a model of another vocabulary on unlabelled data needs no mapping."""
+
+    def __init__(self, predictor, option: str | None):
+        self.names = list(getattr(predictor, "class_names", EVAL_CLASSES))
+        self.option = option
+        self.mapping = None
+        self.table: Tensor | None = None
+
+    def __call__(self, pred: Tensor) -> Tensor:
+        if self.mapping is None:
+            self.mapping = resolve_class_mapping(self.names, self.option)
+            self.table = self.mapping.lookup(self.names)
+        return self.table.to(pred.device)[pred]
+
+    def record(self, result: dict) -> dict:
+        if self.mapping is not None:
+            result["class_mapping"] = self.mapping.report()
+        return result
 
 
 def report_progress(cfg: EvalConfig, what: str, count: int, example: Example, start: float) -> None:
@@ -130,6 +159,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
     """Score a feed-forward predictor on ``examples`` (batches of one scene each are fine)."""
     cfg = cfg or EvalConfig()
     scores = _Scores()
+    mapper = _Mapper(predictor, cfg.class_mapping)
     model, device = predictor.model, predictor.class_embeddings.device
     lpips = checked_lpips(cfg.lpips_vgg_path, cfg.lpips_sha256_prefix).to(device) if cfg.lpips_vgg_path else None
     conditioned = predictor.conditioned
@@ -154,7 +184,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
             h, w = views.images.shape[-2:]
             decoded = model.decode_fields(rendered.features, {"sam": (h, w), "lseg": (h, w)})
             if views.labels is not None:
-                pred = classify_by_embeddings(decoded["lseg"].flatten(0, 1), predictor.class_embeddings)
+                pred = mapper(classify_by_embeddings(decoded["lseg"].flatten(0, 1), predictor.class_embeddings))
                 (scores.target_seg if kind == "target" else scores.source_seg).update(pred, views.labels.flatten(0, 1))
             if kind != "target":
                 continue
@@ -186,7 +216,7 @@ def evaluate_model(predictor, examples: Iterable[Example], cfg: EvalConfig | Non
     result["ssim_variant"] = cfg.ssim_variant
     if cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
+    return mapper.record(result)
 
 
 @torch.no_grad()
@@ -195,6 +225,7 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
     segmentation-teacher promptable IoU (the reference a 3D field should beat by being consistent)."""
     cfg = cfg or EvalConfig()
     scores = _Scores()
+    mapper = _Mapper(predictor, cfg.class_mapping)
     device = predictor.class_embeddings.device
     start = time.perf_counter()
     for i, example in enumerate(examples):
@@ -208,7 +239,7 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
                 feats["language"].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False
             )
             scores.target_seg.update(
-                classify_by_embeddings(lang, predictor.class_embeddings), target.labels.flatten(0, 1)
+                mapper(classify_by_embeddings(lang, predictor.class_embeddings)), target.labels.flatten(0, 1)
             )
         if target.instances is not None and cfg.prompt_grid:
             _promptable(
@@ -219,4 +250,4 @@ def evaluate_teacher(predictor, examples: Iterable[Example], cfg: EvalConfig | N
                 cfg.prompt_grid,
             )
         report_progress(cfg, "teacher", i + 1, example, start)
-    return scores.result()
+    return mapper.record(scores.result())

@@ -1,7 +1,8 @@
 """Published evaluation protocols as ffsplat evaluation indices.
 
 LSM (``large_spatial_model/datasets/testdata.py``): ``selected_seqs_test.json`` maps each ScanNet
-scene to its selected frame names; frames are sorted (as strings, as LSM sorts them), scene
+scene to its selected frame names; frames are sorted by frame number (numerically, as LSM sorts
+them: ``"9.jpg"`` before ``"10.jpg"``, integer ids as numbers, not as strings), scene
 ``scene0696_02`` is left out, and with ``llff_hold = 8``, ``test_ids = (1, 4)`` every frame at a
 position ``i`` with ``i % 8 in test_ids`` is a target whose two source views are the frames at
 ``i - 1`` and ``i + 1`` (clamped to the list). :func:`lsm_eval_index` turns that into one index
@@ -10,6 +11,11 @@ ids parsed from the frame names (``"000120"`` / ``"frame-000120"`` / ``"120.jpg"
 
     python -m ffsplat.evaluation.protocols lsm --seqs selected_seqs_test.json --out lsm_index.json \
         [--shards data/shards/scannet --split test]   # keep only scenes and frames the shards hold
+
+With ``--shards``, LSM frames the shards do not hold are counted and reported (``frames_missing``,
+``entries_dropped``, ``scenes_missing`` in the printed JSON, plus a warning): keyframing drops frames,
+so shards for the LSM protocol are built with keyframing off (``make_shards.py --no-keyframing``),
+and the importer says when the shards were not (``shards_keyframed``).
 """
 
 from __future__ import annotations
@@ -35,31 +41,39 @@ def frame_number(name: str | int) -> int:
 
 
 def lsm_eval_index(seqs: dict[str, list], llff_hold: int = 8, test_ids: tuple[int, ...] = (1, 4),
-                   available: dict[str, list[int]] | None = None) -> dict[str, list[dict]]:  # fmt: skip
+                   available: dict[str, list[int]] | None = None, dropped: dict | None = None) -> dict[str, list[dict]]:  # fmt: skip
     """LSM's test views (module doc) as an evaluation index ``{scene: [{"context", "target"}]}``.
 
     Args:
         seqs: the parsed ``selected_seqs_test.json``.
         available: optional frame ids per scene present in the shards; scenes missing there are
-            skipped and entries using a missing frame are dropped (the caller reports the counts).
+            skipped and entries using a missing frame are dropped.
+        dropped: optional dict filled with what ``available`` removed: ``frames_missing`` (LSM frames
+            not in the shards), ``entries_dropped`` and ``scenes_missing``.
     """
+    if dropped is not None:
+        dropped.update(frames_missing=0, entries_dropped=0, scenes_missing=[])
     index: dict[str, list[dict]] = {}
     for scene, frames in sorted(seqs.items()):
         if scene in LSM_IGNORED_SCENES or not frames:
             continue
         if not isinstance(frames, list):
             raise ValueError(f"scene {scene!r}: expected a list of frame names, got {type(frames).__name__}")
-        names = sorted(frames) if all(isinstance(f, str) for f in frames) else sorted(frames, key=str)
-        ids = [frame_number(f) for f in names]
+        ids = sorted(frame_number(f) for f in frames)  # numerically, as LSM
+        have = None if available is None else set(available.get(scene, ()))
+        if have is not None and dropped is not None:
+            dropped["frames_missing"] += sum(i not in have for i in ids)
+            if not have:
+                dropped["scenes_missing"].append(scene)
         entries = []
         for i in range(len(ids)):
             if i % llff_hold not in test_ids:
                 continue
             entry = {"context": [ids[max(i - 1, 0)], ids[min(i + 1, len(ids) - 1)]], "target": [ids[i]]}
-            if available is not None:
-                have = set(available.get(scene, ()))
-                if not set(entry["context"] + entry["target"]) <= have:
-                    continue
+            if have is not None and not set(entry["context"] + entry["target"]) <= have:
+                if dropped is not None:
+                    dropped["entries_dropped"] += 1
+                continue
             entries.append(entry)
         if entries:
             index[scene] = entries
@@ -86,13 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(seqs, dict):
         print(f"error: --seqs {args.seqs}: expected an object {{scene: [frame names]}}", file=sys.stderr)
         return 2
-    available = None
+    available, dropped, keyframed = None, {}, None
     if args.shards is not None:
-        from ffsplat.data.shards import scene_frame_ids
+        from ffsplat.data.shards import read_manifest, scene_frame_ids
 
-        available = {k: list(map(int, v)) for k, v in scene_frame_ids(args.shards, args.split).items()}
+        try:
+            available = {k: list(map(int, v)) for k, v in scene_frame_ids(args.shards, args.split).items()}
+            keyframed = shards_keyframed(read_manifest(args.shards).get("config", {}))
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            print(f"error: --shards/--split: {exc}", file=sys.stderr)
+            return 2
     try:
-        index = lsm_eval_index(seqs, args.llff_hold, tuple(args.test_ids), available)
+        index = lsm_eval_index(seqs, args.llff_hold, tuple(args.test_ids), available, dropped)
     except ValueError as exc:
         print(f"error: --seqs {args.seqs}: {exc}", file=sys.stderr)
         return 2
@@ -102,8 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     from ffsplat.data.sampling import save_eval_index
 
     save_eval_index(args.out, index)
-    print(f"{sum(len(v) for v in index.values())} entries in {len(index)} scenes -> {args.out}")
+    summary = {"out": str(args.out), "entries": sum(len(v) for v in index.values()), "scenes": len(index), **dropped}
+    if keyframed is not None:
+        summary["shards_keyframed"] = keyframed
+    print(json.dumps(summary))
+    if dropped.get("frames_missing"):
+        hint = (" (the shards were keyframed: rebuild them with data_prep/make_shards.py --no-keyframing)"
+                if keyframed else "")  # fmt: skip
+        print(f"warning: {dropped['frames_missing']} LSM frames are not in --shards; {dropped['entries_dropped']} "
+              f"entries and {len(dropped['scenes_missing'])} scenes dropped{hint}", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def shards_keyframed(config: dict) -> bool:
+    """Whether shards written with this ``ShardConfig`` dict may have dropped valid frames
+    (keyframe thresholds above 0 or a frame skip): not the LSM protocol's frames."""
+    return bool(config.get("keyframe_translation", 0) > 0 or config.get("keyframe_rotation_deg", 0) > 0
+                or config.get("frame_skip", 1) > 1)  # fmt: skip
 
 
 if __name__ == "__main__":
