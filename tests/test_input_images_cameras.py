@@ -15,6 +15,7 @@ import infer
 from ffsplat.data.image_ops import EXIF_ORIENTATION, read_photo
 from ffsplat.inference.cameras import CameraFileError, read_cameras
 from ffsplat.inference.cli import load_image
+from tests.test_infer import checkpoint, inputs, room_views  # noqa: F401  (fixtures)
 
 
 def test_exif_orientation_is_applied_and_reported(tmp_path):
@@ -111,3 +112,16 @@ def test_the_checkpoints_size_is_not_called_size(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1, err
     assert "--size" not in err.split(";")[0] and f"the training size {tmp_path / 'model.pt'} records" in err, err
     assert "expected a multiple of 4, got 66" in err and not (tmp_path / "o").exists()
+
+
+def test_infer_says_when_it_applied_an_exif_orientation(tmp_path, checkpoint, inputs, capsys):  # noqa: F811
+    views, cameras = inputs
+    turned = tmp_path / "view_0.png"  # the name the cameras file gives
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 3  # rotate 180: the displayed size is the stored one, so the cameras still fit
+    Image.open(views[0]).rotate(180).save(turned, exif=exif)
+    code = infer.main(["--views", str(turned), str(views[1]), "--cameras", str(cameras), "--out", str(tmp_path / "o" / "s.ply"),
+                       "--checkpoint", str(checkpoint), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"info: applied the EXIF orientation of {turned} (as photo viewers do)" in err, err
