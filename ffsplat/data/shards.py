@@ -23,8 +23,12 @@ position)``, so a resumed run that has consumed ``c`` batches of an epoch skips 
 of them (without decoding) and continues with exactly the examples an uninterrupted run would
 have seen (:meth:`ClipExamples.set_position`; exact as long as no skipped sample was corrupt).
 
+Training decodes only the frames an example uses: the views are drawn from the clip's
+``meta.json`` first, then just their members are decoded (:func:`~ffsplat.data.clip.decode_clip`
+with ``positions``); the examples are the same as decoding the whole clip would give.
+
 A sample that fails to decode or verify (:func:`ffsplat.data.clip.decode_clip` checks every
-member), and a shard that is missing, truncated or unreadable, is skipped, counted and logged with
+member it decodes), and a shard that is missing, truncated or unreadable, is skipped, counted and logged with
 the shard and member named (never raised); :meth:`CorruptCounter.summary` is the run's list.
 :func:`verify_shards` checks every shard's SHA-256 against ``manifest.json``.
 """
@@ -44,7 +48,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip, stack_masks
+from ffsplat.data.clip import Clip, ClipDecodeError, clip_length, decode_clip, stack_masks
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 
@@ -422,19 +426,25 @@ class ClipExamples(IterableDataset):
                                    "check the shards with data_prep/verify_shards.py")  # fmt: skip
             consecutive += 1
             try:
-                clip = decode_clip(sample)
+                length = clip_length(sample)
             except ValueError as exc:
                 self.corrupt.record_decode(sample, exc)
                 continue
             try:
                 draw = np.random.default_rng([self.seed, self.epoch, rank, worker, produced])
-                context, target = sample_views(
-                    len(clip), self.sampler, draw, self.sample_step(worker, workers, produced)
-                )
+                context, target = sample_views(length, self.sampler, draw, self.sample_step(worker, workers, produced))
             except ValueError as exc:
                 self.corrupt.record(sample.get("__url__"), str(sample.get("__key__")), f"cannot sample views: {exc}")
                 continue
+            # views are drawn from the meta first; only the frames they use are decoded
+            used = np.unique(np.concatenate([context, target]))
+            try:
+                clip = decode_clip(sample, used)
+            except ValueError as exc:
+                self.corrupt.record_decode(sample, exc)
+                continue
             consecutive = 0
+            context, target = np.searchsorted(used, context), np.searchsorted(used, target)
             yield Example(clip_to_views(clip, context), clip_to_views(clip, target), [clip.scene])
             produced += 1
             if count is not None and produced >= count:
