@@ -95,3 +95,27 @@ def test_training_examples_are_the_same_as_decoding_whole_clips(tmp_path, monkey
             assert torch.equal(got.teacher["sam"], want.teacher["sam"])
             assert torch.equal(got.masks.segments, want.masks.segments)
             assert torch.equal(got.masks.tables, want.masks.tables)
+
+
+def test_evaluation_decodes_only_the_indexed_frames(tmp_path, monkeypatch):
+    from tests.test_loader import make_shards
+
+    root = tmp_path / "shards"
+    make_shards(root, num_shards=1, per_shard=3)  # frame ids 0-3, 10-13, 20-23
+    second = samples_of(root / "train" / "scene0000_00-0000.tar")[1]  # frames 10-13
+    decoded: list[list[int]] = []
+    real = shards_module.decode_clip
+
+    def counting(sample, positions=None):
+        clip = real(sample, positions)
+        decoded.append(clip.frame_ids.tolist())
+        return clip
+
+    monkeypatch.setattr(shards_module, "decode_clip", counting)
+    index = {"scene0000_00": [{"context": [10, 12], "target": [11]}, {"context": [20, 22], "target": [21]}]}
+    examples = list(shards_module.EvalIndexDataset(root, "train", index))
+    assert sorted(decoded) == [[10, 11, 12], [20, 21, 22]]  # the clip with frames 0-3 is not decoded
+    assert [e.context.frame_ids.flatten().tolist() for e in examples] == [[10, 12], [20, 22]]
+    full = real(second)  # frame 11 is its position 1: the same pixels as decoding the whole clip
+    want = torch.from_numpy(full.images[1]).permute(2, 0, 1).float() / 255.0
+    assert torch.equal(examples[0].target.images[0, 0], want)

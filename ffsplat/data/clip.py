@@ -182,8 +182,8 @@ _DTYPES = {"depths": np.uint16, "labels": np.uint8, "nyu40": np.uint8, "instance
 """Clip attribute -> the dtype its decoded PNGs must have."""
 
 
-def clip_length(sample: dict[str, bytes | str]) -> int:
-    """Number of keyframes in a clip sample, from its ``meta.json`` alone (no image is decoded).
+def clip_frame_ids(sample: dict[str, bytes | str]) -> list[int]:
+    """A clip sample's keyframe ids, from its ``meta.json`` alone (no image is decoded).
 
     Raises :class:`ClipDecodeError` (a ``ValueError``) naming the key if the meta is unreadable."""
     key = sample.get("__key__", "?")
@@ -191,9 +191,14 @@ def clip_length(sample: dict[str, bytes | str]) -> int:
         meta = json.loads(sample["meta.json"])
         if meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"format version {meta.get('version')}, expected {FORMAT_VERSION}")
-        return len(meta["frame_ids"])
+        return [int(i) for i in meta["frame_ids"]]
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ClipDecodeError(key, "meta.json", f"{type(exc).__name__}: {exc}") from exc
+
+
+def clip_length(sample: dict[str, bytes | str]) -> int:
+    """Number of keyframes in a clip sample, from its ``meta.json`` alone (see :func:`clip_frame_ids`)."""
+    return len(clip_frame_ids(sample))
 
 
 def _load_npy_frames(data: bytes, frames: np.ndarray | None) -> np.ndarray:

@@ -49,7 +49,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ffsplat.data import remote
-from ffsplat.data.clip import Clip, ClipDecodeError, clip_length, decode_clip, stack_masks
+from ffsplat.data.clip import Clip, ClipDecodeError, clip_frame_ids, clip_length, decode_clip, stack_masks
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 
@@ -551,9 +551,14 @@ class EvalIndexDataset(IterableDataset):
                 wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt)
             )
             frames: dict[int, tuple[Clip, int]] = {}
+            needed = {int(i) for entry in index[scene] for i in list(entry["context"]) + list(entry["target"])}
             for sample in pipeline:
-                try:
-                    clip = decode_clip(sample)
+                try:  # only the frames the index names (first clip holding each) are decoded
+                    ids = clip_frame_ids(sample)
+                    positions = [p for p, i in enumerate(ids) if i in needed and i not in frames and i not in ids[:p]]
+                    if not positions:
+                        continue
+                    clip = decode_clip(sample, positions)
                 except ValueError as exc:
                     self.corrupt.record_decode(sample, exc)
                     continue
