@@ -117,9 +117,14 @@ def test_a_pipe_root_reads_through_its_command(tiny_shards):
 
 
 @pytest.mark.slow
-def test_training_reads_its_shards_over_http(tiny_shards, serve, tmp_path, capsys):
+def test_training_reads_its_shards_over_http(tiny_shards, serve, tmp_path, capsys, monkeypatch):
     import train
+    from ffsplat.training.loader_rate import LoaderRateWarning
     from tests.test_training import tiny_config
+
+    steps = []  # the loader-rate check is among the trainer's callbacks and sees every step
+    real_end = LoaderRateWarning.on_train_batch_end
+    monkeypatch.setattr(LoaderRateWarning, "on_train_batch_end", lambda self, *a: steps.append(1) or real_end(self, *a))
 
     url = serve(tiny_shards)
     cfg = tiny_config(url, tmp_path, "seg")
@@ -128,6 +133,7 @@ def test_training_reads_its_shards_over_http(tiny_shards, serve, tmp_path, capsy
     cfg.trainer.val_every_n_steps = 2
     code, err = train.run(cfg), capsys.readouterr().err
     assert code == 0, err
+    assert len(steps) == 2
     assert list((tmp_path / "checkpoints").rglob("*.ckpt")) or list((tmp_path / "checkpoints").rglob("*.pt"))
     bad = tiny_config(url + "/nowhere", tmp_path / "b", "seg")
     assert train.run(bad) == 2
