@@ -15,6 +15,10 @@ Cases (each ``--repeats`` times per tree, each process: one warm-up + ``--inner`
 * ``infer``: ``infer.py`` on the two demo views at ``--infer-size`` with ``--render`` (each tree's
   own demo checkpoint unless ``--checkpoint``); total and per-stage seconds.
 
+Speed-up: the ratio of the sides' medians (``speedup``), each round's own ratio (``speedup_per_round``:
+round ``r`` runs both trees back to back) and their range (``speedup_min_max``); per side the
+median, min and max seconds over all timed runs.
+
 Peak memory: on CPU, the growth of the subprocess's max RSS (``resource.getrusage(RUSAGE_SELF)
 .ru_maxrss``) over the timed block (after imports and input construction), one case per process,
 so it is that case's own peak of process memory (tensors, allocator caches and all); not
@@ -236,6 +240,8 @@ def summarise(runs: list[dict]) -> dict:
         values = [x for r in runs for x in r.get(key, [])]
         if values:
             out[key] = round(statistics.median(values), 4)
+            if key == "seconds":  # the spread over every timed run of this side
+                out["seconds_min"], out["seconds_max"] = round(min(values), 4), round(max(values), 4)
     peaks = [r["peak_memory_mb"] for r in runs]
     out["peak_memory_mb"] = round(statistics.median(peaks), 1)
     out["peak_memory_mb_max"] = round(max(peaks), 1)
@@ -301,6 +307,11 @@ def main() -> None:
             b, a = entry["before"], entry["after"]
             entry["speedup"] = round(b["seconds"] / a["seconds"], 2)
             entry["cpu_speedup"] = round(b["cpu_s"] / a["cpu_s"], 2)
+            # round r ran both trees back to back: its ratio, and the spread of those ratios
+            paired = [statistics.median(x["seconds"]) / statistics.median(y["seconds"])
+                      for x, y in zip(runs["before"], runs["after"])]  # fmt: skip
+            entry["speedup_per_round"] = [round(v, 2) for v in paired]
+            entry["speedup_min_max"] = [round(min(paired), 2), round(max(paired), 2)]
             entry["memory_ratio"] = round(b["peak_memory_mb"] / max(a["peak_memory_mb"], 1e-3), 2)
             if case["kind"] == "render" and case["size"] == 256:
                 entry["after_under_1gb"] = a["peak_memory_mb_max"] < 1024

@@ -19,12 +19,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 
 from ffsplat.core.errors import ArgumentParser, InputError, check_input_dir, one_line, run_command  # noqa: E402
+from ffsplat.data.remote import is_remote, shard_root  # noqa: E402
 from ffsplat.data.shards import decode_check, verify_shards  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
+    parser.add_argument("--shards", type=shard_root, required=True, help="shard folder with manifest.json")
     parser.add_argument("--split", action="append", default=[], help="split to check (repeatable; default: all)")
     parser.add_argument("--decode", action="store_true", help="also decode and check every sample's members")
     args = parser.parse_args(argv)
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    check_input_dir("--shards", args.shards, "shard folder")
+    if not is_remote(args.shards):
+        check_input_dir("--shards", args.shards, "shard folder")
     try:
         result = verify_shards(args.shards, args.split or None)
         if args.decode:

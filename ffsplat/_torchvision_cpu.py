@@ -7,10 +7,18 @@ segment_anything and lpips with it. When (and only when) that library cannot be 
 the ``nms``/``qnms`` op schemas with pure-torch CPU kernels before torchvision is imported, which
 is all its import and SAM's automatic mask generator need. Where torchvision's own ops load (any
 CUDA machine, or a matching CPU build) this does nothing.
+
+PyPI holds no CPU build of torchvision 0.28.0 (``pip index versions torchvision`` lists 0.28.0 only as
+the CUDA wheel; ``pip download torchvision==0.28.0+cpu`` finds nothing), so ``constraints-cpu.txt``
+cannot pin one. The fix therefore lives here, in one place, and runs lazily: :func:`install` puts a
+finder on ``sys.meta_path`` that does the check and the registration when something first imports
+torchvision (timm, lightning, SAM, lpips), so ``import ffsplat`` and the inference path, which never
+import torchvision, do not pay for torchvision and the ``torch._dynamo`` it imports.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -61,11 +69,9 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
     return order[torch.tensor(keep, dtype=torch.long)]
 
 
-def install() -> None:
-    """Register the fallback ops if torchvision's own extension cannot load. Idempotent."""
+def _register_ops() -> None:
+    """Define ``torchvision::nms`` / ``qnms`` with the pure-torch kernel (torchvision not yet imported)."""
     global _LIBRARY
-    if _LIBRARY is not None or "torchvision" in sys.modules or _extension_loads():
-        return
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -73,7 +79,50 @@ def install() -> None:
     lib.impl("qnms", lambda d, s, t: nms_reference(d.float(), s.float(), t), "CPU")
     _LIBRARY = lib
 
-    import torchvision.ops.boxes
 
-    # torchvision.ops.nms asserts that *all* C++ ops loaded; ours are enough for nms.
-    torchvision.ops.boxes._assert_has_ops = lambda: None
+def _allow_partial_ops() -> None:
+    """torchvision.ops.nms asserts that *all* C++ ops loaded; ours are enough for nms."""
+    boxes = sys.modules.get("torchvision.ops.boxes")
+    if boxes is not None:
+        boxes._assert_has_ops = lambda: None
+
+
+class _FirstImport(importlib.abc.MetaPathFinder):
+    """Runs the check (and, if needed, the fix) when something first imports torchvision, so that
+    ``import ffsplat`` itself costs nothing: torchvision pulls in ``torch._dynamo`` (~2 CPU-s)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision":
+            return None
+        uninstall()  # once; the finders after us locate torchvision
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or _extension_loads():
+            return spec  # not installed, or its own ops load: nothing to fix
+        _register_ops()
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _allow_partial_ops()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_FINDER = _FirstImport()
+
+
+def install() -> None:
+    """Arrange for the fallback ops to be registered when torchvision is first imported, if (and only
+    if) its own extension cannot load then. Imports nothing now; idempotent."""
+    if _LIBRARY is not None or _FINDER in sys.meta_path:
+        return
+    if "torchvision" in sys.modules:  # imported before ffsplat: too late to define the schemas first
+        return
+    sys.meta_path.insert(0, _FINDER)
+
+
+def uninstall() -> None:
+    """Remove the first-import hook (the ops, once registered, stay)."""
+    if _FINDER in sys.meta_path:
+        sys.meta_path.remove(_FINDER)

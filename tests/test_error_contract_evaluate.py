@@ -116,14 +116,15 @@ def test_damaged_shard_is_skipped_and_named_and_resolution_stated(tiny_shards, s
     copy = tmp_path / "shards"
     shutil.copytree(tiny_shards, copy)
     frames = scene_frame_ids(copy, "val")["room2"]
-    # two entries: one from the first clip (frames[:8]), one from the second (frames[8:])
+    # two entries: one from the first clip (frames[:8]), one from the second (frames[8:]), whose
+    # frame at position 5 (used by the entry: only the indexed frames are decoded) is damaged
     save_eval_index(tmp_path / "index.json", {"room2": [{"context": frames[0:2], "target": frames[2:4]},
                                                          {"context": frames[-4:-2], "target": frames[-2:]}]})  # fmt: skip
     tar = next((copy / "val").glob("*.tar"))
     rewrite_tar(
         tar,
         lambda sample: (
-            sample | {"rgb.001.jpg": sample["rgb.001.jpg"][:120]} if sample["__key__"] == "room2_0001" else sample
+            sample | {"rgb.005.jpg": sample["rgb.005.jpg"][:120]} if sample["__key__"] == "room2_0001" else sample
         ),
     )
     module.image_size = 64  # the tiny shards are 32x32
@@ -136,7 +137,7 @@ def test_damaged_shard_is_skipped_and_named_and_resolution_stated(tiny_shards, s
     report = json.loads((out / "report.json").read_text())
     bad = report["bad_shard_data"]
     assert bad["bad"] >= 1 and str(tar) in bad["by_shard"], bad
-    assert [m["member"] for m in bad["by_shard"][str(tar)]["members"]] == ["room2_0001.rgb.001.jpg"]
+    assert [m["member"] for m in bad["by_shard"][str(tar)]["members"]] == ["room2_0001.rgb.005.jpg"]
     assert len(report["skipped_entries"]) == 1 and report["results"]["model"]["examples"] == 1
     assert report["resolution"]["model_trained_at"] == 64 and report["resolution"]["evaluated_at"] == 32
     md = (out / "report.md").read_text()

@@ -33,6 +33,10 @@ def test_before_after_runs_both_trees_and_reports_json():
         assert row["samples"] == 2 and row["seconds"] > 0 and row["forward_s"] > 0 and row["peak_memory_mb"] >= 0
         assert row["gaussians"] == 2 * 16 * 16
     assert entry["speedup"] > 0
+    for side in ("before", "after"):
+        assert entry[side]["seconds_min"] <= entry[side]["seconds"] <= entry[side]["seconds_max"]
+    low, high = entry["speedup_min_max"]
+    assert len(entry["speedup_per_round"]) == 2 and low == min(entry["speedup_per_round"]) and high >= low > 0
 
 
 def test_unknown_ref_is_one_clear_error():

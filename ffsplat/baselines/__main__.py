@@ -46,6 +46,7 @@ from ffsplat.core.atomic import make_dirs, transaction
 from ffsplat.core.config import CONFIG_DIR, to_dataclass
 from ffsplat.core.errors import (ArgumentParser, InputError, check_device, check_input_file, check_number, check_output_dir, check_outputs,
                                  check_output_file, one_line, run_command)  # fmt: skip
+from ffsplat.data.remote import shard_root
 from ffsplat.data.sampling import load_eval_index
 
 
@@ -127,7 +128,7 @@ def load_predictor(args):
 
 def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="feed-forward model.pt (references for scoring)")
-    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--shards", type=shard_root, required=True)
     p.add_argument(
         "--split", default="val", help="split of the shards holding the index's scenes (default val, as evaluate.py)"
     )

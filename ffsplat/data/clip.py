@@ -182,12 +182,59 @@ _DTYPES = {"depths": np.uint16, "labels": np.uint8, "nyu40": np.uint8, "instance
 """Clip attribute -> the dtype its decoded PNGs must have."""
 
 
-def decode_clip(sample: dict[str, bytes | str]) -> Clip:
+def clip_frame_ids(sample: dict[str, bytes | str]) -> list[int]:
+    """A clip sample's keyframe ids, from its ``meta.json`` alone (no image is decoded).
+
+    Raises :class:`ClipDecodeError` (a ``ValueError``) naming the key if the meta is unreadable."""
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["meta.json"])
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"format version {meta.get('version')}, expected {FORMAT_VERSION}")
+        return [int(i) for i in meta["frame_ids"]]
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ClipDecodeError(key, "meta.json", f"{type(exc).__name__}: {exc}") from exc
+
+
+def clip_length(sample: dict[str, bytes | str]) -> int:
+    """Number of keyframes in a clip sample, from its ``meta.json`` alone (see :func:`clip_frame_ids`)."""
+    return len(clip_frame_ids(sample))
+
+
+def _load_npy_frames(data: bytes, frames: np.ndarray | None) -> np.ndarray:
+    """A ``.npy`` array, or only its leading-axis entries ``frames`` (read from the bytes, the rest untouched)."""
+    if frames is None:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+    else:
+        raise ValueError(f".npy format version {version} not supported")
+    if dtype.hasobject or fortran or not shape:
+        raise ValueError(f".npy array with dtype {dtype}, shape {shape} (fortran order {fortran}) cannot be sliced")
+    offset, row = buf.tell(), int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    if len(data) - offset != row * shape[0]:
+        raise ValueError(f".npy data holds {len(data) - offset} bytes, header says {row * shape[0]}")
+    if len(frames) and (frames.min() < 0 or frames.max() >= shape[0]):
+        raise ValueError(f"frames {frames.tolist()} outside the array's {shape[0]} entries")
+    rows = [np.frombuffer(data, dtype, row // dtype.itemsize, offset + int(i) * row) for i in frames]
+    return np.stack(rows).reshape(len(frames), *shape[1:]) if rows else np.empty((0, *shape[1:]), dtype)
+
+
+def decode_clip(sample: dict[str, bytes | str], positions: np.ndarray | list[int] | None = None) -> Clip:
     """Inverse of :func:`encode_clip`, verifying every member on decode.
 
     Checked: the JSON, the ``cameras.npz`` archive (a damaged zip is caught), every image decodes,
     arrays have the shape and dtype the meta and the format declare, cameras, near/far and teacher
     features are finite. Raises ``ValueError`` naming the sample key and the member.
+
+    With ``positions`` (distinct clip positions, in the order wanted), only those frames' members are
+    decoded and checked (images, depths, labels, teacher rows, masks) and the returned clip holds those
+    frames only, in that order: ``decode_clip(s, p)`` equals ``decode_clip(s)`` indexed at ``p`` at a
+    fraction of the cost when ``p`` is a few of the clip's frames.
     """
     key = sample.get("__key__", "?")
     member = "meta.json"
@@ -195,19 +242,25 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
         meta = json.loads(sample["meta.json"])
         if meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"format version {meta.get('version')}, expected {FORMAT_VERSION}")
-        length, height, width = len(meta["frame_ids"]), int(meta["height"]), int(meta["width"])
+        full, height, width = len(meta["frame_ids"]), int(meta["height"]), int(meta["width"])
+        pick = None if positions is None else np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pick is not None and (len(np.unique(pick)) != len(pick) or (pick < 0).any() or (pick >= full).any()):
+            raise ValueError(f"positions {pick.tolist()} must be distinct positions in [0, {full})")
+        order = np.arange(full) if pick is None else pick
+        length = len(order)
         member = "cameras.npz"
         with np.load(io.BytesIO(sample["cameras.npz"]), allow_pickle=False) as cams:
             intrinsics, extrinsics = cams["intrinsics"], cams["extrinsics"]
         for name, array, shape in (
-            ("intrinsics", intrinsics, (length, 3, 3)),
-            ("extrinsics", extrinsics, (length, 4, 4)),
+            ("intrinsics", intrinsics, (full, 3, 3)),
+            ("extrinsics", extrinsics, (full, 4, 4)),
         ):
             _check_array(array, shape, np.float64, name)
+        intrinsics, extrinsics = intrinsics[order], extrinsics[order]
 
         def frames(name: str, ext: str, required: bool, dtype=None) -> np.ndarray | None:
             nonlocal member
-            keys = [f"{name}.{j:03d}.{ext}" for j in range(length)]
+            keys = [f"{name}.{j:03d}.{ext}" for j in order]
             if not required and keys[0] not in sample:
                 return None
             missing = [k for k in keys if k not in sample]
@@ -231,7 +284,9 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
         teacher = {}
         for name, shape in meta["teacher"].items():
             member = f"teacher.{name}.npy"
-            teacher[name] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+            if pick is not None:  # the header must agree with the meta before rows are sliced out
+                _check_array(_npy_header(sample[member]), (full, *shape), np.float16, "teacher features", finite=False)
+            teacher[name] = _load_npy_frames(sample[member], pick)
             _check_array(teacher[name], (length, *shape), np.float16, "teacher features")
         masks = None
         if meta.get("masks") is not None:
@@ -240,10 +295,11 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
                 raise ValueError(f"meta says masks {meta['masks']}, expected [3, {height}, {width}]")
             with np.load(io.BytesIO(sample[member]), allow_pickle=False) as archive:
                 masks = {k: archive[k] for k in archive.files}
-            check_masks(masks, length, height, width)
+            check_masks(masks, full, height, width)
+            masks = {k: v[order] for k, v in masks.items()}
         clip = Clip(
             scene=meta["scene"],
-            frame_ids=np.asarray(meta["frame_ids"], dtype=np.int64),
+            frame_ids=np.asarray(meta["frame_ids"], dtype=np.int64)[order],
             images=images,
             depths=frames("depth", "png", True, _DTYPES["depths"]),
             intrinsics=intrinsics,
@@ -259,6 +315,21 @@ def decode_clip(sample: dict[str, bytes | str]) -> Clip:
     except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ClipDecodeError(key, member, f"{type(exc).__name__}: {exc}") from exc
     return clip
+
+
+class _Header:
+    """Shape and dtype of a ``.npy`` array read from its header alone (for :func:`_check_array`)."""
+
+    def __init__(self, shape: tuple, dtype: np.dtype):
+        self.shape, self.dtype = shape, dtype
+
+
+def _npy_header(data: bytes) -> _Header:
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(buf)
+    return _Header(tuple(shape), dtype)
 
 
 class ClipDecodeError(ValueError):

@@ -23,8 +23,12 @@ position)``, so a resumed run that has consumed ``c`` batches of an epoch skips 
 of them (without decoding) and continues with exactly the examples an uninterrupted run would
 have seen (:meth:`ClipExamples.set_position`; exact as long as no skipped sample was corrupt).
 
+Training decodes only the frames an example uses: the views are drawn from the clip's
+``meta.json`` first, then just their members are decoded (:func:`~ffsplat.data.clip.decode_clip`
+with ``positions``); the examples are the same as decoding the whole clip would give.
+
 A sample that fails to decode or verify (:func:`ffsplat.data.clip.decode_clip` checks every
-member), and a shard that is missing, truncated or unreadable, is skipped, counted and logged with
+member it decodes), and a shard that is missing, truncated or unreadable, is skipped, counted and logged with
 the shard and member named (never raised); :meth:`CorruptCounter.summary` is the run's list.
 :func:`verify_shards` checks every shard's SHA-256 against ``manifest.json``.
 """
@@ -44,7 +48,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ffsplat.data.clip import Clip, ClipDecodeError, decode_clip, stack_masks
+from ffsplat.data import remote
+from ffsplat.data.clip import Clip, ClipDecodeError, clip_frame_ids, clip_length, decode_clip, stack_masks
 from ffsplat.data.feature_stats import OutOfRangeFeatures, check_teacher_stats
 from ffsplat.data.sampling import ViewSamplerConfig, sample_views
 from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
@@ -52,8 +57,30 @@ from ffsplat.core.types import Cameras, Example, SegmentMasks, Views
 log = logging.getLogger(__name__)
 
 
+def shard_location(root: str | Path, relative: str) -> str:
+    """Where a file of a shard folder is: a local path, or a URL/command for a remote root
+    (:mod:`ffsplat.data.remote`)."""
+    return remote.stream_url(remote.join(str(root), relative)) if remote.is_remote(root) else str(Path(root) / relative)
+
+
+def manifest_name(root: str | Path) -> str:
+    """``<root>/manifest.json`` as a readable name (URL roots kept intact)."""
+    return remote.join(str(root), "manifest.json") if remote.is_remote(root) else str(Path(root) / "manifest.json")
+
+
 def read_manifest(root: str | Path) -> dict:
-    """``<root>/manifest.json``, checked: raises FileNotFoundError / ValueError naming the file."""
+    """``<root>/manifest.json``, checked: raises FileNotFoundError / ValueError naming the file.
+
+    ``root`` may be a URL or ``pipe:`` command (:mod:`ffsplat.data.remote`); the manifest is read from there."""
+    if remote.is_remote(root):
+        path = remote.join(str(root), "manifest.json")
+        try:
+            manifest = json.loads(remote.read_bytes(path).decode())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no shard manifest readable at {path} ({exc})") from exc
+        return _check_manifest(manifest, path)
     path = Path(root) / "manifest.json"
     if not Path(root).is_dir():
         raise FileNotFoundError(f"shard folder not found: {root}")
@@ -63,6 +90,10 @@ def read_manifest(root: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return _check_manifest(manifest, path)
+
+
+def _check_manifest(manifest, path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise ValueError(f'{path}: not an ffsplat shard manifest (no "splits")')
     return manifest
@@ -72,7 +103,7 @@ def manifest_split(root: str | Path, split: str) -> dict:
     """The manifest entry of ``split``; raises KeyError with a readable message if it is absent."""
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
-        raise KeyError(f"{Path(root) / 'manifest.json'}: no split {split!r} (have {sorted(manifest['splits'])})")
+        raise KeyError(f"{manifest_name(root)}: no split {split!r} (have {sorted(manifest['splits'])})")
     return manifest["splits"][split]
 
 
@@ -85,10 +116,10 @@ def manifest_shards(root: str | Path, split: str, scenes: Sequence[str] | None =
         present = sorted({str(s.get("scene")) for s in shards})
         unknown = sorted(set(scenes) - set(present))
         if unknown:
-            raise ValueError(f"data.scenes: {unknown} not in split {split!r} of {Path(root) / 'manifest.json'} "
+            raise ValueError(f"data.scenes: {unknown} not in split {split!r} of {manifest_name(root)} "
                              f"(scenes there: {present})")  # fmt: skip
         shards = [s for s in shards if s.get("scene") in set(scenes)]
-    return [str(Path(root) / s["path"]) for s in shards]
+    return [shard_location(root, s["path"]) for s in shards]
 
 
 def scene_frame_ids(root: str | Path, split: str, corrupt: CorruptCounter | None = None) -> dict[str, list[int]]:
@@ -142,7 +173,7 @@ def check_index_frames(root: str | Path, split: str, index: dict[str, list[dict]
     corrupt = CorruptCounter()
     frames = scene_frame_ids(root, split, corrupt)
     damaged = {
-        s["scene"] for s in manifest_split(root, split)["shards"] if str(Path(root) / s["path"]) in corrupt.by_shard
+        s["scene"] for s in manifest_split(root, split)["shards"] if shard_location(root, s["path"]) in corrupt.by_shard
     }
     for scene, entries in index.items():
         have = set(frames.get(scene, []))
@@ -169,9 +200,14 @@ def verify_shards(root: str | Path, splits: list[str] | None = None, digest=None
     bad, checked = [], 0
     for split in names:
         if split not in manifest["splits"]:
-            raise KeyError(f"{Path(root) / 'manifest.json'}: no split {split!r} (have {sorted(manifest['splits'])})")
+            raise KeyError(f"{manifest_name(root)}: no split {split!r} (have {sorted(manifest['splits'])})")
         for shard in manifest["splits"][split]["shards"]:
             checked += 1
+            if remote.is_remote(root):  # fetched once, checked in memory
+                problem = _remote_shard_problem(remote.join(str(root), shard["path"]), shard)
+                if problem:
+                    bad.append({"shard": shard["path"], "split": split, "problem": problem})
+                continue
             path = Path(root) / shard["path"]
             if not path.is_file():
                 problem = "missing"
@@ -183,6 +219,21 @@ def verify_shards(root: str | Path, splits: list[str] | None = None, digest=None
                 continue
             bad.append({"shard": shard["path"], "split": split, "problem": problem})
     return {"checked": checked, "ok": checked - len(bad), "bad": bad}
+
+
+def _remote_shard_problem(url: str, shard: dict) -> str | None:
+    """What is wrong with a remote shard against its manifest entry (None: intact)."""
+    import hashlib
+
+    try:
+        data = remote.read_bytes(url)
+    except FileNotFoundError as exc:
+        return f"unreadable ({exc})"
+    if len(data) != shard.get("bytes", len(data)):
+        return f"size {len(data)} bytes, manifest says {shard['bytes']}"
+    if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        return "SHA-256 differs from manifest.json (damaged or replaced)"
+    return None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -203,10 +254,11 @@ def _shard_of(exc: BaseException) -> str:
     return found.group(1) if found else "?"
 
 
-def decode_checked(sample: dict, teacher_stats: dict | None) -> Clip:
-    """:func:`decode_clip`, then teacher features far outside the shards' recorded statistics are a
-    :class:`ClipDecodeError` naming the member (:mod:`ffsplat.data.feature_stats`)."""
-    clip = decode_clip(sample)
+def decode_checked(sample: dict, teacher_stats: dict | None, positions=None) -> Clip:
+    """:func:`decode_clip` (of the frames at ``positions`` only, when given), then teacher features far
+    outside the shards' recorded statistics are a :class:`ClipDecodeError` naming the member
+    (:mod:`ffsplat.data.feature_stats`)."""
+    clip = decode_clip(sample, positions)
     try:
         check_teacher_stats(clip.teacher, teacher_stats)
     except OutOfRangeFeatures as exc:
@@ -440,19 +492,25 @@ class ClipExamples(IterableDataset):
                                    "check the shards with data_prep/verify_shards.py")  # fmt: skip
             consecutive += 1
             try:
-                clip = decode_checked(sample, self.teacher_stats)
+                length = clip_length(sample)
             except ValueError as exc:
                 self.corrupt.record_decode(sample, exc)
                 continue
             try:
                 draw = np.random.default_rng([self.seed, self.epoch, rank, worker, produced])
-                context, target = sample_views(
-                    len(clip), self.sampler, draw, self.sample_step(worker, workers, produced)
-                )
+                context, target = sample_views(length, self.sampler, draw, self.sample_step(worker, workers, produced))
             except ValueError as exc:
                 self.corrupt.record(sample.get("__url__"), str(sample.get("__key__")), f"cannot sample views: {exc}")
                 continue
+            # views are drawn from the meta first; only the frames they use are decoded
+            used = np.unique(np.concatenate([context, target]))
+            try:
+                clip = decode_checked(sample, self.teacher_stats, used)
+            except ValueError as exc:
+                self.corrupt.record_decode(sample, exc)
+                continue
             consecutive = 0
+            context, target = np.searchsorted(used, context), np.searchsorted(used, target)
             yield Example(clip_to_views(clip, context), clip_to_views(clip, target), [clip.scene])
             produced += 1
             if count is not None and produced >= count:
@@ -476,7 +534,7 @@ class EvalIndexDataset(IterableDataset):
         super().__init__()
         by_scene: dict[str, list[str]] = {}
         for shard in manifest_split(root, split)["shards"]:
-            by_scene.setdefault(shard["scene"], []).append(str(Path(root) / shard["path"]))
+            by_scene.setdefault(shard["scene"], []).append(shard_location(root, shard["path"]))
         missing = sorted(set(index) - set(by_scene))
         if missing:
             raise KeyError(f"evaluation index names scenes with no shards in split {split!r}: {missing[:5]}")
@@ -513,9 +571,14 @@ class EvalIndexDataset(IterableDataset):
                 wds.SimpleShardList(self.by_scene[scene]), wds.tarfile_to_samples(handler=self.corrupt)
             )
             frames: dict[int, tuple[Clip, int]] = {}
+            needed = {int(i) for entry in index[scene] for i in list(entry["context"]) + list(entry["target"])}
             for sample in pipeline:
-                try:
-                    clip = decode_checked(sample, self.teacher_stats)
+                try:  # only the frames the index names (first clip holding each) are decoded
+                    ids = clip_frame_ids(sample)
+                    positions = [p for p, i in enumerate(ids) if i in needed and i not in frames and i not in ids[:p]]
+                    if not positions:
+                        continue
+                    clip = decode_checked(sample, self.teacher_stats, positions)
                 except ValueError as exc:
                     self.corrupt.record_decode(sample, exc)
                     continue

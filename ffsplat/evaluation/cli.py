@@ -180,10 +180,16 @@ def check_index_frames(shards: Path, split: str, index: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ffsplat.core.errors import ArgumentParser, run_command
+    from ffsplat.data.remote import shard_root
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--shards", type=Path, required=True, help="shard folder with manifest.json")
+    p.add_argument(
+        "--shards",
+        type=shard_root,
+        required=True,
+        help="shard folder with manifest.json: a path, or a URL (https://, s3://, gs://, pipe:... {})",
+    )
     p.add_argument("--split", default="val")
     p.add_argument("--index", type=Path, required=True, help="evaluation index JSON (data_prep/make_eval_index.py)")
     p.add_argument("--out", type=Path, required=True)

@@ -37,7 +37,8 @@ class DataConfig:
 
     Attributes:
         name: a label for logs (``synthetic``, ``scannet``...).
-        root: shard folder with ``manifest.json`` (written by ``data_prep/make_shards.py``).
+        root: shard folder with ``manifest.json`` (written by ``data_prep/make_shards.py``): a path, or a
+            URL (``https://``, ``s3://``, ``gs://``, ``pipe:<command with {}>``; see :mod:`ffsplat.data.remote`).
         train_split, val_split: manifest splits for training and validation.
         eval_index: evaluation index JSON for validation; None builds one from ``val_split`` with
             ``sampler`` (seeded, deterministic).

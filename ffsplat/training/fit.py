@@ -98,6 +98,7 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from ffsplat.training.guards import NonFiniteGuard, deterministic_mode, print_data_report
+    from ffsplat.training.loader_rate import LoaderRateWarning
     from ffsplat.training.logs import ImageLogger, ProgressLog
 
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -114,7 +115,8 @@ def fit(cfg: TrainConfig, callbacks: list[L.Callback] | None = None) -> Semantic
         precision=t.precision, max_steps=cfg.optim.max_steps, logger=make_logger(cfg, resume is not None),
         callbacks=[checkpoints, EpochAndStep(), ImageLogger(cfg.logging.images_every_n_steps),
                    ProgressLog(cfg.logging.progress_every_n_steps),
-                   NonFiniteGuard(cfg.optim.max_nonfinite_steps)] + list(callbacks or []),
+                   NonFiniteGuard(cfg.optim.max_nonfinite_steps),
+                   LoaderRateWarning(cfg.data.batch_size, cfg.data.num_workers)] + list(callbacks or []),
         plugins=[AtomicCheckpointIO()], gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps or None, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         log_every_n_steps=t.log_every_n_steps, deterministic=deterministic_mode(t), use_distributed_sampler=False,

@@ -181,7 +181,15 @@ def check_train_config(cfg) -> None:
     from ffsplat.data.shards import manifest_shards, manifest_split
 
     d, o = cfg.data, cfg.optim
-    check_input_dir("data.root", Path(d.root), "shard folder")
+    from ffsplat.data.remote import check_remote_root, is_remote
+
+    if is_remote(d.root):  # a URL or pipe: root: the manifest read below is the check
+        try:
+            check_remote_root(str(d.root))
+        except ValueError as exc:
+            raise InputError(f"data.root: {exc}") from exc
+    else:
+        check_input_dir("data.root", Path(d.root), "shard folder")
     try:
         manifest_split(d.root, d.train_split)
         if not d.eval_index:
