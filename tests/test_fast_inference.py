@@ -119,3 +119,21 @@ def test_infer_bf16_and_compile_options_reach_the_predictor(tmp_path, checkpoint
     assert infer.main(base + ["--out", str(tmp_path / "a.ply"), "--bf16"]) == 0
     assert infer.main(base + ["--out", str(tmp_path / "b.ply")]) == 0
     assert seen == [FastInferenceConfig(bf16=True), None]
+
+
+def test_eager_forward_bypasses_the_fast_path():
+    """``Predictor(..., eager=True)`` (the memory probes of infer.py) never runs the compiled network."""
+    from ffsplat.core.config import DEMO_CHECKPOINT
+    from ffsplat.inference.predictor import Predictor
+
+    predictor = Predictor(DEMO_CHECKPOINT, fast=FastInferenceConfig(compile=True))
+
+    def compiled(*_):
+        raise AssertionError("the compiled network ran")
+
+    predictor._network = compiled
+    views = make_views(1, 2, 32, 32)
+    out = predictor(views, eager=True)
+    assert out.gaussians.means.shape[1] == 2 * 32 * 32
+    with pytest.raises(AssertionError, match="compiled network ran"):
+        predictor(views)

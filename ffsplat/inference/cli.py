@@ -531,7 +531,8 @@ def check_memory(args, predictor, images, ks, c2ws, near, far, size: int, size_f
     def run_at(probe: int) -> None:
         with torch.no_grad():
             context, _ = prepare_views(images, ks, c2ws, near, far, probe, device, size_from)
-            out = predictor(context, predictor.teacher_maps(context) if predictor.conditioned else None)
+            # eager float32: an upper bound for --bf16, and no torch.compile of the probe sizes
+            out = predictor(context, predictor.teacher_maps(context) if predictor.conditioned else None, eager=True)
             render(out.gaussians, context.cameras, features=[LANG])
 
     need = estimate_bytes(run_at, size, device)

@@ -131,9 +131,11 @@ class Predictor(nn.Module):
         return policy.teacher_maps(views, names, self._teachers)
 
     @torch.no_grad()
-    def forward(self, context: Views, teacher: dict[str, Tensor] | None = None) -> NetworkOutput:
+    def forward(self, context: Views, teacher: dict[str, Tensor] | None = None, eager: bool = False) -> NetworkOutput:
+        """The network on ``context`` (teacher maps by role for a conditioned model); ``eager``: the plain
+        float32 network even when a fast path is configured (no compile for a one-off size)."""
         conditions = {ROLE_CONDITION[role]: f for role, f in (teacher or {}).items()}
-        if self._network is not None:
+        if self._network is not None and not eager:
             return self._network(context, conditions if self.conditioned else None)
         return self.model(context, conditions if self.conditioned else None)
 
