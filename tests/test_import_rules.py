@@ -1,4 +1,4 @@
-"""The library's layers (README "Layout"): a module may import its own layer or lower ones, never a
+"""The library's layers (docs/conventions.md, "Layout"): a module may import its own layer or lower ones, never a
 higher one; and two pairs on the same level are forbidden outright (inference -> training: an
 installed ``ffsplat-infer`` must not load Lightning; teachers -> data: teachers work on tensors).
 Every ``import``/``from ... import`` is walked with ``ast``, including those inside functions."""
@@ -65,7 +65,7 @@ def violations(root: Path = PACKAGE) -> list[str]:
             continue
         if layer not in LAYERS:
             bad.append(
-                f"{rel}: module outside the known layers {sorted(LAYERS)} (add it to the README layout and LAYERS)"
+                f"{rel}: module outside the known layers {sorted(LAYERS)} (add it to the layout in docs/conventions.md and LAYERS)"
             )
             continue
         seen = set()

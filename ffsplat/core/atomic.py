@@ -5,7 +5,7 @@ target: readers see the complete new file or the old one, never half a file, eve
 killed. Inside a :func:`transaction` the renames wait until the whole block has succeeded, so a
 command's outputs appear together or not at all.
 
-The rule every command keeps (README, "Bad input"): nothing the user already had is ever deleted or
+The rule every command keeps (docs/bad-input.md): nothing the user already had is ever deleted or
 overwritten by a failed run. A failed run removes only its own temporary files and the folders it
 created itself (those hold nothing but its own files); an earlier output at the same path stays
 exactly as it was until a successful run replaces it.

@@ -1,6 +1,6 @@
 """The error contract every command keeps, and the small checks the commands share.
 
-Contract (README "Bad input"): bad user input ends with exactly one line on stderr,
+Contract (docs/bad-input.md): bad user input ends with exactly one line on stderr,
 ``error: <what>``, naming the file / field / option and what was expected; the exit status is 2;
 nothing is written (or what this run wrote is removed). Library code raises :class:`InputError`
 (or a ``ValueError`` subclass the command converts); :func:`run_command` turns it into that line.

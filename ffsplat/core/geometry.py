@@ -1,6 +1,6 @@
 """Pose and projection maths shared by data, model, renderer and baselines.
 
-Conventions (the same everywhere in ffsplat, see README "Cameras"):
+Conventions (the same everywhere in ffsplat, see docs/conventions.md):
 
 * Camera axes are OpenCV's: x right, y down, z forward (into the scene).
 * Extrinsics are camera-to-world (c2w) 4x4 matrices; ``invert_rigid`` gives world-to-camera.

@@ -1,4 +1,4 @@
-"""Reading a user-named weights file under the error contract (README "Bad input").
+"""Reading a user-named weights file under the error contract (docs/bad-input.md).
 
 Every file of pretrained or trained weights that a config key or option names (a segmenter's
 ``segmenter_checkpoint``, ``stage.init_from``, ``loss.lpips_vgg_path``, ``--lpips-vgg``, a teacher's

@@ -8,7 +8,7 @@ A *prompt decoder* turns an embedding map and point prompts into mask logits, wi
 
 * ``embeddings [N, C, h, w]``; ``points [N, P, 2]`` (or ``[N, P, K, 2]``, ``K`` points per prompt),
   continuous ``(x, y)`` pixel coordinates of the ``H x W`` image, pixel centres at ``+0.5``
-  (README "Camera and file conventions"); ``point_labels [N, P(, K)]`` 1 foreground / 0 background;
+  (docs/conventions.md); ``point_labels [N, P(, K)]`` 1 foreground / 0 background;
 * ``masks [N, P, M, H, W]`` logits (mask = logits > 0), ``scores [N, P, M]``,
   ``low_res [N, P, M, h_lr, w_lr]`` logits on the decoder's own grid; ``M = 3`` (small, medium,
   large) with ``multimask`` else 1.

@@ -88,15 +88,22 @@ class SAMTeacher(nn.Module):
                 )
             builder = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
         sam = builder()
-        state = read_weights(path, "teachers.sam.checkpoint", "SAM state dict")
+        state = read_weights(path, "teachers.segmentation.kwargs.checkpoint", "SAM state dict")
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # tolerate {"model": state_dict} wrappers
             state = state["model"]
-        state = state_dict_of(state, "teachers.sam.checkpoint", path, "SAM state dict")
+        state = state_dict_of(state, "teachers.segmentation.kwargs.checkpoint", path, "SAM state dict")
         ours = sam.state_dict()
         shapes = [k for k, v in state.items() if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
         missing, unexpected = [k for k in ours if k not in state], [k for k in state if k not in ours]
         if missing or unexpected or shapes:
-            raise mismatch("teachers.sam.checkpoint", path, f"SAM {model_type} state dict", missing, unexpected, shapes)
+            raise mismatch(
+                "teachers.segmentation.kwargs.checkpoint",
+                path,
+                f"SAM {model_type} state dict",
+                missing,
+                unexpected,
+                shapes,
+            )
         sam.load_state_dict(state)
         return cls(sam, **kw).to(device)
 

@@ -439,7 +439,7 @@ def deterministic_mode(trainer) -> bool | str:
 
 
 def check_train_outputs(cfg) -> None:
-    """Refuse a run folder that would overwrite what the run reads (README, "Bad input"): its ``model.pt``,
+    """Refuse a run folder that would overwrite what the run reads (docs/bad-input.md): its ``model.pt``,
     ``last.ckpt`` and ``bad_samples.json`` are never an input, and no input lies inside it (e.g.
     ``stage.init_from`` pointing at the ``model.pt`` of a run with the same ``run_name``). ``checkpoint.resume``
     is the one input that may lie there: resuming continues that run's own checkpoints."""
