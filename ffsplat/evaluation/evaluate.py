@@ -5,7 +5,9 @@ Metrics, as LSM / Uni3R / SemanticSplat report them:
 * target- and source-view 8-class segmentation from the language field: render, expand to the
   language teacher's space, classify each pixel by cosine against the class embeddings (CLIP text
   of the class names, or the stand-in teacher's table); mIoU / accuracy accumulated over the whole
-  dataset, label 0 ignored (``miou_per_image`` is the per-image average some scorers use);
+  dataset, label 0 ignored (``miou_per_image`` is the per-image average some scorers use); a model
+  whose classes are not the evaluation classes is scored only through ``EvalConfig.class_mapping``
+  (:mod:`ffsplat.evaluation.class_mapping`), recorded in the result as ``class_mapping``;
 * novel views: PSNR, SSIM of a named variant (``skimage``: MVSplat / SemanticSplat, the default;
   ``torchmetrics``: LSM), and LPIPS when local VGG weights are given (checked against torchvision's
   VGG16 hash, a wrong file is refused);
