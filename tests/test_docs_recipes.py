@@ -118,7 +118,7 @@ APPEND = {
     "data.batch_size=1 data.num_workers=0 data.epoch_length=2 data.val_examples=1 data.shuffle_buffer=2 "
     "data.sampler.num_target=1 data.sampler.min_gap=2 data.sampler.max_gap=4 data.sampler.gap_warmup_steps=0 "
     "logging.wandb_mode=disabled logging.images_every_n_steps=0 loss.num_prompts=2 trainer.val_every_n_steps=0",
-    "evaluate.py": "--max-examples 1 --prompt-grid 4 --figures 1",
+    "evaluate.py": "--max-examples 1 --prompt-grid 4 --figures 1 --class-mapping pascal-scannet",  # ESPNetv2: PASCAL classes
     "infer.py": "--device cpu",
 }
 

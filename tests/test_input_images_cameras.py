@@ -97,7 +97,7 @@ def test_the_checkpoints_size_is_not_called_size(tmp_path, capsys, monkeypatch):
         meta = {"image_size": 66}
         needs_labels = False
 
-        def __init__(self, *args):
+        def __init__(self, *args, **kwargs):
             pass
 
     monkeypatch.setattr(predictor_module, "Predictor", TrainedAt66)
