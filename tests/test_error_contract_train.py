@@ -263,3 +263,24 @@ def test_resume_with_other_data_teachers_or_model_is_refused(tiny_shards, tmp_pa
     check_train_config(cfg)  # asked for explicitly
     cfg.checkpoint.allow_config_change, cfg.checkpoint.resume = False, None
     check_train_config(cfg)  # starting fresh
+
+
+@pytest.mark.parametrize("content", ["wrong_model", "not_torch"])
+def test_an_online_teacher_file_that_does_not_load_is_refused_at_start_up(tiny_shards, tmp_path, capsys, content):
+    """Issue 29.3: a teacher weights file that exists but is not that teacher's (another model's state
+    dict, or not a torch file) is one error line naming ``teachers.<role>`` before training starts."""
+    from ffsplat.training.config import TeacherRole
+
+    weights = tmp_path / "espnetv2.pth"
+    if content == "wrong_model":
+        torch.save({"conv.weight": torch.zeros(2, 2)}, weights)
+    else:
+        weights.write_bytes(b"these are not weights")
+    cfg = tiny_config(tiny_shards, tmp_path, "seg")
+    cfg.teachers.source = "online"
+    cfg.teachers.segmentation = TeacherRole("espnetv2_seg", {"checkpoint": str(weights)})
+    code = train.run(cfg)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: teachers.segmentation") and str(weights) in err, err
+    assert not (Path(cfg.checkpoint.dir) / cfg.run_name).exists()

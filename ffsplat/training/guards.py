@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ffsplat.core.errors import InputError, check_input_dir, check_input_file, check_number, check_outputs
+from ffsplat.core.errors import InputError, check_input_dir, check_input_file, check_number, check_outputs, one_line
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,21 @@ WEIGHT_KWARGS = ("checkpoint", "clip_path")
 """Teacher ``kwargs`` entries that name local weight files or folders."""
 
 
+def check_online_teachers_load(cfg) -> None:
+    """``teachers.source=online``: build each teacher the run will build (SAM, LSeg, ESPNetv2...) from its
+    weights once, here, so that a file in the wrong format or of the wrong model is one ``error:`` line
+    naming ``teachers.<role>`` before any rank starts, not a traceback per rank (the teachers are built
+    on the CPU and freed; the run builds them again on its device)."""
+    from ffsplat.teachers.features import TeacherWeightsNotFound, load_teachers
+
+    for role in ("segmentation", "language"):
+        spec = getattr(cfg.teachers, role)
+        try:
+            load_teachers({spec.name: dict(spec.kwargs or {})})
+        except (InputError, TeacherWeightsNotFound) as exc:
+            raise InputError(f"teachers.{role} ({spec.name}) does not load: {one_line(exc)}") from exc
+
+
 def check_teacher_sources(cfg) -> None:
     """``teachers.source=cached``: every scene of the training and validation splits cached the
     features of every teacher the run reads (:func:`run_teacher_roles`; the manifest's per-scene
@@ -344,6 +359,7 @@ def check_teacher_sources(cfg) -> None:
                 problem = checkpoint_problem(path) if zipfile.is_zipfile(path) else None
                 if problem:
                     raise InputError(f"{name}: {path} is damaged ({problem})")
+        check_online_teachers_load(cfg)
         return
     if not roles:
         return
