@@ -236,6 +236,7 @@ def test_resume_with_other_data_teachers_or_model_is_refused(tiny_shards, tmp_pa
     """Issue 29.5: re-running a finished run under its name with other settings must not resume it."""
     from dataclasses import asdict
 
+    from ffsplat.core.errors import InputError
     from ffsplat.training.guards import check_train_config
 
     saved = tiny_config(tiny_shards, tmp_path)
@@ -260,7 +261,11 @@ def test_resume_with_other_data_teachers_or_model_is_refused(tiny_shards, tmp_pa
     assert "optim" not in err and "checkpoint.allow_config_change=true" in err
     assert (run_dir / "model.pt").read_bytes() == b"finished run" and (run_dir / "last.ckpt").is_file()
     cfg.checkpoint.allow_config_change = True
-    check_train_config(cfg)  # asked for explicitly
+    with pytest.raises(InputError, match="class table the field was never trained against"):
+        check_train_config(cfg)  # allowed, but the language teacher changed and stage seg does not train it
+    cfg.stage.name = "lang"
+    check_train_config(cfg)  # asked for explicitly, and this stage trains the field on the new teacher
+    assert "warning: checkpoint.allow_config_change: resuming" in capsys.readouterr().err
     cfg.checkpoint.allow_config_change, cfg.checkpoint.resume = False, None
     check_train_config(cfg)  # starting fresh
 

@@ -277,7 +277,7 @@ def check_resume_matches(cfg) -> None:
     from dataclasses import asdict
 
     resume = cfg.checkpoint.resume
-    if resume is None or cfg.checkpoint.allow_config_change:
+    if resume is None:
         return
     path, note = find_resume(Path(cfg.checkpoint.dir) / cfg.run_name) if resume == "auto" else (resume, None)
     if note:  # said here, once: a damaged checkpoint has now been moved aside
@@ -294,8 +294,22 @@ def check_resume_matches(cfg) -> None:
     if not isinstance(saved, dict):
         return
     diffs = config_differences(saved, asdict(cfg))
+    shown = ", ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "")
+    if diffs and cfg.checkpoint.allow_config_change:
+        from ffsplat.training.stages import get_stage
+
+        language = [d for d in diffs if d.startswith("teachers.language")]
+        if language and "language" not in get_stage(cfg.stage.name).trains:
+            raise InputError(
+                f"checkpoint.allow_config_change: {path}'s language field was trained with another language teacher "
+                f"({', '.join(language[:4])}) and stage {cfg.stage.name!r} does not train it, so model.pt would carry a "
+                "class table the field was never trained against; resume with the checkpoint's teachers or train stage=lang"
+            )
+        print(
+            f"warning: checkpoint.allow_config_change: resuming {path} with other settings ({shown})", file=sys.stderr
+        )
+        return
     if diffs:
-        shown = ", ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "")
         raise InputError(
             f"checkpoint.resume={resume}: {path} was trained with other settings ({shown}); resuming would mix "
             "them. Use another run_name, checkpoint.resume=null to start fresh, or checkpoint.allow_config_change=true"
