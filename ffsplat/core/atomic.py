@@ -166,16 +166,19 @@ def make_dirs(folder: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", clean_stale: bool = True) -> Iterator[IO]:
     """Open a temporary file for writing that replaces ``path`` when the block exits cleanly (inside
     a :func:`transaction`: when the transaction commits).
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is
-    left as it was. Temporary files of ``path`` left by killed runs are removed first.
+    left as it was. Temporary files of ``path`` left by killed runs are removed first (this lists
+    the folder: writers of many files into one folder, such as the shard writer, pass
+    ``clean_stale=False`` and clean the folder once per run instead).
     """
     path = Path(path)
     check_writable_dir(path)
-    remove_stale_temps(path)
+    if clean_stale:
+        remove_stale_temps(path)
     tmp = temp_path(path)
     tx = _ACTIVE.get()
     try:

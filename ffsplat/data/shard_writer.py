@@ -232,7 +232,7 @@ class _ShardSink:
     def add(self, sample: dict, frames: int) -> None:
         if self._open is None:
             path = self.out_dir / f"{self.prefix}-{len(self.done):04d}.tar"
-            ctx = atomic_open(path)
+            ctx = atomic_open(path, clean_stale=False)  # write_shards cleans the folder once per run
             stream = ctx.__enter__()
             self._open = (path, ctx, stream, wds.TarWriter(stream), [0, 0])
         path, ctx, stream, writer, counts = self._open
